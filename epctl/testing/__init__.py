@@ -1,0 +1,1 @@
+"""Real local stand-ins for the outside world: a Kubernetes API server and probe backends."""

@@ -1,0 +1,422 @@
+"""The built-in resource types the test API server serves, with their defaulting and validation.
+
+Only the rules that matter to a controller are here, but those follow kube-apiserver closely:
+names, labels, Service ports and cluster IPs, EndpointSlice address types (immutable), sizes,
+address syntax and the loopback/link-local ban, Secret data encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from epctl.testing.apierrors import FieldCause
+
+Obj = dict[str, Any]
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+
+ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
+
+@dataclass
+class ResourceType:
+    """One served resource (group, version, plural) and the rules of its strategy."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    status_subresource: bool = False
+    allow_create_on_update: bool = False
+    name_rule: str = "subdomain"  # subdomain | label | dns1035
+    schema: dict[str, Any] | None = None
+    printer_columns: list[dict[str, Any]] = field(default_factory=list)
+    selectable_fields: frozenset[str] = frozenset()
+    categories: tuple[str, ...] = ()
+    crd: bool = False
+    strategic_merge: bool = True
+    validate: Callable[[Obj, Obj | None, ValidationContext], list[FieldCause]] | None = None
+    default: Callable[[Obj, Obj | None, ValidationContext], None] | None = None
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def storage_key(self) -> tuple[str, str]:
+        return (self.group, self.plural)
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+    @property
+    def field_selectors(self) -> frozenset[str]:
+        base = {"metadata.name"} | ({"metadata.namespace"} if self.namespaced else set())
+        return frozenset(base) | self.selectable_fields
+
+
+@dataclass
+class ValidationContext:
+    """Server switches and allocators a strategy may need."""
+
+    allow_loopback: bool
+    allocate_cluster_ip: Callable[[], str]
+    allocate_node_port: Callable[[], int]
+
+
+def validate_name(rt: ResourceType, name: str, path: str = "metadata.name") -> list[FieldCause]:
+    if not name:
+        return [FieldCause(path, "Required value: name or generateName is required", "FieldValueRequired")]
+    if rt.name_rule == "label":
+        ok, rule = len(name) <= 63 and DNS1123_LABEL.match(name), "a lowercase RFC 1123 label"
+    elif rt.name_rule == "dns1035":
+        ok, rule = len(name) <= 63 and DNS1035_LABEL.match(name), "a DNS-1035 label"
+    else:
+        ok, rule = len(name) <= 253 and DNS1123_SUBDOMAIN.match(name), "a lowercase RFC 1123 subdomain"
+    if ok:
+        return []
+    return [FieldCause(path, f'Invalid value: "{name}": {rule} must consist of lower case alphanumeric '
+                             "characters, '-' or '.', and must start and end with an alphanumeric character")]
+
+
+def _qualified_key_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(QUALIFIED_NAME.match(name))
+
+
+def validate_metadata(obj: Obj) -> list[FieldCause]:
+    causes = []
+    meta = obj.get("metadata", {})
+    for key, value in (meta.get("labels") or {}).items():
+        if not _qualified_key_ok(key):
+            causes.append(FieldCause("metadata.labels", f'Invalid value: "{key}": name part must consist of '
+                                     "alphanumeric characters, '-', '_' or '.'"))
+        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
+            causes.append(FieldCause("metadata.labels", f'Invalid value: "{value}": a valid label must be '
+                                     "an empty string or consist of alphanumeric characters, '-', '_' or "
+                                     "'.', and must start and end with an alphanumeric character"))
+    for key in (meta.get("annotations") or {}):
+        if not _qualified_key_ok(key):
+            causes.append(FieldCause("metadata.annotations", f'Invalid value: "{key}": name part must '
+                                     "consist of alphanumeric characters, '-', '_' or '.'"))
+    for i, ref in enumerate(meta.get("ownerReferences") or []):
+        for req in ("apiVersion", "kind", "name", "uid"):
+            if not ref.get(req):
+                causes.append(FieldCause(f"metadata.ownerReferences[{i}].{req}", "Required value",
+                                         "FieldValueRequired"))
+    return causes
+
+
+# --- Service ----------------------------------------------------------------------------------
+
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def default_service(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    for port in spec.get("ports") or []:
+        port.setdefault("protocol", "TCP")
+        if "targetPort" not in port and isinstance(port.get("port"), int):
+            port["targetPort"] = port["port"]
+        if spec["type"] in ("NodePort", "LoadBalancer") and not port.get("nodePort"):
+            previous = {(p.get("port"), p.get("protocol")): p.get("nodePort")
+                        for p in ((old or {}).get("spec", {}).get("ports") or [])}
+            port["nodePort"] = previous.get((port.get("port"), port["protocol"])) or ctx.allocate_node_port()
+    if spec["type"] == "ExternalName":
+        return
+    old_ip = (old or {}).get("spec", {}).get("clusterIP")
+    if old_ip and not spec.get("clusterIP"):
+        spec["clusterIP"] = old_ip
+    if not spec.get("clusterIP"):
+        spec["clusterIP"] = ctx.allocate_cluster_ip()
+    spec["clusterIPs"] = [spec["clusterIP"]]
+    if spec["clusterIP"] != "None":
+        spec.setdefault("ipFamilies", ["IPv4"])
+        spec.setdefault("ipFamilyPolicy", "SingleStack")
+    spec.setdefault("internalTrafficPolicy", "Cluster")
+    if spec["type"] in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    obj.setdefault("status", {}).setdefault("loadBalancer", {})
+
+
+def validate_service(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    causes: list[FieldCause] = []
+    spec = obj.get("spec", {})
+    stype = spec.get("type", "ClusterIP")
+    if stype not in SERVICE_TYPES:
+        causes.append(FieldCause("spec.type", f'Unsupported value: "{stype}": supported values: '
+                                 + ", ".join(f'"{t}"' for t in SERVICE_TYPES), "FieldValueNotSupported"))
+    ports = spec.get("ports") or []
+    headless = spec.get("clusterIP") == "None"
+    if not ports and stype != "ExternalName" and not headless:
+        causes.append(FieldCause("spec.ports", "Required value", "FieldValueRequired"))
+    seen_names, seen_ports = set(), set()
+    for i, port in enumerate(ports):
+        path = f"spec.ports[{i}]"
+        name = port.get("name", "")
+        if len(ports) > 1 and not name:
+            causes.append(FieldCause(f"{path}.name", "Required value", "FieldValueRequired"))
+        if name:
+            if not (len(name) <= 63 and DNS1123_LABEL.match(name)):
+                causes.append(FieldCause(f"{path}.name", f'Invalid value: "{name}": a lowercase RFC 1123 '
+                                         "label must consist of lower case alphanumeric characters or '-'"))
+            if name in seen_names:
+                causes.append(FieldCause(f"{path}.name", f'Duplicate value: "{name}"', "FieldValueDuplicate"))
+            seen_names.add(name)
+        number = port.get("port")
+        if not isinstance(number, int) or not 1 <= number <= 65535:
+            causes.append(FieldCause(f"{path}.port", f"Invalid value: {number}: must be between 1 and 65535, "
+                                     "inclusive"))
+        protocol = port.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            causes.append(FieldCause(f"{path}.protocol", f'Unsupported value: "{protocol}": supported '
+                                     'values: "SCTP", "TCP", "UDP"', "FieldValueNotSupported"))
+        if (number, protocol) in seen_ports:
+            causes.append(FieldCause(path, f'Duplicate value: {{"port": {number}, "protocol": "{protocol}"}}',
+                                     "FieldValueDuplicate"))
+        seen_ports.add((number, protocol))
+        target = port.get("targetPort")
+        if isinstance(target, int) and not 1 <= target <= 65535:
+            causes.append(FieldCause(f"{path}.targetPort", f"Invalid value: {target}: must be between 1 and "
+                                     "65535, inclusive"))
+        if isinstance(target, str) and not IANA_SVC_NAME.match(target):
+            causes.append(FieldCause(f"{path}.targetPort", f'Invalid value: "{target}": must be no more '
+                                     "than 15 characters, lower case alphanumeric and '-'"))
+    old_ip = (old or {}).get("spec", {}).get("clusterIP")
+    if old_ip and spec.get("clusterIP") != old_ip and stype != "ExternalName":
+        causes.append(FieldCause("spec.clusterIPs[0]", "Invalid value: []string{\"" + str(spec.get("clusterIP"))
+                                 + "\"}: may not change once set"))
+    return causes
+
+
+# --- EndpointSlice ----------------------------------------------------------------------------
+
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+MAX_ENDPOINTS = 1000
+MAX_PORTS = 100
+MAX_ADDRESSES = 100
+
+
+def _address_causes(address: Any, address_type: str, path: str, allow_loopback: bool) -> list[FieldCause]:
+    if address_type == "FQDN":
+        if not isinstance(address, str) or not DNS1123_SUBDOMAIN.match(address):
+            return [FieldCause(path, f'Invalid value: "{address}": must be a valid DNS subdomain')]
+        return []
+    try:
+        ip = ipaddress.ip_address(address)
+    except (TypeError, ValueError):
+        return [FieldCause(path, f'Invalid value: "{address}": must be a valid IP address')]
+    if (ip.version == 4) != (address_type == "IPv4"):
+        return [FieldCause(path, f'Invalid value: "{address}": must be a valid {address_type} address')]
+    if ip.is_unspecified:
+        return [FieldCause(path, f'Invalid value: "{address}": may not be unspecified (0.0.0.0)')]
+    if ip.is_loopback and not allow_loopback:
+        return [FieldCause(path, f'Invalid value: "{address}": may not be in the loopback range '
+                                 "(127.0.0.0/8, ::1/128)")]
+    if ip.is_link_local:
+        return [FieldCause(path, f'Invalid value: "{address}": may not be in the link-local range '
+                                 "(169.254.0.0/16, fe80::/10)")]
+    if ip.is_multicast:
+        return [FieldCause(path, f'Invalid value: "{address}": may not be in the link-local multicast '
+                                 "range (224.0.0.0/24, ff02::/10)")]
+    return []
+
+
+def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    causes: list[FieldCause] = []
+    address_type = obj.get("addressType")
+    if address_type is None:
+        causes.append(FieldCause("addressType", "Required value", "FieldValueRequired"))
+    elif address_type not in ADDRESS_TYPES:
+        causes.append(FieldCause("addressType", f'Unsupported value: "{address_type}": supported values: '
+                                 '"FQDN", "IPv4", "IPv6"', "FieldValueNotSupported"))
+    if old is not None and old.get("addressType") != address_type:
+        causes.append(FieldCause("addressType", f'Invalid value: "{address_type}": field is immutable'))
+    endpoints = obj.get("endpoints") or []
+    if len(endpoints) > MAX_ENDPOINTS:
+        causes.append(FieldCause("endpoints", f"Too many: {len(endpoints)}: must have at most "
+                                 f"{MAX_ENDPOINTS} items", "FieldValueTooMany"))
+    for i, endpoint in enumerate(endpoints[:MAX_ENDPOINTS]):
+        path = f"endpoints[{i}]"
+        addresses = endpoint.get("addresses") or []
+        if not addresses:
+            causes.append(FieldCause(f"{path}.addresses", "Required value: must contain at least 1 address",
+                                     "FieldValueRequired"))
+        if len(addresses) > MAX_ADDRESSES:
+            causes.append(FieldCause(f"{path}.addresses", f"Too many: {len(addresses)}: must have at most "
+                                     f"{MAX_ADDRESSES} items", "FieldValueTooMany"))
+        if address_type in ADDRESS_TYPES:
+            for j, address in enumerate(addresses):
+                causes += _address_causes(address, address_type, f"{path}.addresses[{j}]", ctx.allow_loopback)
+        for cond, value in (endpoint.get("conditions") or {}).items():
+            if cond not in ("ready", "serving", "terminating") or not isinstance(value, (bool, type(None))):
+                causes.append(FieldCause(f"{path}.conditions.{cond}", f"Invalid value: {value!r}"))
+        hostname = endpoint.get("hostname")
+        if hostname is not None and not DNS1123_LABEL.match(str(hostname)):
+            causes.append(FieldCause(f"{path}.hostname", f'Invalid value: "{hostname}": a lowercase RFC 1123 '
+                                     "label must consist of lower case alphanumeric characters or '-'"))
+    ports = obj.get("ports") or []
+    if len(ports) > MAX_PORTS:
+        causes.append(FieldCause("ports", f"Too many: {len(ports)}: must have at most {MAX_PORTS} items",
+                                 "FieldValueTooMany"))
+    names = set()
+    for i, port in enumerate(ports):
+        name = port.get("name", "") or ""
+        if name and not (len(name) <= 63 and DNS1123_LABEL.match(name)):
+            causes.append(FieldCause(f"ports[{i}].name", f'Invalid value: "{name}": a lowercase RFC 1123 label '
+                                     "must consist of lower case alphanumeric characters or '-'"))
+        if name in names:
+            causes.append(FieldCause(f"ports[{i}].name", f'Duplicate value: "{name}"', "FieldValueDuplicate"))
+        names.add(name)
+        protocol = port.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            causes.append(FieldCause(f"ports[{i}].protocol", f'Unsupported value: "{protocol}": supported '
+                                     'values: "SCTP", "TCP", "UDP"', "FieldValueNotSupported"))
+        number = port.get("port")
+        if number is not None and (not isinstance(number, int) or not 0 <= number <= 65535):
+            causes.append(FieldCause(f"ports[{i}].port", f"Invalid value: {number}: must be between 0 and "
+                                     "65535, inclusive"))
+    return causes
+
+
+def default_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
+    for port in obj.get("ports") or []:
+        port.setdefault("protocol", "TCP")
+    for endpoint in obj.get("endpoints") or []:
+        endpoint.setdefault("conditions", {})
+
+
+# --- Endpoints --------------------------------------------------------------------------------
+
+def validate_endpoints(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    causes: list[FieldCause] = []
+    for i, subset in enumerate(obj.get("subsets") or []):
+        for key in ("addresses", "notReadyAddresses"):
+            for j, address in enumerate(subset.get(key) or []):
+                ip = address.get("ip", "")
+                family = "IPv6" if ":" in str(ip) else "IPv4"
+                causes += _address_causes(ip, family, f"subsets[{i}].{key}[{j}].ip", ctx.allow_loopback)
+    return causes
+
+
+# --- Secret / Namespace -----------------------------------------------------------------------
+
+def default_secret(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
+    """``stringData`` is write-only: merged into ``data`` (base64) and dropped, as on a real server."""
+    string_data = obj.pop("stringData", None) or {}
+    if string_data:
+        data = obj.setdefault("data", {})
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+    obj.setdefault("type", "Opaque")
+
+
+def validate_secret(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    causes = []
+    for key, value in (obj.get("data") or {}).items():
+        try:
+            base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            causes.append(FieldCause(f"data[{key}]", "Invalid value: illegal base64 data"))
+    if old is not None and old.get("type") != obj.get("type"):
+        causes.append(FieldCause("type", f'Invalid value: "{obj.get("type")}": field is immutable'))
+    return causes
+
+
+def default_namespace(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
+    obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+    obj.setdefault("status", {}).setdefault("phase", "Active")
+    labels = obj.setdefault("metadata", {}).setdefault("labels", {})
+    labels["kubernetes.io/metadata.name"] = obj["metadata"].get("name", "")
+
+
+# --- CRD ----------------------------------------------------------------------------------------
+
+def validate_crd(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    causes: list[FieldCause] = []
+    spec = obj.get("spec", {})
+    names = spec.get("names", {})
+    group = spec.get("group", "")
+    for req in ("plural", "kind"):
+        if not names.get(req):
+            causes.append(FieldCause(f"spec.names.{req}", "Required value", "FieldValueRequired"))
+    if not group or "." not in group:
+        causes.append(FieldCause("spec.group", f'Invalid value: "{group}": should be a domain with at least '
+                                 "one dot", "FieldValueInvalid"))
+    expected = f"{names.get('plural', '')}.{group}"
+    if obj.get("metadata", {}).get("name") != expected:
+        causes.append(FieldCause("metadata.name", f'Invalid value: "{obj.get("metadata", {}).get("name")}": '
+                                 f'must be spec.names.plural+"."+spec.group'))
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append(FieldCause("spec.scope", f'Unsupported value: "{spec.get("scope")}": supported values: '
+                                 '"Cluster", "Namespaced"', "FieldValueNotSupported"))
+    versions = spec.get("versions") or []
+    if not versions:
+        causes.append(FieldCause("spec.versions", "Required value", "FieldValueRequired"))
+    if sum(1 for v in versions if v.get("storage")) != 1:
+        causes.append(FieldCause("spec.versions", "Invalid value: must have exactly one version marked as "
+                                 "storage version"))
+    for i, version in enumerate(versions):
+        schema = (version.get("schema") or {}).get("openAPIV3Schema")
+        if schema is None:
+            causes.append(FieldCause(f"spec.versions[{i}].schema.openAPIV3Schema", "Required value: schemas "
+                                     "are required", "FieldValueRequired"))
+    if old is not None:
+        if old.get("spec", {}).get("scope") != spec.get("scope"):
+            causes.append(FieldCause("spec.scope", "Invalid value: field is immutable"))
+    return causes
+
+
+def builtin_types() -> list[ResourceType]:
+    """Every built-in resource the server serves at start-up."""
+    event_fields = frozenset({"involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
+                              "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
+                              "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"})
+    return [
+        ResourceType("", "v1", "namespaces", "Namespace", False, ("ns",), status_subresource=True,
+                     name_rule="label", default=default_namespace, selectable_fields=frozenset({"status.phase"})),
+        ResourceType("", "v1", "services", "Service", True, ("svc",), status_subresource=True,
+                     name_rule="dns1035", validate=validate_service, default=default_service,
+                     categories=("all",)),
+        ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",), allow_create_on_update=True,
+                     validate=validate_endpoints),
+        ResourceType("", "v1", "events", "Event", True, ("ev",), allow_create_on_update=True,
+                     selectable_fields=event_fields),
+        ResourceType("", "v1", "secrets", "Secret", True, validate=validate_secret, default=default_secret,
+                     selectable_fields=frozenset({"type"})),
+        ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
+        ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
+        ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
+                     validate=validate_endpointslice, default=default_endpointslice),
+        ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+        ResourceType("events.k8s.io", "v1", "events", "Event", True, ("ev",), allow_create_on_update=True),
+        ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                     False, ("crd", "crds"), status_subresource=True, validate=validate_crd),
+        ResourceType("apps", "v1", "deployments", "Deployment", True, ("deploy",), status_subresource=True,
+                     categories=("all",)),
+        ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("pdb",),
+                     status_subresource=True),
+        ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+        ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+        ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+        ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    ]
