@@ -146,7 +146,7 @@ class ObjectStore:
             return obj
         return {**obj, "apiVersion": rt.api_version}
 
-    def list(self, rt: ResourceType, namespace: str | None, matches: Filter, limit: int = 0,
+    def list_objects(self, rt: ResourceType, namespace: str | None, matches: Filter, limit: int = 0,
              continue_token: str | None = None) -> tuple[list[Obj], int, str | None, int | None]:
         """Return (items, list resourceVersion, continue token, remainingItemCount)."""
         if continue_token:

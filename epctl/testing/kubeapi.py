@@ -147,18 +147,14 @@ class KubeAPIServer:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert_path = os.path.join(self._state_dir, "apiserver.crt")
         key_path = os.path.join(self._state_dir, "apiserver.key")
-        with open(cert_path, "wb") as f:
-            f.write(self.certs.cert_pem)
-        with open(key_path, "wb") as f:
-            f.write(self.certs.key_pem)
-        os.chmod(key_path, 0o600)
+        _write_private(cert_path, self.certs.cert_pem)
+        _write_private(key_path, self.certs.key_pem)
         context.load_cert_chain(cert_path, key_path)
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=context, reuse_address=True)
         await site.start()
         if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            server: Any = site._server
+            self.port = server.sockets[0].getsockname()[1]
         self.write_kubeconfig(self.kubeconfig_path)
         return self
 
@@ -202,9 +198,7 @@ class KubeAPIServer:
         }
 
     def write_kubeconfig(self, path: str) -> None:
-        with open(path, "w") as f:
-            yaml.safe_dump(self.kubeconfig(), f)
-        os.chmod(path, 0o600)
+        _write_private(path, yaml.safe_dump(self.kubeconfig()).encode())
 
     # --- test controls ----------------------------------------------------------------------------
 
@@ -246,7 +240,8 @@ class KubeAPIServer:
                 return web.json_response(route.discovery)
             verb = self._verb(request, route)
             record.verb, record.resource, record.group = verb, route.plural, route.group
-            record.subresource, record.namespace, record.name = route.subresource, route.namespace or "", route.name or ""
+            record.subresource = route.subresource
+            record.namespace, record.name = route.namespace or "", route.name or ""
             await self._apply_faults(record)
             if verb == "watch":
                 record.code = 200
@@ -419,7 +414,8 @@ class KubeAPIServer:
         if verb == "list":
             matches = make_filter(query.get("labelSelector"), query.get("fieldSelector"), rt.field_selectors)
             limit = int(query.get("limit", "0") or 0)
-            items, rv, cont, remaining = self.store.list(rt, route.namespace, matches, limit, query.get("continue"))
+            items, rv, cont, remaining = self.store.list_objects(rt, route.namespace, matches, limit,
+                                                                 query.get("continue"))
             meta: Obj = {"resourceVersion": str(rv)}
             if cont:
                 meta["continue"] = cont
@@ -538,6 +534,13 @@ class KubeAPIServer:
             self.store.stop_watch(watcher)
             self._watch_tasks.discard(task)
         return response
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """Write a small file readable only by us (keys, tokens); tiny, so blocking I/O is fine."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _wants_table(request: web.Request) -> bool:

@@ -1,10 +1,11 @@
 """Just enough ``/openapi/v3`` for kubectl.
 
 kubectl (1.27+) decides whether the server can validate fields itself by looking in the OpenAPI v3
-document of the resource's group-version for a ``fieldValidation`` parameter on the PATCH operation of that kind; when found
-it sends ``fieldValidation=Strict`` and leaves validation to the server (which is what we want: the
-test server prunes and validates CRs against their schema). The documents list every served path
-with its parameters and, for CRDs, the schema under ``components.schemas``.
+document of the resource's group-version for a ``fieldValidation`` parameter on the PATCH operation
+of that kind; when found it sends ``fieldValidation=Strict`` and leaves validation to the server
+(which is what we want: the test server prunes and validates CRs against their schema). The
+documents list every served path with its parameters and, for CRDs, the schema under
+``components.schemas``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ the server sends, so a CRD's ``additionalPrinterColumns`` are what users see in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,13 +78,17 @@ def _columns(rt: ResourceType) -> list[tuple[Obj, Any]]:
             if col.get("jsonPath") == ".metadata.creationTimestamp":
                 cols.append((definition, age[1]))
             else:
-                cols.append((definition, lambda o, p=col["jsonPath"]: _cell(json_path(o, p))))
+                cols.append((definition, _path_cell(col["jsonPath"])))
         if not any(c["jsonPath"] == ".metadata.creationTimestamp" for c in rt.printer_columns):
             cols.append(age)
         return cols
     extra = BUILTIN_COLUMNS.get(rt.kind, [])
     return [name] + [({"name": n, "type": "string", "format": "", "description": n, "priority": 0}, f)
                      for n, f in extra] + [age]
+
+
+def _path_cell(path: str) -> Callable[[Obj], Any]:
+    return lambda obj: _cell(json_path(obj, path))
 
 
 def _cell(value: Any) -> Any:

@@ -1,0 +1,201 @@
+"""The one door to the Kubernetes API: a thin raw-dict client over kubernetes_asyncio.
+
+Why raw dicts: typed models cost ~7x the CPU to parse (DESIGN.md section 7) and every caller in
+epctl wants plain JSON anyway. kubernetes_asyncio still does what it is good at: reading kubeconfig
+or the in-cluster service account (including token rotation), TLS and auth headers.
+
+TLS is always verified. A kubeconfig asking for ``insecure-skip-tls-verify`` is refused unless the
+caller passes ``allow_insecure=True`` because a user explicitly asked for it on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from epctl import __version__
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+DEFAULT_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds
+INACTIVITY = "InactivityTimeout"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the REST tree."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        base += f"/{self.plural}"
+        if name is not None:
+            base += f"/{quote(name, safe='')}"
+            if subresource:
+                base += f"/{subresource}"
+        return base
+
+
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+SERVICES = Resource("", "v1", "services", "Service")
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
+EVENTS = Resource("", "v1", "events", "Event")
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                namespaced=False)
+
+
+class ApiError(Exception):
+    """A non-2xx answer, with the ``Status`` the server sent (or a synthesised one)."""
+
+    def __init__(self, code: int, reason: str, message: str, status: Obj | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code, self.reason, self.message = code, reason, message
+        self.status = status or {}
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Worth retrying the same request later: throttling, server trouble, timeouts."""
+        return self.code == 429 or self.code >= 500 or self.code == 0
+
+
+class TLSVerificationRequired(ValueError):
+    """The kubeconfig disables TLS verification and nobody explicitly allowed that."""
+
+
+def _timeout(timeout: tuple[float, float] | None) -> aiohttp.ClientTimeout:
+    connect, read = timeout or DEFAULT_TIMEOUT
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
+
+
+class KubeClient:
+    """Raw JSON requests and watch streams against one API server."""
+
+    def __init__(self, api_client: k8s_client.ApiClient,
+                 on_response: Callable[[str, int], None] | None = None) -> None:
+        self.api = api_client
+        self.api.user_agent = f"epctl/{__version__}"
+        self.on_response = on_response
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None, context: str | None = None, *, pool_size: int = 64,
+                      allow_insecure: bool = False,
+                      on_response: Callable[[str, int], None] | None = None) -> KubeClient:
+        """From a kubeconfig file, or the pod's service account when ``kubeconfig`` is None.
+
+        ``pool_size`` bounds concurrent connections: size it for the number of watches plus the
+        writer's concurrency, or requests queue behind long-lived watch streams.
+        """
+        configuration = k8s_client.Configuration()
+        if kubeconfig:
+            await k8s_config.load_kube_config(config_file=kubeconfig, context=context,
+                                              client_configuration=configuration)
+        else:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        if not configuration.verify_ssl and not allow_insecure:
+            raise TLSVerificationRequired(
+                "the kubeconfig sets insecure-skip-tls-verify; epctl always verifies the API server's "
+                "certificate (pass --insecure-skip-tls-verify explicitly where a command offers it)")
+        configuration.connection_pool_maxsize = pool_size
+        return cls(k8s_client.ApiClient(configuration), on_response=on_response)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _send(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str,
+                    timeout: tuple[float, float] | None) -> aiohttp.ClientResponse:
+        headers = {"Accept": JSON, "Content-Type": content_type}
+        params = [(k, str(v).lower() if isinstance(v, bool) else str(v))
+                  for k, v in (query or {}).items() if v is not None]
+        try:
+            response: aiohttp.ClientResponse = await self.api.call_api(
+                path, method, query_params=params, header_params=headers,
+                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                _request_timeout=_timeout(timeout))
+        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            if self.on_response:
+                self.on_response(method, 0)
+            raise ApiError(0, "ConnectionError", f"{method} {path}: {err!r}") from err
+        if self.on_response:
+            self.on_response(method, response.status)
+        return response
+
+    @staticmethod
+    async def _error(response: aiohttp.ClientResponse) -> ApiError:
+        text = await response.text()
+        try:
+            status = json.loads(text)
+        except ValueError:
+            status = {}
+        if not isinstance(status, dict):
+            status = {}
+        retry_after = response.headers.get("Retry-After")
+        return ApiError(response.status, status.get("reason") or response.reason or "Unknown",
+                        status.get("message") or text[:200], status,
+                        float(retry_after) if retry_after and retry_after.isdigit() else None)
+
+    async def request(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None,
+                      content_type: str = JSON, timeout: tuple[float, float] | None = None) -> Obj:
+        """One request; returns the decoded JSON body or raises :class:`ApiError`."""
+        response = await self._send(method, path, query, body, content_type, timeout)
+        async with response:
+            if response.status >= 400:
+                raise await self._error(response)
+            try:
+                data = await response.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientError, ValueError) as err:
+                raise ApiError(0, "ConnectionError", f"{method} {path}: reading body: {err!r}") from err
+        return data if isinstance(data, dict) else {}
+
+    async def stream(self, path: str, query: dict[str, Any],
+                     timeout: tuple[float, float] | None = None) -> AsyncIterator[Obj]:
+        """Yield each JSON line of a watch stream. The read timeout doubles as an inactivity deadline."""
+        response = await self._send("GET", path, query, None, JSON, timeout)
+        async with response:
+            if response.status >= 400:
+                raise await self._error(response)
+            try:
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+            except TimeoutError as err:  # no byte within the read timeout: a silent stall
+                raise ApiError(0, INACTIVITY, f"watch {path}: nothing received within the read timeout") from err
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as err:
+                raise ApiError(0, "ConnectionError", f"watch {path}: {err!r}") from err

@@ -1,0 +1,261 @@
+"""List + watch + cache for one resource, the way client-go's reflector does it, with raw dicts.
+
+Lifecycle of :meth:`Informer.run` (DESIGN.md section 7):
+
+1. List in pages (``limit``/``continue``) and diff the result against the cache, so a relist
+   after 410 Gone delivers exactly the ADDED / MODIFIED / DELETED that were missed. Subscribers
+   never lose a deletion.
+2. Watch from the list's resourceVersion with bookmarks and a randomised server ``timeoutSeconds``
+   (5-10 min, so a fleet of informers does not reconnect in step). The read timeout is the
+   inactivity deadline: no event and no bookmark for that long means a dead stream; reconnect.
+3. A server-closed watch reconnects at once from the last seen resourceVersion. 410 (as HTTP code
+   or ERROR event) relists. Any other failure backs off exponentially with jitter (1 s -> 60 s).
+
+Subscribers are plain callbacks (run inline, so keep them cheap) or async iterators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from epctl.kube.backoff import Backoff
+from epctl.kube.client import INACTIVITY, ApiError, KubeClient, Resource
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InformerEvent:
+    """``type`` is ADDED, MODIFIED or DELETED; ``old`` is the cached object before the change."""
+
+    type: str
+    obj: Obj
+    old: Obj | None = None
+
+    @property
+    def key(self) -> str:
+        return object_key(self.obj)
+
+
+def object_key(obj: Obj) -> str:
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace")
+    return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
+
+
+class InformerMetrics(Protocol):
+    """Hooks for Prometheus (see epctl.metrics); every method must be cheap and never raise."""
+
+    def event(self, resource: str, type_: str) -> None: ...
+    def restart(self, resource: str, reason: str) -> None: ...
+    def relist(self, resource: str) -> None: ...
+
+
+class _Relist(Exception):
+    """The watch's resourceVersion is gone from the server's history (410): list again."""
+
+
+class Informer:
+    """Keeps ``cache`` equal to the server's view of ``resource`` (filtered by the selectors)."""
+
+    def __init__(self, client: KubeClient, resource: Resource, namespace: str | None = None, *,
+                 label_selector: str | None = None, field_selector: str | None = None, page_size: int = 500,
+                 inactivity_timeout: float = 75.0, connect_timeout: float = 10.0,
+                 watch_timeout_range: tuple[int, int] = (300, 600), backoff: Backoff | None = None,
+                 metrics: InformerMetrics | None = None, name: str | None = None) -> None:
+        self.client, self.resource, self.namespace = client, resource, namespace
+        self.label_selector, self.field_selector = label_selector, field_selector
+        self.page_size = page_size
+        self.inactivity_timeout, self.connect_timeout = inactivity_timeout, connect_timeout
+        self.watch_timeout_range = watch_timeout_range
+        self.backoff = backoff or Backoff(1.0, 60.0)
+        self.metrics = metrics
+        self.name = name or resource.plural
+        self.cache: dict[str, Obj] = {}
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+        self.watching = False
+        self._callbacks: list[Callable[[InformerEvent], None]] = []
+        self._queues: list[asyncio.Queue[InformerEvent]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    # --- subscription ---------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[InformerEvent], None]) -> None:
+        """Call ``callback`` for every change, in order, from the informer's task."""
+        self._callbacks.append(callback)
+
+    async def events(self, replay: bool = True) -> AsyncIterator[InformerEvent]:
+        """Iterate over changes; with ``replay`` first yield ADDED for what is already cached."""
+        queue: asyncio.Queue[InformerEvent] = asyncio.Queue()
+        if replay:
+            for obj in list(self.cache.values()):
+                queue.put_nowait(InformerEvent("ADDED", obj))
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    def _dispatch(self, event: InformerEvent) -> None:
+        if self.metrics:
+            self.metrics.event(self.name, event.type)
+        for callback in self._callbacks:
+            try:
+                callback(event)
+            except Exception:  # one broken subscriber must not stop the others or the informer
+                log.exception("informer subscriber failed", extra={"informer": self.name})
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name=f"informer:{self.name}")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def wait_synced(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.synced.wait(), timeout)
+
+    def get(self, namespace: str | None, name: str) -> Obj | None:
+        return self.cache.get(f"{namespace}/{name}" if namespace else name)
+
+    async def run(self) -> None:
+        """Run forever (until cancelled): list, watch, recover."""
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                self._restarted("closed")  # server ended the stream (timeoutSeconds): resume at once
+            except _Relist:
+                need_list = True
+                self._restarted("expired")
+                if self.metrics:
+                    self.metrics.relist(self.name)
+            except ApiError as err:
+                self.watching = False
+                reason = "inactivity" if err.reason == INACTIVITY else (
+                    "connection" if err.code == 0 else f"http_{err.code}")
+                self._restarted(reason)
+                if reason == "inactivity":
+                    continue
+                delay = self.backoff.next_delay(err.retry_after or 0.0)
+                log.warning("watch failed; retrying", extra={"informer": self.name, "error": str(err),
+                                                              "retry_in": round(delay, 2)})
+                await asyncio.sleep(delay)
+            except (ValueError, KeyError, TypeError) as err:  # a malformed answer: treat like a server error
+                self.watching = False
+                self._restarted("decode")
+                delay = self.backoff.next_delay()
+                log.warning("bad data from the API server; relisting", extra={"informer": self.name,
+                                                                               "error": repr(err)})
+                need_list = True
+                await asyncio.sleep(delay)
+
+    def _restarted(self, reason: str) -> None:
+        if self.metrics:
+            self.metrics.restart(self.name, reason)
+        log.debug("watch restart", extra={"informer": self.name, "reason": reason})
+
+    def _query(self) -> dict[str, Any]:
+        return {"labelSelector": self.label_selector, "fieldSelector": self.field_selector}
+
+    async def _list(self) -> None:
+        items: dict[str, Obj] = {}
+        cont: str | None = None
+        while True:
+            try:
+                page = await self.client.request(
+                    "GET", self.resource.path(self.namespace),
+                    query={**self._query(), "limit": self.page_size, "continue": cont},
+                    timeout=(self.connect_timeout, 60.0))
+            except ApiError as err:
+                if err.code == 410 and cont:  # continue token expired mid-list: start over
+                    items, cont = {}, None
+                    continue
+                raise
+            for obj in page.get("items") or []:
+                obj.setdefault("apiVersion", self.resource.api_version)
+                obj.setdefault("kind", self.resource.kind)
+                items[object_key(obj)] = obj
+            cont = page.get("metadata", {}).get("continue") or None
+            if not cont:
+                self.resource_version = page.get("metadata", {}).get("resourceVersion", "")
+                break
+        self._replace(items)
+        self.synced.set()
+
+    def _replace(self, items: dict[str, Obj]) -> None:
+        """Make the cache equal to a fresh list and tell subscribers what changed."""
+        for key in [k for k in self.cache if k not in items]:
+            self._dispatch(InformerEvent("DELETED", self.cache.pop(key), None))
+        for key, obj in items.items():
+            old = self.cache.get(key)
+            self.cache[key] = obj
+            if old is None:
+                self._dispatch(InformerEvent("ADDED", obj))
+            elif old.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
+                self._dispatch(InformerEvent("MODIFIED", obj, old))
+
+    async def _watch(self) -> None:
+        query = {**self._query(), "watch": "true", "allowWatchBookmarks": "true",
+                 "resourceVersion": self.resource_version,
+                 "timeoutSeconds": random.randint(*self.watch_timeout_range)}
+        try:
+            async for event in self.client.stream(self.resource.path(self.namespace), query,
+                                                  timeout=(self.connect_timeout, self.inactivity_timeout)):
+                self.watching = True
+                self._handle(event)
+        except ApiError as err:
+            if err.code == 410:
+                raise _Relist() from err
+            raise
+        finally:
+            self.watching = False
+
+    def _handle(self, event: Obj) -> None:
+        type_, obj = event.get("type"), event.get("object") or {}
+        if type_ == "ERROR":
+            if obj.get("code") == 410:
+                raise _Relist()
+            raise ApiError(int(obj.get("code") or 500), obj.get("reason", "Error"), obj.get("message", ""), obj)
+        rv = obj.get("metadata", {}).get("resourceVersion")
+        if type_ == "BOOKMARK":
+            if rv:
+                self.resource_version = rv
+            self.backoff.reset()
+            return
+        if type_ not in ("ADDED", "MODIFIED", "DELETED"):
+            raise ValueError(f"unknown watch event type {type_!r}")
+        key = object_key(obj)
+        old = self.cache.get(key)
+        if type_ == "DELETED":
+            self.cache.pop(key, None)
+        else:
+            self.cache[key] = obj
+            if old is None:
+                type_ = "ADDED"  # client-go semantics: first sight of an object is an add
+        if rv:
+            self.resource_version = rv
+        self.backoff.reset()
+        self._dispatch(InformerEvent(type_, obj, old))
