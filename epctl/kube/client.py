@@ -184,13 +184,18 @@ class KubeClient:
                 raise ApiError(0, "ConnectionError", f"{method} {path}: reading body: {err!r}") from err
         return data if isinstance(data, dict) else {}
 
-    async def stream(self, path: str, query: dict[str, Any],
-                     timeout: tuple[float, float] | None = None) -> AsyncIterator[Obj]:
-        """Yield each JSON line of a watch stream. The read timeout doubles as an inactivity deadline."""
+    async def stream(self, path: str, query: dict[str, Any], timeout: tuple[float, float] | None = None,
+                     on_open: Callable[[], None] | None = None) -> AsyncIterator[Obj]:
+        """Yield each JSON line of a watch stream. The read timeout doubles as an inactivity deadline.
+
+        ``on_open`` is called once the server has accepted the watch (before any event arrives).
+        """
         response = await self._send("GET", path, query, None, JSON, timeout)
         async with response:
             if response.status >= 400:
                 raise await self._error(response)
+            if on_open is not None:
+                on_open()
             try:
                 async for line in response.content:
                     if line.strip():

@@ -223,8 +223,8 @@ class Informer:
                  "timeoutSeconds": random.randint(*self.watch_timeout_range)}
         try:
             async for event in self.client.stream(self.resource.path(self.namespace), query,
-                                                  timeout=(self.connect_timeout, self.inactivity_timeout)):
-                self.watching = True
+                                                  timeout=(self.connect_timeout, self.inactivity_timeout),
+                                                  on_open=self._opened):
                 self._handle(event)
         except ApiError as err:
             if err.code == 410:
@@ -232,6 +232,9 @@ class Informer:
             raise
         finally:
             self.watching = False
+
+    def _opened(self) -> None:
+        self.watching = True
 
     def _handle(self, event: Obj) -> None:
         type_, obj = event.get("type"), event.get("object") or {}

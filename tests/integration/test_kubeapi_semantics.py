@@ -1,0 +1,295 @@
+"""kube-apiserver semantics of the test server, driven over HTTPS with epctl's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+from typing import Any
+
+import pytest
+import yaml
+
+from epctl.kube.client import (APPLY_PATCH, CONFIGMAPS, ENDPOINTSLICES, JSON_PATCH, LEASES, MERGE_PATCH, SERVICES,
+                               STRATEGIC_PATCH, ApiError, KubeClient, Resource)
+from epctl.testing.kubeapi import FaultRule, KubeAPIServer
+
+DATA = pathlib.Path(__file__).parent.parent / "data"
+WIDGETS = Resource("example.io", "v1", "widgets", "Widget")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False)
+
+
+def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels or {}}, "data": data}
+
+
+async def create(client: KubeClient, resource: Resource, body: dict[str, Any], ns: str | None = "default") -> Any:
+    return await client.request("POST", resource.path(ns), body=body)
+
+
+async def install_widgets(client: KubeClient) -> None:
+    crd = yaml.safe_load((DATA / "widget-crd.yaml").read_text())
+    await client.request("POST", CRDS.path(), body=crd)
+
+
+def slice_body(name: str, addresses: list[str], address_type: str = "IPv4") -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "svc"}},
+            "addressType": address_type, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
+
+
+async def test_resource_versions_are_global_increasing_strings(client: KubeClient) -> None:
+    a = await create(client, CONFIGMAPS, cm("a"))
+    b = await create(client, SERVICES, {"metadata": {"name": "b"}, "spec": {"ports": [{"port": 80}]}})
+    assert isinstance(a["metadata"]["resourceVersion"], str)
+    assert int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"])
+    listed = await client.request("GET", CONFIGMAPS.path("default"))
+    assert int(listed["metadata"]["resourceVersion"]) >= int(b["metadata"]["resourceVersion"])
+    assert a["metadata"]["uid"] and a["metadata"]["creationTimestamp"].endswith("Z")
+
+
+async def test_update_with_stale_resource_version_is_409_and_noop_keeps_version(client: KubeClient) -> None:
+    first = await create(client, CONFIGMAPS, cm("a", x="1"))
+    changed = await client.request("PUT", CONFIGMAPS.path("default", "a"), body={**first, "data": {"x": "2"}})
+    with pytest.raises(ApiError) as err:
+        await client.request("PUT", CONFIGMAPS.path("default", "a"), body={**first, "data": {"x": "3"}})
+    assert err.value.code == 409 and err.value.reason == "Conflict"
+    same = await client.request("PUT", CONFIGMAPS.path("default", "a"), body=changed)
+    assert same["metadata"]["resourceVersion"] == changed["metadata"]["resourceVersion"]
+
+
+async def test_create_errors_already_exists_missing_namespace_bad_name(client: KubeClient) -> None:
+    await create(client, CONFIGMAPS, cm("a"))
+    with pytest.raises(ApiError) as err:
+        await create(client, CONFIGMAPS, cm("a"))
+    assert (err.value.code, err.value.reason) == (409, "AlreadyExists")
+    with pytest.raises(ApiError) as err:
+        await create(client, CONFIGMAPS, cm("a"), ns="nope")
+    assert (err.value.code, err.value.reason) == (404, "NotFound")
+    with pytest.raises(ApiError) as err:
+        await create(client, CONFIGMAPS, cm("Not_Valid"))
+    assert err.value.code == 422 and err.value.status["details"]["causes"][0]["field"] == "metadata.name"
+    generated = await create(client, CONFIGMAPS, {"metadata": {"generateName": "gen-"}})
+    assert generated["metadata"]["name"].startswith("gen-") and len(generated["metadata"]["name"]) == 9
+
+
+async def test_list_label_and_field_selectors_and_pagination(client: KubeClient) -> None:
+    for i in range(7):
+        await create(client, CONFIGMAPS, cm(f"c{i}", {"tier": "db" if i % 2 else "web", **({"x": "1"} if i < 2 else {})}))
+
+    async def names(**query: Any) -> list[str]:
+        result = await client.request("GET", CONFIGMAPS.path("default"), query=query)
+        return [o["metadata"]["name"] for o in result["items"]]
+
+    assert await names(labelSelector="tier=db") == ["c1", "c3", "c5"]
+    assert await names(labelSelector="tier!=db,x") == ["c0"]
+    assert await names(labelSelector="tier in (db,web),!x") == ["c2", "c3", "c4", "c5", "c6"]
+    assert await names(labelSelector="tier notin (web)") == ["c1", "c3", "c5"]
+    assert await names(fieldSelector="metadata.name=c4") == ["c4"]
+    assert await names(fieldSelector="metadata.name!=c4", labelSelector="tier=web") == ["c0", "c2", "c6"]
+    with pytest.raises(ApiError) as err:
+        await names(fieldSelector="spec.bogus=1")
+    assert err.value.code == 400
+    seen, cont, pages = [], None, 0
+    first_rv = None
+    while True:
+        page = await client.request("GET", CONFIGMAPS.path("default"), query={"limit": 3, "continue": cont})
+        pages += 1
+        first_rv = first_rv or page["metadata"]["resourceVersion"]
+        assert page["metadata"]["resourceVersion"] == first_rv  # one consistent snapshot
+        if pages == 1:
+            await create(client, CONFIGMAPS, cm("zz-late"))  # not visible in this paginated list
+        seen += [o["metadata"]["name"] for o in page["items"]]
+        cont = page["metadata"].get("continue")
+        if not cont:
+            break
+    assert pages == 3 and seen == [f"c{i}" for i in range(7)]
+
+
+async def test_watch_from_version_replays_history_and_410_when_compacted(api: KubeAPIServer,
+                                                                        client: KubeClient) -> None:
+    a = await create(client, CONFIGMAPS, cm("a"))
+    await create(client, CONFIGMAPS, cm("b"))
+    await client.request("DELETE", CONFIGMAPS.path("default", "a"))
+    events = []
+    query = {"watch": "true", "resourceVersion": a["metadata"]["resourceVersion"], "timeoutSeconds": 1}
+    async for event in client.stream(CONFIGMAPS.path("default"), query):
+        events.append((event["type"], event["object"]["metadata"]["name"]))
+    assert events == [("ADDED", "b"), ("DELETED", "a")]
+    api.compact()
+    errors = [e async for e in client.stream(CONFIGMAPS.path("default"), query)]
+    assert errors[0]["type"] == "ERROR" and errors[0]["object"]["code"] == 410
+    assert errors[0]["object"]["reason"] == "Expired"
+
+
+async def test_watch_bookmarks_and_selector_transitions(client: KubeClient) -> None:
+    start = await client.request("GET", CONFIGMAPS.path("default"))
+    query = {"watch": "true", "resourceVersion": start["metadata"]["resourceVersion"], "labelSelector": "on=yes",
+             "allowWatchBookmarks": "true", "timeoutSeconds": 3}
+    seen: list[tuple[str, str]] = []
+
+    async def consume() -> None:
+        async for event in client.stream(CONFIGMAPS.path("default"), query):
+            seen.append((event["type"], event["object"]["metadata"].get("name", "")))
+            if event["type"] == "DELETED":
+                return
+
+    task = asyncio.create_task(consume())
+    obj = await create(client, CONFIGMAPS, cm("a", {"on": "no"}))
+    obj = await client.request("PATCH", CONFIGMAPS.path("default", "a"), body={"metadata": {"labels": {"on": "yes"}}},
+                               content_type=MERGE_PATCH)
+    await client.request("PATCH", CONFIGMAPS.path("default", "a"), body={"metadata": {"labels": {"on": "no"}}},
+                         content_type=MERGE_PATCH)
+    await asyncio.wait_for(task, 10)
+    assert [s for s in seen if s[0] != "BOOKMARK"] == [("ADDED", "a"), ("DELETED", "a")]
+    assert obj
+
+
+async def test_bookmark_arrives_when_nothing_changes(client: KubeClient) -> None:
+    query = {"watch": "true", "resourceVersion": "1", "allowWatchBookmarks": "true", "timeoutSeconds": 5}
+    async for event in client.stream(LEASES.path("default"), query):
+        assert event["type"] == "BOOKMARK"
+        assert int(event["object"]["metadata"]["resourceVersion"]) >= 1
+        break
+
+
+async def test_status_subresource_and_generation(client: KubeClient) -> None:
+    await install_widgets(client)
+    w = await client.request("POST", WIDGETS.path("default"), body={
+        "apiVersion": "example.io/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 2},
+        "status": {"phase": "ignored-on-create"}})
+    assert "status" not in w and w["metadata"]["generation"] == 1
+    w = await client.request("PUT", WIDGETS.path("default", "w", "status"), body={**w, "status": {"phase": "Ok"},
+                                                                                   "spec": {"size": 9}})
+    assert w["status"] == {"phase": "Ok"} and w["spec"]["size"] == 2 and w["metadata"]["generation"] == 1
+    w = await client.request("PATCH", WIDGETS.path("default", "w"), body={"spec": {"size": 3}, "status": {"phase": "x"}},
+                             content_type=MERGE_PATCH)
+    assert w["spec"]["size"] == 3 and w["status"] == {"phase": "Ok"} and w["metadata"]["generation"] == 2
+    w = await client.request("PATCH", WIDGETS.path("default", "w"), body={"metadata": {"labels": {"a": "b"}}},
+                             content_type=MERGE_PATCH)
+    assert w["metadata"]["generation"] == 2  # metadata-only change
+    with pytest.raises(ApiError) as err:
+        await client.request("PATCH", WIDGETS.path("default", "w"), body={"spec": {"size": 1}},
+                             content_type=STRATEGIC_PATCH)
+    assert err.value.code == 415  # strategic merge is for built-in types only
+
+
+async def test_patch_flavours_on_builtin_types(client: KubeClient) -> None:
+    await create(client, SERVICES, {"metadata": {"name": "s"}, "spec": {"ports": [
+        {"name": "a", "port": 80}, {"name": "b", "port": 81}]}})
+    svc = await client.request("PATCH", SERVICES.path("default", "s"), content_type=STRATEGIC_PATCH,
+                               body={"spec": {"ports": [{"port": 81, "targetPort": 8081}, {"name": "c", "port": 82}]}})
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("a", 80, 80), ("b", 81, 8081), ("c", 82, 82)]
+    svc = await client.request("PATCH", SERVICES.path("default", "s"), content_type=STRATEGIC_PATCH,
+                               body={"spec": {"ports": [{"port": 80, "$patch": "delete"}]}})
+    assert [p["port"] for p in svc["spec"]["ports"]] == [81, 82]
+    svc = await client.request("PATCH", SERVICES.path("default", "s"), content_type=JSON_PATCH,
+                               body=[{"op": "test", "path": "/spec/ports/0/port", "value": 81},
+                                     {"op": "replace", "path": "/spec/ports/0/name", "value": "bb"}])
+    assert svc["spec"]["ports"][0]["name"] == "bb"
+    with pytest.raises(ApiError) as err:
+        await client.request("PATCH", SERVICES.path("default", "s"), content_type=JSON_PATCH,
+                             body=[{"op": "replace", "path": "/spec/clusterIP", "value": "10.0.0.1"}])
+    assert err.value.code == 422 and "may not change once set" in err.value.message
+    applied = await client.request("PATCH", CONFIGMAPS.path("default", "ssa"), content_type=APPLY_PATCH,
+                                   query={"fieldManager": "me"},
+                                   body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"},
+                                         "data": {"k": "v"}})
+    assert applied["data"] == {"k": "v"} and applied["metadata"]["managedFields"][0]["manager"] == "me"
+
+
+async def test_endpointslice_validation(api: KubeAPIServer, client: KubeClient) -> None:
+    created = await create(client, ENDPOINTSLICES, slice_body("s1", ["10.0.0.1", "127.0.0.1"]))
+    assert created["endpoints"][1]["addresses"] == ["127.0.0.1"]  # allow_loopback=True in tests
+    api.store.allow_loopback = False
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTSLICES, slice_body("s2", ["127.0.0.1", "169.254.1.1", "10.0.0.300"]))
+    fields = [c["field"] for c in err.value.status["details"]["causes"]]
+    assert fields == ["endpoints[0].addresses[0]", "endpoints[1].addresses[0]", "endpoints[2].addresses[0]"]
+    assert "loopback" in err.value.message and "link-local" in err.value.message
+    with pytest.raises(ApiError) as err:
+        await client.request("PUT", ENDPOINTSLICES.path("default", "s1"),
+                             body={**created, "addressType": "IPv6", "endpoints": []})
+    assert "addressType: Invalid value" in err.value.message and "immutable" in err.value.message
+    too_many = slice_body("s3", [f"10.1.{i // 250}.{i % 250 + 1}" for i in range(1001)])
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTSLICES, too_many)
+    assert "must have at most 1000 items" in err.value.message
+
+
+async def test_gc_background_foreground_orphan(api: KubeAPIServer, client: KubeClient) -> None:
+    from epctl.testing.waiting import eventually
+
+    async def family(name: str) -> dict[str, Any]:
+        owner = await create(client, CONFIGMAPS, cm(name))
+        ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": owner["metadata"]["uid"]}
+        for i in range(2):
+            body = cm(f"{name}-child{i}")
+            body["metadata"]["ownerReferences"] = [ref]
+            await create(client, CONFIGMAPS, body)
+        return owner
+
+    def names() -> set[str]:
+        return {k[1] for k in api.store.objects[("", "configmaps")]}
+
+    await family("bg")
+    await client.request("DELETE", CONFIGMAPS.path("default", "bg"))
+    await eventually(lambda: not {"bg", "bg-child0", "bg-child1"} & names(), message="background GC")
+    await family("fg")
+    await client.request("DELETE", CONFIGMAPS.path("default", "fg"), body={"propagationPolicy": "Foreground"})
+    await eventually(lambda: not {"fg", "fg-child0", "fg-child1"} & names(), message="foreground GC")
+    await family("or")
+    await client.request("DELETE", CONFIGMAPS.path("default", "or"), body={"propagationPolicy": "Orphan"})
+    await eventually(lambda: "or" not in names(), message="orphaning owner deleted")
+    child = await client.request("GET", CONFIGMAPS.path("default", "or-child0"))
+    assert "ownerReferences" not in child["metadata"]
+
+
+async def test_fault_injection_request_log_and_restart(api: KubeAPIServer, client: KubeClient) -> None:
+    api.inject_fault(FaultRule(verb="create", resource="configmaps", code=500, count=2))
+    for _ in range(2):
+        with pytest.raises(ApiError) as err:
+            await create(client, CONFIGMAPS, cm("a"))
+        assert err.value.code == 500 and err.value.retryable
+    await create(client, CONFIGMAPS, cm("a"))
+    api.inject_fault(FaultRule(verb="get", code=429, retry_after=2))
+    with pytest.raises(ApiError) as err:
+        await client.request("GET", CONFIGMAPS.path("default", "a"))
+    assert err.value.code == 429 and err.value.retry_after == 2
+    creates = [(r.verb, r.resource, r.name, r.code) for r in api.request_log if r.verb == "create"]
+    assert creates[-3:] == [("create", "configmaps", "", 500)] * 2 + [("create", "configmaps", "", 201)]
+    assert len(api.writes("configmaps")) == 1
+    port = api.port
+    await api.restart()
+    assert api.port == port
+    again = await client.request("GET", CONFIGMAPS.path("default", "a"))
+    assert again["metadata"]["name"] == "a"
+
+
+async def test_unauthenticated_requests_are_401(api: KubeAPIServer) -> None:
+    import ssl
+
+    import aiohttp
+
+    context = ssl.create_default_context(cadata=api.certs.ca_pem.decode())
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{api.url}/api/v1/namespaces", ssl=context) as response:
+            assert response.status == 401
+            assert json.loads(await response.text())["reason"] == "Unauthorized"
+        async with session.get(f"{api.url}/version", ssl=context) as response:
+            assert response.status == 200
+
+
+async def test_client_refuses_kubeconfig_that_skips_tls_verification(api: KubeAPIServer, tmp_path: Any) -> None:
+    from epctl.kube.client import TLSVerificationRequired
+
+    config = api.kubeconfig()
+    cluster = config["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["insecure-skip-tls-verify"] = True
+    path = tmp_path / "insecure"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TLSVerificationRequired):
+        await KubeClient.connect(str(path))
