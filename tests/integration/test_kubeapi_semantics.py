@@ -10,8 +10,19 @@ from typing import Any
 import pytest
 import yaml
 
-from epctl.kube.client import (APPLY_PATCH, CONFIGMAPS, ENDPOINTSLICES, JSON_PATCH, LEASES, MERGE_PATCH, SERVICES,
-                               STRATEGIC_PATCH, ApiError, KubeClient, Resource)
+from epctl.kube.client import (
+    APPLY_PATCH,
+    CONFIGMAPS,
+    ENDPOINTSLICES,
+    JSON_PATCH,
+    LEASES,
+    MERGE_PATCH,
+    SERVICES,
+    STRATEGIC_PATCH,
+    ApiError,
+    KubeClient,
+    Resource,
+)
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 
 DATA = pathlib.Path(__file__).parent.parent / "data"
@@ -76,7 +87,8 @@ async def test_create_errors_already_exists_missing_namespace_bad_name(client: K
 
 async def test_list_label_and_field_selectors_and_pagination(client: KubeClient) -> None:
     for i in range(7):
-        await create(client, CONFIGMAPS, cm(f"c{i}", {"tier": "db" if i % 2 else "web", **({"x": "1"} if i < 2 else {})}))
+        labels = {"tier": "db" if i % 2 else "web", **({"x": "1"} if i < 2 else {})}
+        await create(client, CONFIGMAPS, cm(f"c{i}", labels))
 
     async def names(**query: Any) -> list[str]:
         result = await client.request("GET", CONFIGMAPS.path("default"), query=query)
@@ -163,8 +175,8 @@ async def test_status_subresource_and_generation(client: KubeClient) -> None:
     w = await client.request("PUT", WIDGETS.path("default", "w", "status"), body={**w, "status": {"phase": "Ok"},
                                                                                    "spec": {"size": 9}})
     assert w["status"] == {"phase": "Ok"} and w["spec"]["size"] == 2 and w["metadata"]["generation"] == 1
-    w = await client.request("PATCH", WIDGETS.path("default", "w"), body={"spec": {"size": 3}, "status": {"phase": "x"}},
-                             content_type=MERGE_PATCH)
+    w = await client.request("PATCH", WIDGETS.path("default", "w"),
+                             body={"spec": {"size": 3}, "status": {"phase": "x"}}, content_type=MERGE_PATCH)
     assert w["spec"]["size"] == 3 and w["status"] == {"phase": "Ok"} and w["metadata"]["generation"] == 2
     w = await client.request("PATCH", WIDGETS.path("default", "w"), body={"metadata": {"labels": {"a": "b"}}},
                              content_type=MERGE_PATCH)

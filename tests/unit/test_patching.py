@@ -3,8 +3,15 @@ from __future__ import annotations
 import pytest
 
 from epctl.testing.apierrors import StatusError
-from epctl.testing.patching import (fields_from_v1, fields_to_v1, json_merge_patch, json_patch, record_update,
-                                    server_side_apply, strategic_merge_patch)
+from epctl.testing.patching import (
+    fields_from_v1,
+    fields_to_v1,
+    json_merge_patch,
+    json_patch,
+    record_update,
+    server_side_apply,
+    strategic_merge_patch,
+)
 
 
 def test_json_merge_patch_rfc7386() -> None:
