@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ async def eventually(condition: Callable[[], T | Awaitable[T]], timeout: float =
             if inspect.isawaitable(value):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return cast(T, value)
             last_error = None
         except AssertionError as err:
             last_error = err

@@ -1,0 +1,323 @@
+"""Parse and validate a ClusterEndpoint document. Pure: no I/O, and it never raises.
+
+Every problem is collected (not just the first) with the field path a user can find in their
+YAML, e.g. ``spec.ports[1].httpGet.scheme: must be HTTP or HTTPS``. Accepts our
+``epctl.io/v1beta1`` and the endpoints-operator's ``sealos.io/v1beta1`` shape unchanged (including
+its lower-case ``scheme: http`` and ``enable: true`` probe switches).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from epctl.api.spec import (
+    ACCEPTED_API_VERSIONS,
+    DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_INITIAL_DELAY_SECONDS,
+    DEFAULT_PERIOD_SECONDS,
+    DEFAULT_SUCCESS_THRESHOLD,
+    DEFAULT_TIMEOUT_SECONDS,
+    KIND,
+    ClusterEndpointSpec,
+    GRPCProbe,
+    HTTPProbe,
+    PortSpec,
+    Probe,
+    ProbeKind,
+    ProbeTiming,
+    TCPProbe,
+    UDPProbe,
+)
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}"
+                      r"[A-Za-z0-9])?)*\.?$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(FieldError(path, message))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _port_number(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    return None
+
+
+def _int(errors: _Errors, node: dict[str, Any], key: str, path: str, default: int, minimum: int,
+         maximum: int | None = None) -> int:
+    value = node.get(key, default)
+    if value is None:
+        return default
+    if not _is_int(value):
+        errors.add(f"{path}.{key}", f"must be an integer, got {value!r}")
+        return default
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        errors.add(f"{path}.{key}", f"must be {bound}, got {value}")
+        return default
+    return int(value)
+
+
+def _mapping(errors: _Errors, value: Any, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.add(path, f"must be an object, got {type(value).__name__}")
+        return {}
+    return value
+
+
+def _enabled(block: Any) -> bool:
+    """A probe block counts as enabled unless it says ``enable: false`` (seed shape: ``enable: true``)."""
+    return isinstance(block, dict) and block.get("enable", True) is not False
+
+
+def host_error(host: Any, allow_loopback: bool) -> str | None:
+    """Why ``host`` cannot be an endpoint, or None. DNS names are allowed (resolved at probe time)."""
+    if not isinstance(host, str) or not host:
+        return f"must be an IP address or DNS name, got {host!r}"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if HOSTNAME.match(host) and not host.replace(".", "").isdigit():
+            return None
+        return f"must be an IP address or DNS name, got {host!r}"
+    if ip.is_unspecified or ip.is_multicast:
+        return f"{host} is not a unicast address"
+    if ip.is_link_local:
+        return f"{host} is link-local, which EndpointSlices may not contain"
+    if ip.is_loopback and not allow_loopback:
+        return f"{host} is a loopback address, which EndpointSlices may not contain"
+    return None
+
+
+def _probe(errors: _Errors, port: dict[str, Any], path: str) -> Probe | None:
+    enabled = [k for k in ProbeKind if _enabled(port.get(k.value))]
+    for kind in ProbeKind:
+        block = port.get(kind.value)
+        if block is not None and not isinstance(block, dict):
+            errors.add(f"{path}.{kind.value}", f"must be an object, got {type(block).__name__}")
+    if len(enabled) > 1:
+        errors.add(path, "at most one probe may be enabled, found " + ", ".join(k.value for k in enabled))
+        return None
+    if not enabled:
+        return None
+    kind = enabled[0]
+    block = port[kind.value]
+    bpath = f"{path}.{kind.value}"
+    probe_port = _port_number(block.get("port"))
+    if block.get("port") is not None and probe_port is None:
+        errors.add(f"{bpath}.port", f"must be a port number between 1 and 65535, got {block.get('port')!r}")
+    if kind is ProbeKind.TCP:
+        return TCPProbe(port=probe_port)
+    if kind is ProbeKind.HTTP:
+        return _http_probe(errors, block, bpath, probe_port)
+    if kind is ProbeKind.UDP:
+        data = block.get("data", "")
+        if data is None:
+            data = ""
+        if not isinstance(data, str):
+            errors.add(f"{bpath}.data", f"must be a string, got {type(data).__name__}")
+            data = ""
+        return UDPProbe(data=data.encode(), port=probe_port)
+    service = block.get("service", "")
+    if service is None:
+        service = ""
+    if not isinstance(service, str):
+        errors.add(f"{bpath}.service", f"must be a string, got {type(service).__name__}")
+        service = ""
+    tls = _mapping(errors, block.get("tls"), f"{bpath}.tls")
+    return GRPCProbe(service=service, port=probe_port, tls=tls.get("enable", bool(tls)) is True,
+                     insecure_skip_verify=tls.get("insecureSkipVerify", False) is True)
+
+
+def _http_probe(errors: _Errors, block: dict[str, Any], path: str, port: int | None) -> HTTPProbe:
+    scheme = block.get("scheme") or "HTTP"
+    if not isinstance(scheme, str) or scheme.upper() not in ("HTTP", "HTTPS"):
+        errors.add(f"{path}.scheme", f"must be HTTP or HTTPS, got {scheme!r}")
+        scheme = "HTTP"
+    url_path = block.get("path") or "/"
+    if not isinstance(url_path, str) or not url_path.startswith("/") or any(c in url_path for c in " \r\n"):
+        errors.add(f"{path}.path", f"must be an absolute URL path starting with '/', got {url_path!r}")
+        url_path = "/"
+    headers = []
+    raw_headers = block.get("httpHeaders") or []
+    if not isinstance(raw_headers, list):
+        errors.add(f"{path}.httpHeaders", "must be a list of {name, value}")
+        raw_headers = []
+    for i, header in enumerate(raw_headers):
+        hpath = f"{path}.httpHeaders[{i}]"
+        if not isinstance(header, dict):
+            errors.add(hpath, "must be an object with name and value")
+            continue
+        name, value = header.get("name"), header.get("value", "")
+        if not isinstance(name, str) or not HEADER_NAME.match(name):
+            errors.add(f"{hpath}.name", f"must be a valid HTTP header name, got {name!r}")
+            continue
+        if not isinstance(value, str) or "\n" in value or "\r" in value:
+            errors.add(f"{hpath}.value", "must be a single-line string")
+            continue
+        headers.append((name, value))
+    skip = block.get("insecureSkipVerify", True)
+    if not isinstance(skip, bool):
+        errors.add(f"{path}.insecureSkipVerify", f"must be true or false, got {skip!r}")
+        skip = True
+    return HTTPProbe(path=url_path, scheme=scheme.upper(), port=port, headers=tuple(headers),
+                     insecure_skip_verify=skip)
+
+
+def _timing(errors: _Errors, port: dict[str, Any], path: str, default_period: int) -> ProbeTiming:
+    timing = ProbeTiming(
+        timeout_seconds=_int(errors, port, "timeoutSeconds", path, DEFAULT_TIMEOUT_SECONDS, 1),
+        period_seconds=_int(errors, port, "periodSeconds", path, default_period, 1),
+        success_threshold=_int(errors, port, "successThreshold", path, DEFAULT_SUCCESS_THRESHOLD, 1),
+        failure_threshold=_int(errors, port, "failureThreshold", path, DEFAULT_FAILURE_THRESHOLD, 1),
+        initial_delay_seconds=_int(errors, port, "initialDelaySeconds", path, DEFAULT_INITIAL_DELAY_SECONDS, 0),
+    )
+    if timing.timeout_seconds > timing.period_seconds:
+        errors.add(f"{path}.timeoutSeconds", f"must not exceed periodSeconds ({timing.timeout_seconds} > "
+                                             f"{timing.period_seconds})")
+    return timing
+
+
+def _port(errors: _Errors, raw: Any, path: str, default_period: int, allow_loopback: bool,
+          need_name: bool) -> PortSpec | None:
+    if not isinstance(raw, dict):
+        errors.add(path, f"must be an object, got {type(raw).__name__}")
+        return None
+    name = raw.get("name", "")
+    if name is None:
+        name = ""
+    if not isinstance(name, str) or (name and not (len(name) <= 63 and DNS1123_LABEL.match(name))):
+        errors.add(f"{path}.name", f"must be a DNS label (lower case letters, digits, '-'), got {name!r}")
+        name = ""
+    elif need_name and not name:
+        errors.add(f"{path}.name", "is required when there is more than one port")
+    protocol = raw.get("protocol") or "TCP"
+    if protocol not in PROTOCOLS:
+        errors.add(f"{path}.protocol", f"must be one of TCP, UDP, SCTP, got {protocol!r}")
+        protocol = "TCP"
+    raw_port = raw.get("port")
+    port = _port_number(raw_port) or 0
+    if not port:
+        errors.add(f"{path}.port", f"must be a port number between 1 and 65535, got {raw_port!r}")
+    raw_target = raw.get("targetPort")
+    target = _port_number(raw_target) or port
+    if raw_target is not None and _port_number(raw_target) is None:
+        errors.add(f"{path}.targetPort", f"must be a port number between 1 and 65535, got {raw_target!r}")
+    hosts_raw = raw.get("hosts") or []
+    if not isinstance(hosts_raw, list):
+        errors.add(f"{path}.hosts", "must be a list of IP addresses or DNS names")
+        hosts_raw = []
+    hosts: list[str] = []
+    for i, host in enumerate(hosts_raw):
+        problem = host_error(host, allow_loopback)
+        if problem:
+            errors.add(f"{path}.hosts[{i}]", problem)
+        elif host not in hosts:
+            hosts.append(host)
+    probe = _probe(errors, raw, path)
+    timing = _timing(errors, raw, path, default_period)
+    return PortSpec(name=name, protocol=protocol, port=port, target_port=target, hosts=tuple(hosts), probe=probe,
+                    timing=timing)
+
+
+def parse_cluster_endpoint(doc: Any, *, allow_loopback: bool = False
+                           ) -> tuple[ClusterEndpointSpec | None, list[FieldError]]:
+    """Return ``(spec, [])`` for a valid document, or ``(None, errors)``. Never raises."""
+    errors = _Errors()
+    try:
+        spec = _parse(errors, doc, allow_loopback)
+    except RecursionError:
+        errors.add("", "document is nested too deeply")
+        spec = None
+    if errors.items:
+        return None, errors.items
+    return spec, []
+
+
+def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSpec | None:
+    if not isinstance(doc, dict):
+        errors.add("", f"a ClusterEndpoint must be an object, got {type(doc).__name__}")
+        return None
+    api_version = doc.get("apiVersion")
+    if api_version not in ACCEPTED_API_VERSIONS:
+        errors.add("apiVersion", f"must be one of {', '.join(ACCEPTED_API_VERSIONS)}, got {api_version!r}")
+    if doc.get("kind") != KIND:
+        errors.add("kind", f"must be {KIND}, got {doc.get('kind')!r}")
+    meta = _mapping(errors, doc.get("metadata"), "metadata")
+    name = meta.get("name")
+    if not isinstance(name, str) or not (len(name) <= 63 and DNS1035_LABEL.match(name)):
+        errors.add("metadata.name", "must be a DNS-1035 label (it names the Service: lower case letters, digits, "
+                                    f"'-', starting with a letter), got {name!r}")
+        name = ""
+    namespace = meta.get("namespace") or "default"
+    if not isinstance(namespace, str):
+        errors.add("metadata.namespace", f"must be a string, got {namespace!r}")
+        namespace = "default"
+    spec = _mapping(errors, doc.get("spec"), "spec")
+    period = _int(errors, spec, "periodSeconds", "spec", DEFAULT_PERIOD_SECONDS, 1)
+    cluster_ip = spec.get("clusterIP")
+    if cluster_ip not in (None, "", "None"):
+        try:
+            ipaddress.ip_address(cluster_ip)
+        except (TypeError, ValueError):
+            errors.add("spec.clusterIP", f'must be "None" (headless) or an IP address, got {cluster_ip!r}')
+    discovery = spec.get("discovery")
+    if discovery is not None and not isinstance(discovery, dict):
+        errors.add("spec.discovery", "must be an object")
+        discovery = None
+    raw_ports = spec.get("ports")
+    if not isinstance(raw_ports, list) or not raw_ports:
+        errors.add("spec.ports", "must list at least one port")
+        raw_ports = []
+    ports: list[PortSpec] = []
+    names: dict[str, int] = {}
+    numbers: dict[tuple[int, str], int] = {}
+    for i, raw in enumerate(raw_ports):
+        port = _port(errors, raw, f"spec.ports[{i}]", period, allow_loopback, need_name=len(raw_ports) > 1)
+        if port is None:
+            continue
+        if port.name and port.name in names:
+            errors.add(f"spec.ports[{i}].name",
+                       f"duplicate port name {port.name!r} (also spec.ports[{names[port.name]}])")
+        names.setdefault(port.name, i)
+        if port.port and (port.port, port.protocol) in numbers:
+            errors.add(f"spec.ports[{i}].port", f"duplicate {port.protocol} port {port.port} "
+                                                f"(also spec.ports[{numbers[(port.port, port.protocol)]}])")
+        numbers.setdefault((port.port, port.protocol), i)
+        if not port.hosts and not discovery:
+            errors.add(f"spec.ports[{i}].hosts", "must list at least one host (or set spec.discovery)")
+        ports.append(port)
+    uid = meta.get("uid", "")
+    generation = meta.get("generation", 0)
+    return ClusterEndpointSpec(
+        name=name, namespace=namespace, ports=tuple(ports),
+        cluster_ip=cluster_ip if cluster_ip not in (None, "") else None, period_seconds=period,
+        discovery=discovery, uid=uid if isinstance(uid, str) else "",
+        generation=generation if _is_int(generation) else 0,
+        api_version=api_version if isinstance(api_version, str) else "")

@@ -1,0 +1,25 @@
+"""What one probe run says. Probers return these and never raise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    ok: bool
+    reason: str
+    duration: float  # seconds
+
+    @staticmethod
+    def timeout(duration: float, timeout: float) -> ProbeResult:
+        return ProbeResult(False, f"timeout after {timeout:g}s", duration)
+
+
+def describe_os_error(err: OSError) -> str:
+    """Short, stable reasons (they end up in status and Events, so no addresses or errno noise)."""
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, ConnectionResetError):
+        return "connection reset"
+    return (err.strerror or type(err).__name__).lower()
