@@ -6,8 +6,8 @@ import asyncio
 import pathlib
 
 from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.kubectl import Kubectl
 from epctl.testing.waiting import eventually
-from tests.conftest import Kubectl
 
 DATA = pathlib.Path(__file__).parent.parent / "data"
 WIDGET = """apiVersion: example.io/v1

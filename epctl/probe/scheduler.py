@@ -1,0 +1,288 @@
+"""One scheduler for every check: even spread, no drift, bounded concurrency, hysteresis.
+
+- A check is keyed by (target, port, address). :meth:`Scheduler.upsert` adds or changes one while
+  running; an upsert that does not change the check keeps its state and schedule, one that does
+  (new probe, new timing) keeps the current health but restarts the threshold counters, so an edit
+  never flaps a healthy host to not-ready on its own.
+- Each check owns a fixed phase inside its period, derived from a hash of its key (deterministic
+  across restarts and processes): 10,000 checks with a 10 s period run ~1,000 a second, not in
+  bursts. The first run comes early (within ``first_window`` seconds, after initialDelaySeconds)
+  so a new host is decided quickly; after that the check snaps to its slot and every next run is
+  planned from the schedule (``due + period``), never from when the last probe finished.
+- At most ``max_concurrent`` probes are in flight; each also has a hard deadline slightly above
+  its timeout, so a misbehaving prober cannot hold a slot.
+- Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeKind, ProbeTiming, UDPProbe
+from epctl.probe.grpc import GRPCProber
+from epctl.probe.http import probe_http
+from epctl.probe.result import ProbeResult
+from epctl.probe.state import CheckState
+from epctl.probe.tcp import probe_tcp
+from epctl.probe.udp import probe_udp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CheckKey:
+    target: str
+    port: str
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.target}/{self.port}/{self.address}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """What to probe: ``probe`` against ``address:port`` with ``timing``."""
+
+    key: CheckKey
+    probe: Probe
+    port: int
+    timing: ProbeTiming = field(default_factory=ProbeTiming)
+
+
+@dataclass(frozen=True)
+class Transition:
+    key: CheckKey
+    healthy: bool
+    reason: str
+    at: float  # wall-clock seconds (time.time())
+    duration: float
+
+
+class ProbeMetrics(Protocol):
+    def observe(self, kind: str, ok: bool, duration: float) -> None: ...
+    def lateness(self, seconds: float) -> None: ...
+    def in_flight(self, count: int) -> None: ...
+
+
+@dataclass
+class _Entry:
+    check: Check
+    state: CheckState
+    phase: float
+    generation: int
+    first: bool = True
+    in_flight: bool = False
+    last: ProbeResult | None = None
+
+
+def phase_fraction(key: CheckKey) -> float:
+    """A stable pseudo-random number in [0, 1) for a key: the check's slot within its period."""
+    digest = hashlib.blake2b(str(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def next_slot(after: float, phase: float, period: float) -> float:
+    """The first time ``phase + k * period`` that is at or after ``after``."""
+    k = -(-(after - phase) // period)  # ceil division
+    return phase + k * period
+
+
+class Scheduler:
+    def __init__(self, on_transition: Callable[[Transition], None], *, max_concurrent: int = 1000,
+                 metrics: ProbeMetrics | None = None, grpc_prober: GRPCProber | None = None,
+                 first_window: float = 1.0, period_override: float | None = None) -> None:
+        self.on_transition = on_transition
+        self.max_concurrent = max_concurrent
+        self.metrics = metrics
+        self.grpc = grpc_prober or GRPCProber()
+        self.first_window = first_window
+        self.period_override = period_override
+        self._entries: dict[CheckKey, _Entry] = {}
+        self._heap: list[tuple[float, int, CheckKey, int]] = []
+        self._seq = itertools.count()
+        self._generation = itertools.count(1)
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    # --- configuration --------------------------------------------------------------------------
+
+    def _period(self, check: Check) -> float:
+        return self.period_override or float(check.timing.period_seconds)
+
+    def upsert(self, check: Check, initial: bool | None = None) -> None:
+        """Add or update a check. ``initial`` seeds its health (adopted from published conditions)."""
+        entry = self._entries.get(check.key)
+        if entry is not None and entry.check == check:
+            return
+        timing = check.timing
+        generation = next(self._generation)
+        if entry is None:
+            state = CheckState(timing.success_threshold, timing.failure_threshold, healthy=initial)
+            delay = float(timing.initial_delay_seconds)
+        else:
+            state = CheckState(timing.success_threshold, timing.failure_threshold, healthy=entry.state.healthy)
+            delay = 0.0
+        period = self._period(check)
+        entry = _Entry(check, state, phase_fraction(check.key) * period, generation)
+        self._entries[check.key] = entry
+        due = time.monotonic() + delay + phase_fraction(check.key) * min(period, self.first_window)
+        self._push(due, entry)
+
+    def remove(self, key: CheckKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.check.probe.kind is ProbeKind.GRPC:
+            self._forget_grpc(key.address, entry.check.port)
+
+    def remove_target(self, target: str) -> None:
+        for key in [k for k in self._entries if k.target == target]:
+            self.remove(key)
+
+    def _forget_grpc(self, address: str, port: int) -> None:
+        if any(e.check.probe.kind is ProbeKind.GRPC and e.check.key.address == address and e.check.port == port
+               for e in self._entries.values()):
+            return
+        self._spawn(self.grpc.forget(address, port))
+
+    def state(self, key: CheckKey) -> CheckState | None:
+        entry = self._entries.get(key)
+        return entry.state if entry else None
+
+    def last_result(self, key: CheckKey) -> ProbeResult | None:
+        entry = self._entries.get(key)
+        return entry.last if entry else None
+
+    def keys(self) -> list[CheckKey]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self.run(), name="probe-scheduler")
+        return self._runner
+
+    async def stop(self) -> None:
+        """Stop scheduling, cancel probes in flight, close kept gRPC channels."""
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.grpc.close()
+
+    def _push(self, due: float, entry: _Entry) -> None:
+        first = not self._heap or due < self._heap[0][0]
+        heapq.heappush(self._heap, (due, next(self._seq), entry.check.key, entry.generation))
+        if first:
+            self._wakeup.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.monotonic()
+            while self._heap and self._heap[0][0] <= now and self._in_flight < self.max_concurrent:
+                due, _, key, generation = heapq.heappop(self._heap)
+                entry = self._entries.get(key)
+                if entry is None or entry.generation != generation:
+                    continue  # removed or replaced since it was queued
+                self._launch(entry, due, now)
+            self._wakeup.clear()
+            if self._in_flight >= self.max_concurrent or not self._heap:
+                await self._wakeup.wait()
+                continue
+            handle = loop.call_later(max(0.0, self._heap[0][0] - time.monotonic()), self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                handle.cancel()
+
+    def _launch(self, entry: _Entry, due: float, now: float) -> None:
+        period = self._period(entry.check)
+        if entry.first:
+            entry.first = False
+            nxt = next_slot(due + period / 2, entry.phase, period)
+        else:
+            nxt = due + period
+        self._push(nxt, entry)
+        if entry.in_flight:
+            return  # still running from last period (cannot happen when timeout <= period)
+        if self.metrics:
+            self.metrics.lateness(now - due)
+        entry.in_flight = True
+        self._in_flight += 1
+        if self.metrics:
+            self.metrics.in_flight(self._in_flight)
+        task = asyncio.get_running_loop().create_task(self._run_one(entry, entry.generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_one(self, entry: _Entry, generation: int) -> None:
+        check = entry.check
+        try:
+            result = await self._probe(check)
+        finally:
+            entry.in_flight = False
+            self._in_flight -= 1
+            if self.metrics:
+                self.metrics.in_flight(self._in_flight)
+            self._wakeup.set()
+        if self.metrics:
+            self.metrics.observe(check.probe.kind.short, result.ok, result.duration)
+        if self._entries.get(check.key) is not entry or entry.generation != generation:
+            return  # the check changed or went away while this probe ran: its result is moot
+        entry.last = result
+        if entry.state.record(result.ok, result.reason):
+            healthy = bool(entry.state.healthy)
+            try:
+                self.on_transition(Transition(check.key, healthy, result.reason, time.time(), result.duration))
+            except Exception:  # a broken consumer must not stop probing
+                log.exception("transition consumer failed", extra={"check": str(check.key)})
+
+    async def _probe(self, check: Check) -> ProbeResult:
+        timeout = float(check.timing.timeout_seconds)
+        probe, address, port = check.probe, check.key.address, check.port
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout + 0.5):
+                if probe.kind is ProbeKind.TCP:
+                    return await probe_tcp(address, port, timeout)
+                if isinstance(probe, HTTPProbe):
+                    return await probe_http(address, port, timeout, probe)
+                if isinstance(probe, UDPProbe):
+                    return await probe_udp(address, port, timeout, probe.data)
+                if isinstance(probe, GRPCProbe):
+                    return await self.grpc.probe(address, port, timeout, probe)
+                return ProbeResult(False, f"unsupported probe {probe.kind}", 0.0)
+        except TimeoutError:
+            return ProbeResult.timeout(time.perf_counter() - start, timeout)
+        except Exception as err:  # a prober bug is a failed probe, never a dead scheduler
+            log.exception("prober raised", extra={"check": str(check.key)})
+            return ProbeResult(False, f"probe error: {type(err).__name__}", time.perf_counter() - start)

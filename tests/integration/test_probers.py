@@ -1,0 +1,177 @@
+"""Every prober semantic, against real local servers; no prober may raise, overrun or leak."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from epctl.api.spec import GRPCProbe, HTTPProbe
+from epctl.probe.grpc import GRPCProber
+from epctl.probe.http import probe_http
+from epctl.probe.tcp import probe_tcp
+from epctl.probe.udp import probe_udp
+from epctl.testing.backends import HOST, GRPCBackend, HTTPBackend, TCPBackend, UDPBackend, free_port
+
+SLACK = 0.25  # allowed overrun of a timeout on a loaded 2-core machine
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_tcp_accepting_refused_and_blackhole_timeout() -> None:
+    async with TCPBackend() as backend:
+        result = await probe_tcp(HOST, backend.port, 1.0)
+        assert result.ok and result.reason == "connected"
+        await backend.set_mode("closed")
+        result = await probe_tcp(HOST, backend.port, 1.0)
+        assert not result.ok and result.reason == "connection refused"
+        await backend.set_mode("blackhole")
+        start = time.perf_counter()
+        result = await probe_tcp(HOST, backend.port, 0.3)
+        elapsed = time.perf_counter() - start
+        assert not result.ok and result.reason == "timeout after 0.3s"
+        assert 0.3 <= elapsed < 0.3 + SLACK
+
+
+async def test_tcp_probes_leak_no_file_descriptors() -> None:
+    async with TCPBackend() as backend:
+        await probe_tcp(HOST, backend.port, 1.0)
+        before = open_fds()
+        results = await asyncio.gather(*(probe_tcp(HOST, backend.port, 1.0) for _ in range(200)))
+        assert all(r.ok for r in results)
+        await backend.set_mode("closed")
+        await asyncio.gather(*(probe_tcp(HOST, backend.port, 1.0) for _ in range(50)))
+        assert open_fds() <= before
+
+
+async def test_http_status_codes_scheme_default_and_headers() -> None:
+    async with HTTPBackend() as backend:
+        probe = HTTPProbe(path="/healthz", headers=(("Host", "db.example"), ("X-Probe", "1")))
+        result = await probe_http(HOST, backend.port, 1.0, probe)
+        assert result.ok and result.reason == "HTTP 200"
+        sent = backend.requests[-1]
+        assert sent["path"] == "/healthz"
+        assert sent["headers"]["Host"] == "db.example" and sent["headers"]["X-Probe"] == "1"
+        assert sent["headers"]["User-Agent"].startswith("epctl-probe/")
+        assert sent["headers"]["Connection"] == "close"
+        for status, ok in ((204, True), (302, True), (399, True), (400, False), (503, False)):
+            backend.status = status
+            result = await probe_http(HOST, backend.port, 1.0, HTTPProbe())
+            assert result.ok is ok, status
+        assert result.reason == "HTTP probe failed with statuscode: 503"
+
+
+async def test_http_redirects_same_host_followed_other_host_success_and_loop_fails() -> None:
+    async with HTTPBackend() as target, HTTPBackend() as origin:
+        origin.redirect = f"http://{HOST}:{target.port}/final"
+        target.status = 500
+        result = await probe_http(HOST, origin.port, 1.0, HTTPProbe(path="/start"))
+        assert not result.ok and "statuscode: 500" in result.reason  # same host (other port): followed
+        assert target.requests[-1]["path"] == "/final"
+        origin.redirect = "http://elsewhere.example/"
+        result = await probe_http(HOST, origin.port, 1.0, HTTPProbe(path="/start"))
+        assert result.ok and "another host" in result.reason
+        origin.redirect = None
+        origin.status = 301  # a 3xx without Location is a final answer, and 3xx is healthy
+        result = await probe_http(HOST, origin.port, 1.0, HTTPProbe())
+        assert result.ok and result.reason == "HTTP 301"
+
+
+async def test_http_too_many_redirects_fails() -> None:
+    from aiohttp import web
+
+    hops = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal hops
+        hops += 1
+        return web.Response(status=302, headers={"Location": f"/hop{hops}"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, HOST, port).start()
+    try:
+        result = await probe_http(HOST, port, 2.0, HTTPProbe())
+        assert not result.ok and result.reason == "stopped after 10 redirects"
+        assert hops == 11
+    finally:
+        await runner.cleanup()
+
+
+async def test_http_timeout_and_refused_and_https_without_verification() -> None:
+    async with HTTPBackend() as backend:
+        backend.hang = True
+        start = time.perf_counter()
+        result = await probe_http(HOST, backend.port, 0.3, HTTPProbe())
+        assert not result.ok and result.reason == "timeout after 0.3s"
+        assert time.perf_counter() - start < 0.3 + SLACK
+    result = await probe_http(HOST, free_port(), 1.0, HTTPProbe())
+    assert not result.ok and result.reason == "connection refused"
+    from epctl.testing.kubeapi import KubeAPIServer  # a handy self-signed HTTPS server
+
+    async with KubeAPIServer() as api:
+        result = await probe_http(HOST, api.port, 1.0, HTTPProbe(path="/healthz", scheme="HTTPS"))
+        assert result.ok, result.reason
+        verified = await probe_http(HOST, api.port, 1.0,
+                                    HTTPProbe(path="/healthz", scheme="HTTPS", insecure_skip_verify=False))
+        assert not verified.ok and verified.reason.startswith("TLS error")
+
+
+async def test_udp_echo_silent_and_closed_port_fails_fast() -> None:
+    async with UDPBackend() as backend:
+        result = await probe_udp(HOST, backend.port, 1.0, b"ping")
+        assert result.ok and backend.received[-1] == b"ping"
+        await backend.set_mode("silent")
+        start = time.perf_counter()
+        result = await probe_udp(HOST, backend.port, 0.3, b"ping")
+        assert not result.ok and result.reason == "no reply within 0.3s"
+        assert 0.3 <= time.perf_counter() - start < 0.3 + SLACK
+        await backend.set_mode("closed")
+        start = time.perf_counter()
+        result = await probe_udp(HOST, backend.port, 2.0, b"")
+        assert not result.ok and result.reason == "connection refused"
+        assert time.perf_counter() - start < 0.5  # ICMP unreachable: no waiting for the timeout
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_grpc_serving_not_serving_unknown_service_hang_and_down(fresh: bool) -> None:
+    prober = GRPCProber(fresh_connection=fresh)
+    try:
+        async with GRPCBackend() as backend:
+            result = await prober.probe(HOST, backend.port, 1.0, GRPCProbe())
+            assert result.ok and result.reason == "SERVING"
+            backend.set_status(GRPCBackend.NOT_SERVING)
+            result = await prober.probe(HOST, backend.port, 1.0, GRPCProbe())
+            assert not result.ok and result.reason == "health status NOT_SERVING"
+            result = await prober.probe(HOST, backend.port, 1.0, GRPCProbe(service="db"))
+            assert not result.ok and result.reason == "unknown service 'db'"
+            backend.set_status(GRPCBackend.SERVING, "db")
+            assert (await prober.probe(HOST, backend.port, 1.0, GRPCProbe(service="db"))).ok
+            backend.hang = True
+            start = time.perf_counter()
+            result = await prober.probe(HOST, backend.port, 0.3, GRPCProbe())
+            assert not result.ok and result.reason == "timeout after 0.3s"
+            assert time.perf_counter() - start < 0.3 + SLACK
+            backend.hang = False
+        result = await prober.probe(HOST, backend.port, 0.5, GRPCProbe())  # server stopped
+        assert not result.ok
+        async with GRPCBackend(port=backend.port):  # back at the same address: seen again
+            start = time.perf_counter()
+            while not (await prober.probe(HOST, backend.port, 0.5, GRPCProbe())).ok:
+                assert time.perf_counter() - start < 5, "recovered server not seen"
+                await asyncio.sleep(0.1)
+    finally:
+        await prober.close()
+
+
+async def test_probers_never_raise_on_garbage_input() -> None:
+    assert not (await probe_tcp("256.1.1.1", 80, 0.2)).ok
+    assert not (await probe_udp("not-an-ip", 80, 0.2)).ok
+    assert not (await probe_http("::1", 1, 0.2, HTTPProbe())).ok
