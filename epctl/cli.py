@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from epctl import __version__
 from epctl.config import add_flag
@@ -36,6 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the epctl version")
     _common(version)
 
+    check = sub.add_parser("check", help="probe the hosts of ClusterEndpoint manifests from this machine",
+                           description="Validate ClusterEndpoint manifests, probe every host from here, and print "
+                           "health plus the EndpointSlice conditions epctl would publish. Exit 0: all healthy, "
+                           "1: something unhealthy, 2: invalid input.")
+    _common(check)
+    check.add_argument("-f", "--filename", action="append", required=True, dest="files", metavar="FILE",
+                       help="manifest file (multi-document YAML); '-' reads stdin; repeatable")
+    mode = check.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="probe until every check is decided, then exit "
+                      "(default)")
+    mode.add_argument("--watch", action="store_true", help="keep probing at the real periods; print transitions")
+    add_flag(check, "--output", short="-o", default="table", choices=["table", "json"], help="report format")
+    add_flag(check, "--allow-loopback", default=False, boolean=True,
+             help="accept 127.0.0.0/8 hosts (useful to try local servers; a cluster refuses them in slices)")
+    add_flag(check, "--duration", default=0.0, type=float, help="with --watch: stop after this many seconds "
+             "(0: run until interrupted)")
+
     dev = sub.add_parser("dev-apiserver", help="run the in-memory Kubernetes API server (for development)")
     _common(dev)
     add_flag(dev, "--port", default=6443, type=int, help="TCP port on 127.0.0.1 (0: any free port)")
@@ -51,15 +69,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"epctl {__version__}")
         return 0
+    if args.command == "check":
+        from epctl.check import run_check
+
+        code: int = run_async(run_check(args.files, watch=args.watch, output=args.output,
+                                        allow_loopback=args.allow_loopback, duration=args.duration), interrupted=0)
+        return code
     if args.command == "dev-apiserver":
         from epctl.testing.kubeapi import serve_forever
 
-        try:
-            asyncio.run(serve_forever(args.port, args.allow_loopback, args.write_kubeconfig))
-        except KeyboardInterrupt:
-            pass
+        run_async(serve_forever(args.port, args.allow_loopback, args.write_kubeconfig), interrupted=0)
         return 0
     return 2
+
+
+def run_async(main: Coroutine[Any, Any, Any], interrupted: int = 130) -> Any:
+    """Run ``main`` on uvloop when it is installed (DESIGN.md section 6), else the default loop."""
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main)
+    except KeyboardInterrupt:
+        return interrupted
 
 
 if __name__ == "__main__":

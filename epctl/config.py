@@ -28,7 +28,7 @@ def _parse_bool(text: str) -> bool:
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, type: Callable[[str], Any] = str,
              help: str = "", choices: Sequence[Any] | None = None, env: Sequence[str] = (),
-             boolean: bool = False) -> None:
+             boolean: bool = False, short: str | None = None) -> None:
     """Declare ``flag`` with ``EPCTL_<FLAG>`` (and any extra ``env`` names) as its env equivalents.
 
     A set env var replaces the default, so an explicit flag still wins. An env value that does
@@ -46,7 +46,8 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
             break
     env_help = " | ".join(names)
     text = f"{help} [env: {env_help}; default: {default!r}]"
+    names_on_cli = [short, flag] if short else [flag]
     if boolean:
-        parser.add_argument(flag, default=value, action=argparse.BooleanOptionalAction, help=text)
+        parser.add_argument(*names_on_cli, default=value, action=argparse.BooleanOptionalAction, help=text)
     else:
-        parser.add_argument(flag, default=value, type=type, help=text, choices=choices)
+        parser.add_argument(*names_on_cli, default=value, type=type, help=text, choices=choices)

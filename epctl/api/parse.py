@@ -46,7 +46,7 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class _Errors:
@@ -310,7 +310,8 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
             errors.add(f"spec.ports[{i}].port", f"duplicate {port.protocol} port {port.port} "
                                                 f"(also spec.ports[{numbers[(port.port, port.protocol)]}])")
         numbers.setdefault((port.port, port.protocol), i)
-        if not port.hosts and not discovery:
+        raw_hosts = raw.get("hosts") if isinstance(raw, dict) else None
+        if not raw_hosts and not discovery:
             errors.add(f"spec.ports[{i}].hosts", "must list at least one host (or set spec.discovery)")
         ports.append(port)
     uid = meta.get("uid", "")

@@ -112,6 +112,7 @@ class Scheduler:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
+        self.progress = asyncio.Event()  # set after every recorded result; waiters clear it
         self._runner: asyncio.Task[None] | None = None
 
     # --- configuration --------------------------------------------------------------------------
@@ -259,6 +260,7 @@ class Scheduler:
         if self._entries.get(check.key) is not entry or entry.generation != generation:
             return  # the check changed or went away while this probe ran: its result is moot
         entry.last = result
+        self.progress.set()
         if entry.state.record(result.ok, result.reason):
             healthy = bool(entry.state.healthy)
             try:

@@ -1,0 +1,56 @@
+"""Prometheus metrics (prefix ``epctl_``), one place for every name so none drift.
+
+Hooks here implement the small protocols that engine parts accept (``ProbeMetrics``,
+``InformerMetrics``), so pure and I/O code never imports prometheus_client itself. Per-target
+probe series are off by default: with thousands of hosts they would explode cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
+PROBES = Counter("epctl_probes", "Probe runs by probe type and result", ["type", "result"])
+PROBE_DURATION = Histogram("epctl_probe_duration_seconds", "Probe duration by probe type", ["type"],
+                           buckets=PROBE_BUCKETS)
+PROBE_LATENESS = Histogram("epctl_probe_schedule_lateness_seconds",
+                           "How late a probe started compared with its planned slot", buckets=LATENESS_BUCKETS)
+PROBES_IN_FLIGHT = Gauge("epctl_probes_in_flight", "Probes running right now")
+WATCH_EVENTS = Counter("epctl_watch_events", "Watch events received", ["resource", "type"])
+WATCH_RESTARTS = Counter("epctl_watch_restarts", "Watch (re)connections by reason", ["resource", "reason"])
+RELISTS = Counter("epctl_relists", "Full relists after the watch's resourceVersion expired", ["resource"])
+
+
+class PrometheusProbeMetrics:
+    """``ProbeMetrics`` for the scheduler. Label children are resolved once, not per probe."""
+
+    def __init__(self) -> None:
+        kinds = ("tcp", "http", "udp", "grpc")
+        self._results = {(k, ok): PROBES.labels(k, "success" if ok else "failure") for k in kinds
+                         for ok in (True, False)}
+        self._durations = {k: PROBE_DURATION.labels(k) for k in kinds}
+
+    def observe(self, kind: str, ok: bool, duration: float) -> None:
+        self._results[(kind, ok)].inc()
+        self._durations[kind].observe(duration)
+
+    def lateness(self, seconds: float) -> None:
+        PROBE_LATENESS.observe(seconds)
+
+    def in_flight(self, count: int) -> None:
+        PROBES_IN_FLIGHT.set(count)
+
+
+class PrometheusInformerMetrics:
+    """``InformerMetrics`` for informers."""
+
+    def event(self, resource: str, type_: str) -> None:
+        WATCH_EVENTS.labels(resource, type_).inc()
+
+    def restart(self, resource: str, reason: str) -> None:
+        WATCH_RESTARTS.labels(resource, reason).inc()
+
+    def relist(self, resource: str) -> None:
+        RELISTS.labels(resource).inc()

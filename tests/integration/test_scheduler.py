@@ -1,0 +1,154 @@
+"""The scheduler with real probes against local backends."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from epctl.api.spec import GRPCProbe, HTTPProbe, ProbeTiming, TCPProbe, UDPProbe
+from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
+from epctl.testing.backends import HOST, GRPCBackend, HTTPBackend, TCPBackend, UDPBackend
+from epctl.testing.waiting import eventually
+
+PERIOD = 0.2  # scheduling period used in place of the spec's whole seconds, to keep tests fast
+
+
+class Probes:
+    def __init__(self) -> None:
+        self.transitions: list[Transition] = []
+        self.results: list[tuple[str, bool]] = []
+        self.max_in_flight = 0
+        self.lateness_seen: list[float] = []
+
+    def observe(self, kind: str, ok: bool, duration: float) -> None:
+        self.results.append((kind, ok))
+
+    def lateness(self, seconds: float) -> None:
+        self.lateness_seen.append(seconds)
+
+    def in_flight(self, count: int) -> None:
+        self.max_in_flight = max(self.max_in_flight, count)
+
+
+@pytest.fixture
+async def sched() -> AsyncIterator[tuple[Scheduler, Probes]]:
+    probes = Probes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=PERIOD, first_window=0.05)
+    scheduler.start()
+    yield scheduler, probes
+    await scheduler.stop()
+
+
+def tcp_check(port: int, name: str = "p", failure: int = 3, success: int = 1) -> Check:
+    return Check(CheckKey("ns/svc", name, HOST), TCPProbe(), port,
+                 ProbeTiming(timeout_seconds=1, failure_threshold=failure, success_threshold=success))
+
+
+async def test_backend_death_and_recovery_cross_thresholds_once(sched: tuple[Scheduler, Probes]) -> None:
+    scheduler, probes = sched
+    async with TCPBackend() as backend:
+        check = tcp_check(backend.port, failure=3, success=2)
+        scheduler.upsert(check)
+        await eventually(lambda: probes.transitions, message="first decision")
+        assert [t.healthy for t in probes.transitions] == [True]
+        assert scheduler.state(check.key).runs == 2  # type: ignore[union-attr]  # successThreshold=2
+        await backend.set_mode("closed")
+        died = time.monotonic()
+        await eventually(lambda: len(probes.transitions) == 2, message="unhealthy after 3 failures")
+        assert probes.transitions[1].healthy is False and probes.transitions[1].reason == "connection refused"
+        assert time.monotonic() - died < 3 * PERIOD + 1.0
+        assert scheduler.state(check.key).failures == 3  # type: ignore[union-attr]
+        await backend.set_mode("accepting")
+        await eventually(lambda: len(probes.transitions) == 3, message="healthy after 2 successes")
+        assert probes.transitions[2].healthy is True
+
+
+async def test_adopted_initial_state_does_not_flap(sched: tuple[Scheduler, Probes]) -> None:
+    scheduler, probes = sched
+    async with TCPBackend() as backend:
+        check = tcp_check(backend.port)
+        scheduler.upsert(check, initial=True)
+        await eventually(lambda: scheduler.state(check.key).runs >= 3,  # type: ignore[union-attr]
+                         message="a few probes ran")
+        assert probes.transitions == []  # healthy stays healthy: nothing to publish
+        await backend.set_mode("closed")
+        await eventually(lambda: probes.transitions, message="flip after the failure threshold")
+        assert [t.healthy for t in probes.transitions] == [False]
+
+
+async def test_unchanged_upsert_keeps_state_changed_probe_keeps_health(sched: tuple[Scheduler, Probes]) -> None:
+    scheduler, probes = sched
+    async with TCPBackend() as backend, HTTPBackend() as web:
+        check = tcp_check(backend.port)
+        scheduler.upsert(check)
+        await eventually(lambda: probes.transitions, message="healthy")
+        state = scheduler.state(check.key)
+        scheduler.upsert(tcp_check(backend.port))
+        assert scheduler.state(check.key) is state
+        scheduler.upsert(Check(check.key, HTTPProbe(), web.port, check.timing))
+        assert scheduler.state(check.key) is not state
+        assert scheduler.state(check.key).healthy is True  # type: ignore[union-attr]
+        await eventually(lambda: len(web.requests) >= 2, message="new probe runs")
+        assert [t.healthy for t in probes.transitions] == [True]
+
+
+async def test_remove_stops_probing(sched: tuple[Scheduler, Probes]) -> None:
+    scheduler, probes = sched
+    async with HTTPBackend() as web:
+        key = CheckKey("ns/svc", "p", HOST)
+        scheduler.upsert(Check(key, HTTPProbe(), web.port))
+        await eventually(lambda: len(web.requests) >= 2, message="probing")
+        scheduler.remove_target("ns/svc")
+        await eventually(lambda: scheduler.in_flight == 0, message="in-flight probe finished")
+        count = len(web.requests)
+        before = len(probes.results)
+        deadline = time.monotonic() + 4 * PERIOD
+        await eventually(lambda: time.monotonic() >= deadline, message="several periods pass")
+        assert len(web.requests) == count and len(probes.results) == before and len(scheduler) == 0
+
+
+async def test_global_concurrency_bound_holds() -> None:
+    probes = Probes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, max_concurrent=5, period_override=0.5,
+                          first_window=0.01)
+    scheduler.start()
+    try:
+        async with HTTPBackend(delay=0.2) as web:
+            for i in range(40):
+                scheduler.upsert(Check(CheckKey("ns/svc", "p", f"127.0.0.{i + 1}"), HTTPProbe(), web.port))
+            await eventually(lambda: len(probes.results) >= 40, timeout=20, message="every check ran")
+            assert probes.max_in_flight == 5
+    finally:
+        await scheduler.stop()
+
+
+async def test_runs_follow_the_schedule_without_drift(sched: tuple[Scheduler, Probes]) -> None:
+    scheduler, _ = sched
+    async with HTTPBackend(delay=0.05) as web:  # each probe takes 50 ms: must not push the next one
+        scheduler.upsert(Check(CheckKey("ns/svc", "p", HOST), HTTPProbe(), web.port))
+        stamps: list[float] = []
+        while len(stamps) < 12:
+            await eventually(lambda: len(web.requests) > len(stamps), timeout=5, interval=0.005,
+                             message="next probe")
+            stamps.append(time.monotonic())
+        gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]
+        total = stamps[-1] - stamps[1]
+        assert abs(total - 10 * PERIOD) < 0.15, gaps  # 10 periods, no accumulated 50 ms per run
+
+
+async def test_every_probe_kind_through_the_scheduler(sched: tuple[Scheduler, Probes]) -> None:
+    scheduler, probes = sched
+    async with UDPBackend() as udp, GRPCBackend() as grpc_backend, HTTPBackend() as web:
+        scheduler.upsert(Check(CheckKey("ns/svc", "udp", HOST), UDPProbe(data=b"hi"), udp.port))
+        scheduler.upsert(Check(CheckKey("ns/svc", "grpc", HOST), GRPCProbe(), grpc_backend.port))
+        scheduler.upsert(Check(CheckKey("ns/svc", "http", HOST), HTTPProbe(path="/ok"), web.port))
+        await eventually(lambda: len(probes.transitions) == 3, message="all healthy")
+        assert all(t.healthy for t in probes.transitions)
+        grpc_backend.set_status(GRPCBackend.NOT_SERVING)
+        await udp.set_mode("silent")
+        await eventually(lambda: len(probes.transitions) == 5, timeout=15, message="two go unhealthy")
+        reasons = {t.key.port: t.reason for t in probes.transitions[3:]}
+        assert reasons == {"grpc": "health status NOT_SERVING", "udp": "no reply within 1s"}

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epctl.api import parse_cluster_endpoint
+from epctl.api.spec import GRPCProbe, HTTPProbe, ProbeTiming, TCPProbe, UDPProbe
+
+SEALOS = {  # the endpoints-operator README example, unchanged but for the group
+    "apiVersion": "sealos.io/v1beta1", "kind": "ClusterEndpoint",
+    "metadata": {"name": "wordpress", "namespace": "default"},
+    "spec": {"periodSeconds": 10, "ports": [
+        {"name": "wp-https", "hosts": ["10.33.40.151", "10.33.40.152"], "protocol": "TCP", "port": 38081,
+         "targetPort": 443, "tcpSocket": {"enable": True}, "timeoutSeconds": 1, "failureThreshold": 3,
+         "successThreshold": 1},
+        {"name": "wp-http", "hosts": ["10.33.40.151", "10.33.40.152"], "protocol": "TCP", "port": 38082,
+         "targetPort": 80, "httpGet": {"path": "/healthz", "scheme": "http"}, "timeoutSeconds": 1,
+         "failureThreshold": 3, "successThreshold": 1},
+        {"name": "wp-udp", "hosts": ["10.33.40.151"], "protocol": "UDP", "port": 38003, "targetPort": 1234,
+         "udpSocket": {"enable": True, "data": "This is flag data for UDP svc test"}},
+        {"name": "wp-grpc", "hosts": ["10.33.40.151"], "protocol": "TCP", "port": 38083, "targetPort": 8080,
+         "grpc": {"enable": True}},
+    ]},
+}
+
+
+def doc(**port: Any) -> dict[str, Any]:
+    base = {"name": "p", "port": 80, "hosts": ["10.0.0.1"]}
+    return {"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint", "metadata": {"name": "svc"},
+            "spec": {"ports": [{**base, **port}]}}
+
+
+def errors_of(document: Any) -> list[str]:
+    spec, errors = parse_cluster_endpoint(document)
+    assert (spec is None) == bool(errors)
+    return [str(e) for e in errors]
+
+
+def test_endpoints_operator_document_parses_unchanged() -> None:
+    spec, errors = parse_cluster_endpoint(SEALOS)
+    assert errors == [] and spec is not None
+    https, http, udp, grpc = spec.ports
+    assert https.probe == TCPProbe() and https.target_port == 443 and https.hosts == ("10.33.40.151", "10.33.40.152")
+    assert http.probe == HTTPProbe(path="/healthz", scheme="HTTP")  # lower-case scheme accepted
+    assert udp.probe == UDPProbe(data=b"This is flag data for UDP svc test") and udp.protocol == "UDP"
+    assert grpc.probe == GRPCProbe(service="") and grpc.probe_port == 8080
+    assert spec.key == "default/wordpress"
+
+
+def test_kubelet_defaults() -> None:
+    spec, _ = parse_cluster_endpoint(doc(tcpSocket={}))
+    assert spec is not None
+    port = spec.ports[0]
+    assert port.timing == ProbeTiming(1, 10, 1, 3, 0) and port.target_port == 80 and port.protocol == "TCP"
+    spec, _ = parse_cluster_endpoint({**doc(), "spec": {**doc()["spec"], "periodSeconds": 5}})
+    assert spec is not None and spec.ports[0].timing.period_seconds == 5 and spec.ports[0].probe is None
+    spec, _ = parse_cluster_endpoint(doc(httpGet={"enable": False}, grpc={"service": "db", "port": 9000}))
+    assert spec is not None and spec.ports[0].probe == GRPCProbe(service="db", port=9000)
+    assert spec.ports[0].probe_port == 9000
+
+
+def test_every_error_is_reported_with_its_field_path() -> None:
+    bad = {"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint", "metadata": {"name": "svc"},
+           "spec": {"ports": [
+               {"name": "a", "port": 70000, "hosts": ["10.0.0.1", "not a host", "127.0.0.1"],
+                "protocol": "ICMP"},
+               {"name": "a", "port": 80, "targetPort": 0, "hosts": ["db.example.com"],
+                "httpGet": {"scheme": "ftp", "path": "x"}, "tcpSocket": {"enable": True}},
+               {"name": "c", "port": 81, "hosts": ["10.0.0.2"], "failureThreshold": 0, "timeoutSeconds": 20,
+                "httpGet": {"scheme": "gopher"}},
+           ]}}
+    errors = errors_of(bad)
+    assert "spec.ports[0].port: must be a port number between 1 and 65535, got 70000" in errors
+    assert "spec.ports[0].protocol: must be one of TCP, UDP, SCTP, got 'ICMP'" in errors
+    assert "spec.ports[0].hosts[1]: must be an IP address or DNS name, got 'not a host'" in errors
+    assert "spec.ports[0].hosts[2]: 127.0.0.1 is a loopback address, which EndpointSlices may not contain" in errors
+    assert "spec.ports[1].name: duplicate port name 'a' (also spec.ports[0])" in errors
+    assert "spec.ports[1].targetPort: must be a port number between 1 and 65535, got 0" in errors
+    assert "spec.ports[1]: at most one probe may be enabled, found tcpSocket, httpGet" in errors
+    assert "spec.ports[2].failureThreshold: must be at least 1, got 0" in errors
+    assert "spec.ports[2].timeoutSeconds: must not exceed periodSeconds (20 > 10)" in errors
+    assert "spec.ports[2].httpGet.scheme: must be HTTP or HTTPS, got 'gopher'" in errors
+    assert len(errors) == 10
+    spec, _ = parse_cluster_endpoint(doc(hosts=["127.0.0.1"]), allow_loopback=True)
+    assert spec is not None
+
+
+def test_document_level_errors() -> None:
+    assert errors_of([]) == ["a ClusterEndpoint must be an object, got list"]
+    errors = errors_of({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name"}, "spec": {}})
+    assert errors[0].startswith("apiVersion: must be one of epctl.io/v1beta1")
+    assert errors[1] == "kind: must be ClusterEndpoint, got 'Service'"
+    assert errors[2].startswith("metadata.name: must be a DNS-1035 label")
+    assert errors[3] == "spec.ports: must list at least one port"
+    two = [{"port": 1, "hosts": ["10.0.0.1"]}, {"name": "b", "port": 2, "hosts": ["10.0.0.1"]}]
+    assert "spec.ports[0].name: is required when there is more than one port" in errors_of(
+        {**doc(), "spec": {"ports": two}})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 70000) | st.text(max_size=8) | st.sampled_from(
+        ["TCP", "UDP", "HTTP", "https", "10.0.0.1", "::1", "db.local", "/healthz", "epctl.io/v1beta1",
+         "ClusterEndpoint"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["name", "port", "targetPort", "hosts", "protocol", "tcpSocket", "httpGet", "udpSocket",
+                         "grpc", "enable", "scheme", "path", "data", "service", "httpHeaders", "value", "ports",
+                         "periodSeconds", "timeoutSeconds", "failureThreshold", "spec", "metadata", "tls",
+                         "apiVersion", "kind", "discovery", "clusterIP"]), children, max_size=6),
+    max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_parser_never_raises_on_random_documents(document: Any) -> None:
+    spec, errors = parse_cluster_endpoint(document)
+    assert (spec is None) != (errors == [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({"port": st.integers(-5, 70000), "hosts": st.lists(
+    st.sampled_from(["10.0.0.1", "fe80::1", "2001:db8::1", "x..y", "db", "999.1.1.1"]), max_size=3),
+    "httpGet": st.fixed_dictionaries({"scheme": st.sampled_from(["http", "HTTPS", "ftp", None])}),
+    "failureThreshold": st.integers(-2, 5)}))
+def test_parser_accepts_exactly_the_valid_ports(port: dict[str, Any]) -> None:
+    spec, errors = parse_cluster_endpoint(doc(**port))
+    valid = (1 <= port["port"] <= 65535 and port["failureThreshold"] >= 1 and port["hosts"] != []
+             and all(h in ("10.0.0.1", "2001:db8::1", "db") for h in port["hosts"])
+             and port["httpGet"]["scheme"] in ("http", "HTTPS", None))
+    assert (spec is not None) == valid, errors
