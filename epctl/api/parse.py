@@ -151,8 +151,10 @@ def _probe(errors: _Errors, port: dict[str, Any], path: str) -> Probe | None:
         errors.add(f"{bpath}.service", f"must be a string, got {type(service).__name__}")
         service = ""
     tls = _mapping(errors, block.get("tls"), f"{bpath}.tls")
-    return GRPCProbe(service=service, port=probe_port, tls=tls.get("enable", bool(tls)) is True,
-                     insecure_skip_verify=tls.get("insecureSkipVerify", False) is True)
+    if tls.get("insecureSkipVerify") is True:
+        errors.add(f"{bpath}.tls.insecureSkipVerify", "is not supported: gRPC TLS probes always verify the "
+                                                       "server certificate against the system roots")
+    return GRPCProbe(service=service, port=probe_port, tls=tls.get("enable", bool(tls)) is True)
 
 
 def _http_probe(errors: _Errors, block: dict[str, Any], path: str, port: int | None) -> HTTPProbe:

@@ -71,8 +71,7 @@ class GRPCProbe:
 
     service: str = ""
     port: int | None = None
-    tls: bool = False
-    insecure_skip_verify: bool = False  # TLS is an opt-in extension, so it verifies unless told not to
+    tls: bool = False  # an extension (the kubelet has none); always verified, see parse.py
     kind: ProbeKind = ProbeKind.GRPC
 
 

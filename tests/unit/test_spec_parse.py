@@ -83,6 +83,9 @@ def test_every_error_is_reported_with_its_field_path() -> None:
     assert "spec.ports[2].timeoutSeconds: must not exceed periodSeconds (20 > 10)" in errors
     assert "spec.ports[2].httpGet.scheme: must be HTTP or HTTPS, got 'gopher'" in errors
     assert len(errors) == 10
+    assert errors_of(doc(grpc={"tls": {"enable": True, "insecureSkipVerify": True}})) == [
+        "spec.ports[0].grpc.tls.insecureSkipVerify: is not supported: gRPC TLS probes always verify the server "
+        "certificate against the system roots"]
     spec, _ = parse_cluster_endpoint(doc(hosts=["127.0.0.1"]), allow_loopback=True)
     assert spec is not None
 

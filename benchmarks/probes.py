@@ -1,0 +1,295 @@
+"""How many probes a second can one core run, how late, at what CPU and memory cost?
+
+Setup: the backends (TCP accept, HTTP, UDP echo, gRPC health) run in a separate process pinned to
+core 1, listening on 127.0.0.1-127.0.0.<A>; the engine runs in this process pinned to core 0 on
+uvloop. All traffic stays on 127.0.0.0/8 and every loop is bounded in time.
+
+Scenarios, per probe type:
+- paced: N checks (1,000 and 10,000) with a 1 s period for a few seconds: achieved probes/s,
+  CPU µs per probe, schedule lateness p50/p99, RSS per check;
+- saturated: 1,000 checks with a period far shorter than they can be served, so throughput is
+  bounded by the engine: probes/s, next to a baseline measured in the same run — a bare asyncio
+  loop running the same prober coroutines with the same concurrency and no scheduler. The ratio
+  engine/baseline is what the scheduler costs.
+
+    python benchmarks/probes.py [--quick] [--json benchmarks/results/probes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeTiming, TCPProbe, UDPProbe
+from epctl.probe.grpc import GRPCProber
+from epctl.probe.http import probe_http
+from epctl.probe.result import ProbeResult
+from epctl.probe.scheduler import Check, CheckKey, Scheduler
+from epctl.probe.tcp import probe_tcp
+from epctl.probe.udp import probe_udp
+
+KINDS = ("tcp", "http", "udp", "grpc")
+HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+# --- backends (separate process) -----------------------------------------------------------------
+
+class _HTTPServer(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(HTTP_RESPONSE)  # type: ignore[attr-defined]
+            self.transport.close()
+
+
+class _Accept(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(data or b"pong", addr)  # type: ignore[attr-defined]
+
+
+async def _serve(addresses: list[str], ports: dict[str, int], ready: Any) -> None:
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    loop = asyncio.get_running_loop()
+    await loop.create_server(_Accept, addresses, ports["tcp"], backlog=65535, reuse_address=True)
+    await loop.create_server(_HTTPServer, addresses, ports["http"], backlog=65535, reuse_address=True)
+    for address in addresses:
+        await loop.create_datagram_endpoint(_Echo, local_addr=(address, ports["udp"]))
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    for address in addresses:
+        server.add_insecure_port(f"{address}:{ports['grpc']}")
+    await server.start()
+    ready.set()
+    await asyncio.sleep(3600)
+
+
+def backend_main(addresses: list[str], ports: dict[str, int], ready: Any) -> None:
+    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
+        os.sched_setaffinity(0, {1})
+    import uvloop
+    uvloop.run(_serve(addresses, ports, ready))
+
+
+# --- engine -----------------------------------------------------------------------------------------
+
+class Recorder:
+    """ProbeMetrics that keeps counts and every lateness sample."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.failures = 0
+        self.late: list[float] = []
+
+    def observe(self, kind: str, ok: bool, duration: float) -> None:
+        self.count += 1
+        self.failures += not ok
+
+    def lateness(self, seconds: float) -> None:
+        self.late.append(seconds)
+
+    def in_flight(self, count: int) -> None:
+        pass
+
+
+def probe_for(kind: str) -> Probe:
+    return {"tcp": TCPProbe(), "http": HTTPProbe(path="/"), "udp": UDPProbe(data=b"ping"),
+            "grpc": GRPCProbe()}[kind]
+
+
+def cpu_split(since: resource.struct_rusage) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of this process since ``since``."""
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    return now.ru_utime - since.ru_utime, now.ru_stime - since.ru_stime
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def engine(kind: str, n: int, period: float, seconds: float, addresses: list[str], port: int,
+                 max_concurrent: int = 1000, fresh_grpc: bool = False) -> dict[str, Any]:
+    rec = Recorder()
+    scheduler = Scheduler(lambda t: None, metrics=rec, max_concurrent=max_concurrent, period_override=period,
+                          first_window=period, grpc_prober=GRPCProber(fresh_connection=fresh_grpc))
+    rss_before = rss_bytes()
+    timing = ProbeTiming(timeout_seconds=1, period_seconds=max(1, int(period)))
+    for i in range(n):
+        address = addresses[i % len(addresses)]
+        scheduler.upsert(Check(CheckKey(f"bench/cep{i}", "p", address), probe_for(kind), port, timing))
+    scheduler.start()
+    await asyncio.sleep(max(1.0, period))  # warm-up: every check ran once
+    rss_after = rss_bytes()
+    count0, cpu0, wall0 = rec.count, resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    late_start = len(rec.late)
+    await asyncio.sleep(seconds)
+    count, wall = rec.count - count0, time.perf_counter() - wall0
+    user, system = cpu_split(cpu0)
+    lateness = rec.late[late_start:]
+    await scheduler.stop()
+    return {"kind": kind, "checks": n, "period_s": period, "probes_per_s": count / wall,
+            "cpu_us_per_probe": (user + system) / count * 1e6 if count else None,
+            "user_us_per_probe": user / count * 1e6 if count else None,
+            "kernel_us_per_probe": system / count * 1e6 if count else None, "failures": rec.failures,
+            "lateness_p50_ms": quantile(lateness, 0.5) * 1000, "lateness_p99_ms": quantile(lateness, 0.99) * 1000,
+            "rss_bytes_per_check": (rss_after - rss_before) / n}
+
+
+async def baseline(kind: str, seconds: float, addresses: list[str], port: int,
+                   concurrency: int = 1000) -> dict[str, Any]:
+    """The same prober coroutines, driven by ``concurrency`` bare worker loops: no scheduler at all."""
+    grpc_prober = GRPCProber()
+    probe = probe_for(kind)
+    count = 0
+    stop = time.perf_counter() + seconds
+
+    async def one(address: str) -> ProbeResult:
+        if kind == "tcp":
+            return await probe_tcp(address, port, 1.0)
+        if kind == "http":
+            return await probe_http(address, port, 1.0, probe)  # type: ignore[arg-type]
+        if kind == "udp":
+            return await probe_udp(address, port, 1.0, b"ping")
+        return await grpc_prober.probe(address, port, 1.0, probe)  # type: ignore[arg-type]
+
+    async def worker(i: int) -> None:
+        nonlocal count
+        address = addresses[i % len(addresses)]
+        while time.perf_counter() < stop:
+            await one(address)
+            count += 1
+
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    wall = time.perf_counter() - wall0
+    user, system = cpu_split(cpu0)
+    await grpc_prober.close()
+    return {"kind": kind, "probes_per_s": count / wall, "cpu_us_per_probe": (user + system) / count * 1e6,
+            "user_us_per_probe": user / count * 1e6}
+
+
+async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, int]) -> dict[str, Any]:
+    seconds = 2.0 if args.quick else 5.0
+    sizes = (1000,) if args.quick else tuple(args.sizes)
+    paced, saturated = [], []
+    for kind in args.kinds:
+        for n in sizes:
+            paced.append(await engine(kind, n, 1.0, seconds, addresses, ports[kind]))
+            print(f"  paced {kind} n={n}: {paced[-1]['probes_per_s']:.0f}/s", file=sys.stderr)
+        base = await baseline(kind, seconds, addresses, ports[kind])
+        sat = await engine(kind, 1000, 0.01, seconds, addresses, ports[kind])
+        sat["baseline_probes_per_s"] = base["probes_per_s"]
+        sat["baseline_cpu_us_per_probe"] = base["cpu_us_per_probe"]
+        sat["baseline_user_us_per_probe"] = base["user_us_per_probe"]
+        sat["ratio"] = sat["probes_per_s"] / base["probes_per_s"] if base["probes_per_s"] else None
+        saturated.append(sat)
+        print(f"  saturated {kind}: engine {sat['probes_per_s']:.0f}/s baseline {base['probes_per_s']:.0f}/s",
+              file=sys.stderr)
+    grpc_modes = []
+    if "grpc" in args.kinds:  # the kubelet's way (a new connection per probe) vs a kept channel per target
+        for fresh in (False, True):
+            result = await engine("grpc", 1000, 0.01, seconds, addresses, ports["grpc"], fresh_grpc=fresh)
+            grpc_modes.append({"mode": "new connection per probe" if fresh else "kept channel per target",
+                               "probes_per_s": result["probes_per_s"], "cpu_us_per_probe": result["cpu_us_per_probe"]})
+    return {"paced": paced, "saturated": saturated, "grpc_modes": grpc_modes}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["paced (1 s period): achieved rate, CPU per probe, schedule lateness, memory",
+             f"{'type':<5} {'checks':>7} {'probes/s':>9} {'CPU µs/probe':>13} {'of it kernel':>13} {'late p50 ms':>12} "
+             f"{'late p99 ms':>12} {'RSS B/check':>12} {'failures':>9}"]
+    for r in results["paced"]:
+        lines.append(f"{r['kind']:<5} {r['checks']:>7} {r['probes_per_s']:>9.0f} {r['cpu_us_per_probe']:>13.1f} "
+                     f"{r['kernel_us_per_probe']:>13.1f} "
+                     f"{r['lateness_p50_ms']:>12.2f} {r['lateness_p99_ms']:>12.2f} "
+                     f"{r['rss_bytes_per_check']:>12.0f} {r['failures']:>9}")
+    lines += ["", "saturated (1,000 checks, demand >> capacity): engine vs bare asyncio loop, same run",
+              f"{'type':<5} {'engine/s':>9} {'baseline/s':>11} {'ratio':>6} {'engine µs':>10} {'base µs':>8} "
+              f"{'engine user µs':>15} {'base user µs':>13}"]
+    for r in results["saturated"]:
+        lines.append(f"{r['kind']:<5} {r['probes_per_s']:>9.0f} {r['baseline_probes_per_s']:>11.0f} "
+                     f"{r['ratio']:>6.2f} {r['cpu_us_per_probe']:>10.1f} {r['baseline_cpu_us_per_probe']:>8.1f} "
+                     f"{r['user_us_per_probe']:>15.1f} {r['baseline_user_us_per_probe']:>13.1f}")
+    if results.get("grpc_modes"):
+        lines += ["", "gRPC connection mode (saturated, 1,000 checks)",
+                  f"{'mode':<26} {'probes/s':>9} {'CPU µs/probe':>13}"]
+        for r in results["grpc_modes"]:
+            lines.append(f"{r['mode']:<26} {r['probes_per_s']:>9.0f} {r['cpu_us_per_probe']:>13.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 checks only, 2 s per scenario")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10_000], help="paced check counts")
+    parser.add_argument("--addresses", type=int, default=50, help="loopback addresses the backends listen on")
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "probes.json"))
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    addresses = [f"127.0.0.{i}" for i in range(1, args.addresses + 1)]
+    from epctl.testing.backends import free_port
+    ports = {"tcp": free_port(), "http": free_port(), "grpc": free_port(), "udp": free_port(2)}
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    backend = ctx.Process(target=backend_main, args=(addresses, ports, ready), daemon=True)
+    backend.start()
+    try:
+        if not ready.wait(30):
+            raise SystemExit("backends did not start")
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {0})
+        import uvloop
+        results = uvloop.run(run(args, addresses, ports))
+    finally:
+        backend.terminate()
+        backend.join(5)
+    report = {"benchmark": "probes", "machine": machine(), "quick": args.quick, **results}
+    print(table(results))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
