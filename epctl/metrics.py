@@ -54,3 +54,23 @@ class PrometheusInformerMetrics:
 
     def relist(self, resource: str) -> None:
         RELISTS.labels(resource).inc()
+
+CHANGES = Counter("epctl_changes", "API writes by operation and result", ["operation", "result"])
+SYNCS = Counter("epctl_syncs", "Target reconciles by result", ["result"])
+SYNC_DURATION = Histogram("epctl_sync_duration_seconds", "Time to reconcile one target")
+WRITER_BATCH = Histogram("epctl_writer_batch_size", "Targets written per writer wake-up",
+                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+
+
+class PrometheusWriterMetrics:
+    """``WriterMetrics`` for the slice writer."""
+
+    def batch(self, targets: int) -> None:
+        WRITER_BATCH.observe(targets)
+
+    def write(self, operation: str, result: str) -> None:
+        CHANGES.labels(operation, result).inc()
+
+    def sync(self, result: str, seconds: float) -> None:
+        SYNCS.labels(result).inc()
+        SYNC_DURATION.observe(seconds)

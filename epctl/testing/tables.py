@@ -6,6 +6,7 @@ the server sends, so a CRD's ``additionalPrinterColumns`` are what users see in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,8 +27,11 @@ def human_age(timestamp: str | None) -> str:
     return f"{seconds}s"
 
 
+_FILTER = re.compile(r"""^\?\(@\.([A-Za-z0-9_]+)\s*==\s*["']([^"']*)["']\)$""")
+
+
 def json_path(obj: Any, path: str) -> Any:
-    """The subset of JSONPath printer columns use: ``.a.b``, ``.a[0].b``, ``.a['x.y']``."""
+    """The subset of JSONPath printer columns use: ``.a.b``, ``.a[0].b``, ``.a['x.y']``, ``.a[?(@.k=="v")]``."""
     current = obj
     token = ""
     parts: list[str | int] = []
@@ -53,6 +57,13 @@ def json_path(obj: Any, path: str) -> Any:
     if token:
         parts.append(token)
     for part in parts:
+        match = _FILTER.match(part) if isinstance(part, str) else None
+        if match:
+            if not isinstance(current, list):
+                return None
+            current = next((x for x in current if isinstance(x, dict) and str(x.get(match.group(1))) == match.group(2)),
+                           None)
+            continue
         if isinstance(part, int):
             if not isinstance(current, list) or part >= len(current):
                 return None

@@ -1,0 +1,126 @@
+"""Wires the tasks of ``epctl controller`` (DESIGN.md section 2) and shuts them down gracefully.
+
+Start order matters for "a restart writes nothing": the informers (ClusterEndpoints, our
+EndpointSlices, Services) sync first; only then does the source build the desired state, adopting
+the readiness already published in our slices as each check's initial state; only then do the
+writer and the prober start. Shutdown (SIGTERM): stop probing, flush pending writes and status,
+drain Events, close — well inside the 10 s a Pod gets by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from epctl.health import HealthServer
+from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
+from epctl.kube.events import EventRecorder
+from epctl.kube.informer import Informer
+from epctl.kube.status import StatusWriter
+from epctl.kube.writer import Writer
+from epctl.metrics import PrometheusInformerMetrics, PrometheusProbeMetrics, PrometheusWriterMetrics
+from epctl.probe.scheduler import Scheduler
+from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
+from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
+from epctl.state import DesiredState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControllerSettings:
+    namespace: str | None = None
+    batch_delay: float = 0.1
+    max_batch_delay: float = 1.0
+    max_endpoints_per_slice: int = 100
+    max_concurrent_probes: int = 1000
+    write_concurrency: int = 8
+    allow_loopback_hosts: bool = False
+    resolve_interval: float = 30.0
+    metrics_addr: str | None = ":8080"
+    sync_timeout: float = 120.0
+
+
+class Controller:
+    def __init__(self, client: KubeClient, settings: ControllerSettings) -> None:
+        self.client, self.settings = client, settings
+        ns = settings.namespace
+        informer_metrics = PrometheusInformerMetrics()
+        self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints")
+        self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
+                               metrics=informer_metrics, name="endpointslices")
+        self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services")
+        self.state = DesiredState()
+        self.events = EventRecorder(client)
+        self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay)
+        self.scheduler = Scheduler(lambda t: self.source.on_transition(t),
+                                   max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics())
+        self.source = ClusterEndpointSource(self.state, self.scheduler, self.ceps, self.slices, self.status,
+                                            self.events, allow_loopback=settings.allow_loopback_hosts,
+                                            resolve_interval=settings.resolve_interval)
+        self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
+                             max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
+                             max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
+                             metrics=PrometheusWriterMetrics())
+        self.state.on_dirty = self.writer.notify
+        self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
+                       if settings.metrics_addr else None)
+        self._core: list[asyncio.Task[None]] = []
+
+    @property
+    def informers(self) -> list[Informer]:
+        return [self.ceps, self.slices, self.services]
+
+    def ready(self) -> tuple[bool, str]:
+        waiting = [i.name for i in self.informers if not i.synced.is_set()]
+        return (not waiting, f"waiting for informers: {', '.join(waiting)}" if waiting else "synced")
+
+    def healthy(self) -> tuple[bool, str]:
+        dead = [t.get_name() for t in self._core if t.done()]
+        return (not dead, f"core tasks stopped: {', '.join(dead)}" if dead else "ok")
+
+    async def start(self) -> None:
+        if self.health:
+            await self.health.start()
+        self._core = [informer.start() for informer in self.informers]
+        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)),
+                               self.settings.sync_timeout)
+        self.source.start()
+        await self.source.settle()
+        self._core += [self.writer.start(), self.scheduler.start(), self.status.start(), self.events.start()]
+        log.info("controller started", extra={"namespace": self.settings.namespace or "all",
+                                               "clusterendpoints": len(self.ceps.cache)})
+
+    async def stop(self, flush_timeout: float = 8.0) -> None:
+        await self.scheduler.stop()
+        await self.source.stop()
+        flushed = await self.writer.flush(flush_timeout * 0.6)
+        await self.status.flush(flush_timeout * 0.2)
+        await self.events.drain(flush_timeout * 0.1)
+        await self.writer.stop()
+        await self.status.stop()
+        await self.events.stop()
+        for informer in self.informers:
+            await informer.stop()
+        if self.health:
+            await self.health.stop()
+        log.info("controller stopped", extra={"flushed": flushed})
+
+
+async def run_controller(settings: ControllerSettings, kubeconfig: str | None, context: str | None) -> int:
+    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + settings.write_concurrency)
+    controller = Controller(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await controller.start()
+        await stop.wait()
+        log.info("signal received: shutting down")
+    finally:
+        await controller.stop()
+        await client.close()
+    return 0

@@ -1,0 +1,135 @@
+"""core/v1 Events, recorded the way client-go's event broadcaster does.
+
+- Correlation: the same (object, type, reason, message) again within 10 minutes bumps ``count``
+  and ``lastTimestamp`` of the existing Event instead of creating a new one.
+- Spam filter: a token bucket per involved object (burst 25, one token per 5 minutes), so a
+  flapping host cannot flood the API server; dropped events are counted in a metric.
+- Fire and forget: :meth:`EventRecorder.record` never blocks and never raises; a background task
+  writes, and a failed write is logged and dropped (Events are best-effort in Kubernetes too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, KubeClient
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+CORRELATION_WINDOW = 600.0
+BURST, REFILL_SECONDS = 25, 300.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Seen:
+    name: str
+    count: int
+    last: float
+
+
+class EventRecorder:
+    def __init__(self, client: KubeClient, component: str = "epctl-controller",
+                 burst: int = BURST, refill_seconds: float = REFILL_SECONDS) -> None:
+        self.client = client
+        self.component = component
+        self.instance = socket.gethostname()
+        self.burst, self.refill_seconds = burst, refill_seconds
+        self.dropped = 0
+        self._queue: asyncio.Queue[tuple[Obj, str, str, str]] = asyncio.Queue(maxsize=10_000)
+        self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, updated)
+        self._seen: dict[tuple[str, str, str, str], _Seen] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        """Queue an Event about ``involved`` (a full object, or at least apiVersion/kind/metadata)."""
+        uid = involved.get("metadata", {}).get("uid", "")
+        tokens, updated = self._buckets.get(uid, (float(self.burst), time.monotonic()))
+        now = time.monotonic()
+        tokens = min(float(self.burst), tokens + (now - updated) / self.refill_seconds)
+        if tokens < 1.0:
+            self.dropped += 1
+            self._buckets[uid] = (tokens, now)
+            return
+        self._buckets[uid] = (tokens - 1.0, now)
+        try:
+            self._queue.put_nowait((involved, type_, reason, message[:1024]))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="events")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until queued events are written (tests, shutdown)."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        while True:
+            involved, type_, reason, message = await self._queue.get()
+            try:
+                await self._write(involved, type_, reason, message)
+            except ApiError as err:
+                log.warning("could not record event", extra={"reason": reason, "error": str(err)})
+            except Exception:
+                log.exception("event recorder failed")
+            finally:
+                self._queue.task_done()
+
+    async def _write(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        meta = involved.get("metadata", {})
+        namespace = meta.get("namespace") or "default"
+        key = (meta.get("uid", ""), type_, reason, message)
+        seen = self._seen.get(key)
+        now = time.monotonic()
+        if seen is not None and now - seen.last < CORRELATION_WINDOW:
+            seen.count += 1
+            seen.last = now
+            try:
+                await self.client.request("PATCH", EVENTS.path(namespace, seen.name),
+                                          body={"count": seen.count, "lastTimestamp": _now()},
+                                          content_type=MERGE_PATCH)
+                return
+            except ApiError as err:
+                if err.code != 404:
+                    raise
+        stamp = _now()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": involved.get("apiVersion", ""), "kind": involved.get("kind", ""),
+                               "name": meta.get("name", ""), "namespace": namespace, "uid": meta.get("uid", ""),
+                               "resourceVersion": meta.get("resourceVersion", "")},
+            "type": type_, "reason": reason, "message": message, "count": 1,
+            "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "source": {"component": self.component, "host": self.instance},
+            "reportingComponent": "epctl.io/controller", "reportingInstance": self.instance,
+        }
+        created = await self.client.request("POST", EVENTS.path(namespace), body=body)
+        self._seen[key] = _Seen(created["metadata"]["name"], 1, now)
+        if len(self._seen) > 10_000:  # forget the oldest correlations
+            for old in sorted(self._seen, key=lambda k: self._seen[k].last)[:1000]:
+                del self._seen[old]

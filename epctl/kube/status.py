@@ -1,0 +1,132 @@
+"""ClusterEndpoint status: computed from what we know, written only when it changes.
+
+``conditions_with_times`` keeps each condition's ``lastTransitionTime`` unless its status
+changed, so identical states produce identical documents; the writer compares the document with
+what is already on the object and skips the write when equal (no heartbeat timestamps, no churn).
+Writes go through the status subresource, debounced like slices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from epctl.kube.backoff import Backoff
+from epctl.kube.client import MERGE_PATCH, ApiError, KubeClient, Resource
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def conditions_with_times(previous: list[Obj] | None, current: list[Obj], stamp: str | None = None) -> list[Obj]:
+    """Give each condition a lastTransitionTime: the old one if its status did not change."""
+    old = {c.get("type"): c for c in previous or []}
+    stamp = stamp or now_rfc3339()
+    out = []
+    for condition in current:
+        before = old.get(condition["type"])
+        same = before is not None and before.get("status") == condition["status"] and before.get("lastTransitionTime")
+        out.append({**condition, "lastTransitionTime": before["lastTransitionTime"] if same else stamp})  # type: ignore[index]
+    return out
+
+
+class StatusWriter:
+    """Debounced ``PATCH .../status`` per object, skipped when the object already has that status."""
+
+    def __init__(self, client: KubeClient, resource: Resource, current: Callable[[str, str], Obj | None], *,
+                 delay: float = 0.1) -> None:
+        self.client, self.resource, self.current = client, resource, current
+        self.delay = delay
+        self.writes = 0
+        self._pending: dict[tuple[str, str], tuple[Obj, float]] = {}
+        self._last: dict[tuple[str, str], Obj] = {}
+        self._backoff: dict[tuple[str, str], Backoff] = {}
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def set(self, namespace: str, name: str, status: Obj) -> None:
+        key = (namespace, name)
+        existing = (self.current(namespace, name) or {}).get("status")
+        if status == existing or (key not in self._pending and status == self._last.get(key)):
+            self._pending.pop(key, None)
+            return
+        self._pending[key] = (status, time.monotonic() + self.delay)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._pending.pop((namespace, name), None)
+        self._last.pop((namespace, name), None)
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="status-writer")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.monotonic()
+            due = [k for k, (_, at) in self._pending.items() if at <= now]
+            for key in due:
+                status, _ = self._pending.pop(key)
+                await self._write(key, status)
+            if not self._pending:
+                self._idle.set()
+            self._wakeup.clear()
+            if not self._pending:
+                await self._wakeup.wait()
+                continue
+            wake = min(at for _, at in self._pending.values())
+            handle = loop.call_later(max(0.0, wake - time.monotonic()), self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                handle.cancel()
+
+    async def _write(self, key: tuple[str, str], status: Obj) -> None:
+        namespace, name = key
+        if (self.current(namespace, name) or {}).get("status") == status:
+            self._last[key] = status
+            return
+        try:
+            await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
+                                      body={"status": status}, content_type=MERGE_PATCH)
+            self._last[key] = status
+            self.writes += 1
+            self._backoff.pop(key, None)
+        except ApiError as err:
+            if err.code == 404:
+                return  # the object is gone
+            delay = self._backoff.setdefault(key, Backoff(1.0, 60.0)).next_delay(err.retry_after or 0.0)
+            if key not in self._pending:
+                self._pending[key] = (status, time.monotonic() + delay)
+            log.warning("status write failed; will retry", extra={"object": f"{namespace}/{name}",
+                                                                   "error": str(err)})

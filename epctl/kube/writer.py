@@ -1,0 +1,420 @@
+"""The writer: turns dirty targets of the DesiredState into Service and EndpointSlice writes.
+
+- Debounce: a dirty target is written after ``batch_delay`` of quiet or ``max_batch_delay`` after
+  it first became dirty, whichever comes first, so a burst of probe transitions becomes one write.
+- Bounded concurrency across targets; one reconcile at a time per target.
+- Optimistic concurrency: updates carry the resourceVersion they were planned from. 409 (stale or
+  AlreadyExists) and 404 re-read the target's slices from the API and re-plan (a few times).
+  429/5xx/connection errors retry with exponential backoff and jitter. 422 is reported (Event and
+  condition through the :class:`SyncReporter`) and not retried until the desired state changes.
+- Own writes are remembered (resourceVersion per slice) and overlaid on the informer cache, so a
+  cache that has not caught up never causes a duplicate or a stale re-write, and the watch echo of
+  our own write is recognised and ignored. Any other change to one of our slices (someone edited
+  or deleted it) marks its target dirty, and the planner repairs it.
+- The Service: created when missing (selector-less, our ports, ownerReference); only the fields we
+  own are updated; an existing Service we do not own is adopted only when the target allows it,
+  otherwise the target is reported as conflicting and nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from epctl.kube.backoff import Backoff
+from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
+from epctl.kube.informer import Informer, InformerEvent
+from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, Plan, plan_slices
+from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+SERVICE_MANAGED_LABEL = "app.kubernetes.io/managed-by"
+
+
+class SyncReporter(Protocol):
+    """Where the writer reports the outcome of each target (status conditions, Events)."""
+
+    def synced(self, key: TargetKey) -> None: ...
+    def failed(self, key: TargetKey, reason: str, message: str, permanent: bool) -> None: ...
+
+
+class WriterMetrics(Protocol):
+    def batch(self, targets: int) -> None: ...
+    def write(self, operation: str, result: str) -> None: ...
+    def sync(self, result: str, seconds: float) -> None: ...
+
+
+class ServiceConflict(Exception):
+    """A Service of the target's name exists and is not ours (and adoption was not asked for)."""
+
+
+class Permanent(Exception):
+    """The API refused our object as invalid (422): retrying the same write cannot help."""
+
+
+@dataclass
+class _Written:
+    service: str
+    rv: int
+    obj: Obj | None  # None: we deleted it
+
+
+def _rv(obj: Obj | None) -> int:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+class Writer:
+    def __init__(self, client: KubeClient, state: DesiredState, slices: Informer, services: Informer, *,
+                 batch_delay: float = 0.1, max_batch_delay: float = 1.0, concurrency: int = 8,
+                 max_per_slice: int = 100, reporter: SyncReporter | None = None,
+                 metrics: WriterMetrics | None = None, backoff_initial: float = 1.0,
+                 backoff_max: float = 60.0) -> None:
+        self.client, self.state, self.slices, self.services = client, state, slices, services
+        self.batch_delay, self.max_batch_delay = batch_delay, max_batch_delay
+        self.max_per_slice = max_per_slice
+        self.reporter, self.metrics = reporter, metrics
+        self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._pending: dict[TargetKey, list[float]] = {}  # key -> [first dirty, last dirty]
+        self._retry_at: dict[TargetKey, float] = {}
+        self._backoffs: dict[TargetKey, Backoff] = {}
+        self._batch_size = 0
+        self._in_flight: set[TargetKey] = set()
+        self._known: set[TargetKey] = set()
+        self._written: dict[tuple[str, str], _Written] = {}
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self.paused = False  # a standby (not leader) plans nothing and writes nothing
+        slices.subscribe(self._on_slice_event)
+
+    # --- inputs -----------------------------------------------------------------------------------
+
+    def notify(self, key: TargetKey) -> None:
+        """The desired state of ``key`` changed (wired to ``DesiredState.on_dirty``)."""
+        now = time.monotonic()
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = [now, now]
+        else:
+            entry[1] = now
+        self._idle.clear()
+        self._wakeup.set()
+
+    def _on_slice_event(self, event: InformerEvent) -> None:
+        meta = event.obj.get("metadata", {})
+        slot = (meta.get("namespace", ""), meta.get("name", ""))
+        written = self._written.get(slot)
+        if written is not None:
+            if event.type == "DELETED" and written.obj is None:
+                del self._written[slot]
+                return
+            if _rv(event.obj) == written.rv and event.type != "DELETED":
+                return  # the echo of our own write
+        service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        key = (slot[0], service or "")
+        if service and key in self._known:
+            self.notify(key)  # someone else changed one of our slices: re-plan (a no-op costs nothing)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self.run(), name="writer")
+        return self._runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def flush(self, timeout: float = 8.0) -> bool:
+        """Write everything pending now, ignoring the debounce; True if all went out in time."""
+        for entry in self._pending.values():
+            entry[0] = entry[1] = 0.0
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until nothing is pending or in flight (tests and benchmarks)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.monotonic()
+            wake_at: float | None = None
+            if not self.paused:
+                for key, (first, last) in list(self._pending.items()):
+                    if key in self._in_flight:
+                        continue
+                    due = max(min(last + self.batch_delay, first + self.max_batch_delay),
+                              self._retry_at.get(key, 0.0))
+                    if due <= now:
+                        del self._pending[key]
+                        self._spawn(self._reconcile(key))
+                    else:
+                        wake_at = due if wake_at is None else min(wake_at, due)
+            if self._batch_size:
+                if self.metrics:
+                    self.metrics.batch(self._batch_size)
+                self._batch_size = 0
+            if not self._pending and not self._in_flight:
+                self._idle.set()
+            self._wakeup.clear()
+            if wake_at is None:
+                await self._wakeup.wait()
+                continue
+            handle = loop.call_later(max(0.0, wake_at - time.monotonic()), self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                handle.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._batch_size += 1
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- reconcile one target -----------------------------------------------------------------------
+
+    async def _reconcile(self, key: TargetKey) -> None:
+        self._in_flight.add(key)
+        started = time.monotonic()
+        try:
+            async with self._semaphore:
+                target = self.state.get(key)
+                if target is None and key not in self._known:
+                    return
+                await self._sync(key, target)
+            self._backoffs.pop(key, None)
+            self._retry_at.pop(key, None)
+            if target is None:
+                self._known.discard(key)
+            elif self.reporter:
+                self.reporter.synced(key)
+            if self.metrics:
+                self.metrics.sync("success", time.monotonic() - started)
+        except ServiceConflict as err:  # not requeued: the next change of the target retries
+            if self.reporter:
+                self.reporter.failed(key, "ServiceConflict", str(err), True)
+            if self.metrics:
+                self.metrics.sync("conflict", time.monotonic() - started)
+        except Permanent as err:  # not requeued: the next change of the target retries
+            log.warning("write rejected as invalid", extra={"target": "/".join(key), "error": str(err)})
+            if self.reporter:
+                self.reporter.failed(key, "WriteRejected", str(err), True)
+            if self.metrics:
+                self.metrics.sync("invalid", time.monotonic() - started)
+        except ApiError as err:
+            backoff = self._backoffs.setdefault(key, Backoff(self.backoff_initial, self.backoff_max))
+            delay = backoff.next_delay(err.retry_after or 0.0)
+            self._retry_at[key] = time.monotonic() + delay
+            self.notify(key)
+            log.warning("write failed; will retry", extra={"target": "/".join(key), "error": str(err),
+                                                           "retry_in": round(delay, 2)})
+            if self.reporter:
+                self.reporter.failed(key, "WriteFailed", str(err), False)
+            if self.metrics:
+                self.metrics.sync("error", time.monotonic() - started)
+        except Exception:
+            log.exception("reconcile crashed", extra={"target": "/".join(key)})
+            self._retry_at[key] = time.monotonic() + self.backoff_max
+            self.notify(key)
+        finally:
+            self._in_flight.discard(key)
+            self._wakeup.set()
+
+    async def _sync(self, key: TargetKey, target: Target | None) -> None:
+        if target is not None:
+            self._known.add(key)
+            if target.service is not None:
+                await self._ensure_service(target, target.service)
+        groups = list(target.groups.values()) if target else []
+        owners = [target.owner] if target and target.owner else []
+        fresh = False
+        for _attempt in range(4):
+            observed = await self._list_slices(key) if fresh else self._observed(key)
+            plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
+                               owner_references=owners)
+            if plan.empty:
+                return
+            try:
+                await self._execute(key, plan)
+                return
+            except ApiError as err:
+                if err.code in (404, 409):
+                    fresh = True  # our view was stale: re-read from the API and plan again
+                    continue
+                raise
+        raise ApiError(409, "Conflict", f"{key[0]}/{key[1]}: slices kept changing under us; will retry")
+
+    def _observed(self, key: TargetKey) -> list[Obj]:
+        """Our slices of this Service: the informer cache overlaid with our own newer writes."""
+        namespace, service = key
+        view: dict[tuple[str, str], Obj] = {}
+        for obj in self.slices.cache.values():
+            meta = obj["metadata"]
+            if meta.get("namespace") == namespace and (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) == service:
+                view[(namespace, meta["name"])] = obj
+        for slot, written in list(self._written.items()):
+            if slot[0] != namespace or written.service != service:
+                continue
+            cached = view.get(slot)
+            if cached is not None and _rv(cached) >= written.rv and written.obj is not None:
+                del self._written[slot]  # the cache has caught up with our write
+                continue
+            if written.obj is None:
+                if cached is not None and _rv(cached) > written.rv:
+                    del self._written[slot]  # re-created by someone after our delete
+                    continue
+                view.pop(slot, None)
+            else:
+                view[slot] = written.obj
+        return list(view.values())
+
+    async def _list_slices(self, key: TargetKey) -> list[Obj]:
+        namespace, service = key
+        result = await self.client.request("GET", ENDPOINTSLICES.path(namespace), query={
+            "labelSelector": f"{SERVICE_NAME_LABEL}={service},{MANAGED_BY_LABEL}={MANAGED_BY}"})
+        items = result.get("items") or []
+        for slot in [s for s, w in self._written.items() if s[0] == namespace and w.service == service]:
+            del self._written[slot]
+        return list(items)
+
+    async def _execute(self, key: TargetKey, plan: Plan) -> None:
+        namespace, service = key
+        for obj in plan.deletes:
+            name = obj["metadata"]["name"]
+            try:
+                gone = await self.client.request(
+                    "DELETE", ENDPOINTSLICES.path(namespace, name),
+                    body={"preconditions": {"resourceVersion": obj["metadata"].get("resourceVersion")}})
+                self._record(namespace, name, service, _rv(gone) or _rv(obj), None, "delete")
+            except ApiError as err:
+                self._count("delete", err)
+                if err.code == 404:
+                    self._record(namespace, name, service, _rv(obj), None, "delete")
+                    continue
+                self._raise(err)
+        for obj in plan.updates:
+            try:
+                written = await self.client.request("PUT", ENDPOINTSLICES.path(namespace, obj["metadata"]["name"]),
+                                                    body=obj)
+                self._record(namespace, obj["metadata"]["name"], service, _rv(written), written, "update")
+            except ApiError as err:
+                self._count("update", err)
+                self._raise(err)
+        for obj in plan.creates:
+            try:
+                written = await self.client.request("POST", ENDPOINTSLICES.path(namespace), body=obj)
+                self._record(namespace, obj["metadata"]["name"], service, _rv(written), written, "create")
+            except ApiError as err:
+                self._count("create", err)
+                self._raise(err)
+
+    def _record(self, namespace: str, name: str, service: str, rv: int, obj: Obj | None, operation: str) -> None:
+        self._written[(namespace, name)] = _Written(service, rv, obj)
+        if self.metrics:
+            self.metrics.write(operation, "success")
+
+    def _count(self, operation: str, err: ApiError) -> None:
+        if self.metrics:
+            self.metrics.write(operation, str(err.code or "connection"))
+
+    @staticmethod
+    def _raise(err: ApiError) -> None:
+        if err.code == 422:
+            raise Permanent(err.message) from err
+        raise err
+
+    # --- the Service --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _service_body(target: Target, spec: ServiceSpec) -> Obj:
+        body: Obj = {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": target.name, "namespace": target.namespace,
+                         "labels": {SERVICE_MANAGED_LABEL: "epctl"}},
+            "spec": {"ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol}
+                               for p in spec.ports]},
+        }
+        if target.owner:
+            body["metadata"]["ownerReferences"] = [target.owner]
+        if spec.headless:
+            body["spec"]["clusterIP"] = "None"
+        return body
+
+    async def _ensure_service(self, target: Target, spec: ServiceSpec) -> None:
+        existing = self.services.get(target.namespace, target.name)
+        desired = self._service_body(target, spec)
+        if existing is None:
+            try:
+                await self.client.request("POST", SERVICES.path(target.namespace), body=desired)
+                self._count_ok("service_create")
+                return
+            except ApiError as err:
+                if err.code == 422:
+                    raise Permanent(err.message) from err
+                if err.code != 409:
+                    raise
+                existing = await self.client.request("GET", SERVICES.path(target.namespace, target.name))
+        owner_uid = (target.owner or {}).get("uid")
+        owned = any(ref.get("uid") == owner_uid for ref in existing["metadata"].get("ownerReferences") or [])
+        if not owned and not target.adopt:
+            raise ServiceConflict(f'Service "{target.name}" already exists and is not managed by epctl; set the '
+                                  'annotation epctl.io/adopt: "true" on the ClusterEndpoint to take it over')
+        is_headless = existing.get("spec", {}).get("clusterIP") == "None"
+        if is_headless != spec.headless:
+            # clusterIP is immutable: replace the Service (its slices are matched by label, not owned by it)
+            await self.client.request("DELETE", SERVICES.path(target.namespace, target.name), body={
+                "preconditions": {"uid": existing["metadata"]["uid"]}})
+            await self.client.request("POST", SERVICES.path(target.namespace), body=desired)
+            self._count_ok("service_replace")
+            return
+        current_ports = [{"name": p.get("name", ""), "port": p.get("port"), "targetPort": p.get("targetPort"),
+                          "protocol": p.get("protocol", "TCP")} for p in existing.get("spec", {}).get("ports") or []]
+        want_ports = desired["spec"]["ports"]
+        refs = existing["metadata"].get("ownerReferences") or []
+        patch: Obj = {}
+        if current_ports != want_ports or existing.get("spec", {}).get("selector"):
+            patch["spec"] = {"ports": want_ports, "selector": None}
+        if (existing["metadata"].get("labels") or {}).get(SERVICE_MANAGED_LABEL) != "epctl":
+            patch.setdefault("metadata", {})["labels"] = {SERVICE_MANAGED_LABEL: "epctl"}
+        if not owned and target.owner:
+            patch.setdefault("metadata", {})["ownerReferences"] = [*refs, target.owner]
+        if patch:
+            try:
+                await self.client.request("PATCH", SERVICES.path(target.namespace, target.name), body=patch,
+                                          content_type=MERGE_PATCH)
+                self._count_ok("service_update")
+            except ApiError as err:
+                if err.code == 422:
+                    raise Permanent(err.message) from err
+                raise
+
+    def _count_ok(self, operation: str) -> None:
+        if self.metrics:
+            self.metrics.write(operation, "success")

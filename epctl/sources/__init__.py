@@ -1,0 +1,1 @@
+"""Producers of desired state: each turns some input (a CRD, a Service, OpenStack) into targets."""

@@ -1,0 +1,356 @@
+"""ClusterEndpoint source: CRs in, desired Services/slices + probe checks + status out.
+
+For each ClusterEndpoint:
+- a valid spec becomes a Target (selector-less Service of the same name, one port group per
+  (port, address family)) and one probe check per (port, address);
+- an invalid spec is reported (``Ready=False``, reason ``InvalidSpec``, the field errors, a
+  Warning Event) and changes nothing else: the last valid spec keeps being served, so a typo never
+  drops healthy endpoints; the rest of the controller carries on;
+- probe transitions flip endpoint readiness in the store and are announced as Events;
+- the status (phase, per-port ready/total/unhealthy with reasons and since, conditions Ready,
+  Degraded, Synced) is recomputed on every change and written only when it differs.
+
+Restart adoption: a new check starts from the readiness already published in our slices, so a
+restart with steady backends flips nothing and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from epctl.api import ClusterEndpointSpec, parse_cluster_endpoint
+from epctl.api.spec import API_VERSION, KIND, PortSpec
+from epctl.kube.client import Resource
+from epctl.kube.events import EventRecorder
+from epctl.kube.informer import Informer, InformerEvent
+from epctl.kube.status import StatusWriter, conditions_with_times
+from epctl.probe.resolve import resolve
+from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
+from epctl.slices import SERVICE_NAME_LABEL
+from epctl.state import DesiredState, Endpoint, PortGroup, ServicePort, ServiceSpec, SlicePort, Target, TargetKey
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+CLUSTERENDPOINTS = Resource("epctl.io", "v1beta1", "clusterendpoints", "ClusterEndpoint")
+ADOPT_ANNOTATION = "epctl.io/adopt"
+
+
+def _stamp(at: float | None = None) -> str:
+    return datetime.fromtimestamp(at or time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _adopted_sync(obj: Obj) -> tuple[bool, str, str]:
+    """The Synced condition as already published for this generation (restart: nothing to rewrite)."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") == obj.get("metadata", {}).get("generation"):
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "Synced":
+                return (condition.get("status") == "True", condition.get("reason", ""), condition.get("message", ""))
+    return (False, "Pending", "not written yet")
+
+
+def port_label(port: PortSpec) -> str:
+    return port.name or str(port.port)
+
+
+def family(address: str) -> str:
+    return "IPv6" if ":" in address else "IPv4"
+
+
+@dataclass
+class _Health:
+    reason: str = ""
+    since: str = ""
+
+
+@dataclass
+class _Entry:
+    obj: Obj
+    spec: ClusterEndpointSpec | None = None  # the last valid spec (kept while the current one is invalid)
+    errors: list[str] = field(default_factory=list)
+    applied: tuple[int, str] | None = None  # (generation, adopt annotation) last applied
+    addresses: dict[str, list[str]] = field(default_factory=dict)  # host -> addresses
+    sync: tuple[bool, str, str] = (False, "Pending", "not written yet")
+
+
+class ClusterEndpointSource:
+    def __init__(self, state: DesiredState, scheduler: Scheduler, informer: Informer, slices: Informer,
+                 status: StatusWriter, events: EventRecorder, *, allow_loopback: bool = False,
+                 resolve_interval: float = 30.0) -> None:
+        self.state, self.scheduler, self.informer, self.slices = state, scheduler, informer, slices
+        self.status, self.events = status, events
+        self.allow_loopback = allow_loopback
+        self.resolve_interval = resolve_interval
+        self._entries: dict[TargetKey, _Entry] = {}
+        self._health: dict[CheckKey, _Health] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resolver: asyncio.Task[None] | None = None
+        self._started = False  # events before start() are ignored: start() replays the synced cache
+        informer.subscribe(self._on_event)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Apply every cached ClusterEndpoint (informers must be synced) and follow changes.
+
+        Until now events are ignored: adopting published readiness needs the slice cache synced,
+        and the ClusterEndpoint informer may well finish its list before the slice informer.
+        """
+        self._started = True
+        for obj in list(self.informer.cache.values()):
+            self._on_event(InformerEvent("ADDED", obj))
+        self._resolver = asyncio.create_task(self._re_resolve(), name="cep-resolver")
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._resolver] if self._resolver else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def settle(self) -> None:
+        """Wait for pending spec applications (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- ClusterEndpoint events -------------------------------------------------------------------
+
+    def _on_event(self, event: InformerEvent) -> None:
+        if not self._started:
+            return
+        meta = event.obj.get("metadata", {})
+        key: TargetKey = (meta.get("namespace", "default"), meta.get("name", ""))
+        if event.type == "DELETED":
+            self._entries.pop(key, None)
+            self.scheduler.remove_target(f"{key[0]}/{key[1]}")
+            self._health = {k: v for k, v in self._health.items() if k.target != f"{key[0]}/{key[1]}"}
+            self.state.remove_target(key)
+            self.status.forget(*key)
+            return
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(event.obj, sync=_adopted_sync(event.obj))
+        entry.obj = event.obj
+        marker = (int(meta.get("generation") or 0), (meta.get("annotations") or {}).get(ADOPT_ANNOTATION, ""))
+        if entry.applied == marker:
+            return  # our own status write, or a metadata-only change that does not concern us
+        entry.applied = marker
+        spec, errors = parse_cluster_endpoint(event.obj, allow_loopback=self.allow_loopback)
+        if spec is None:
+            entry.errors = [str(e) for e in errors]
+            log.warning("invalid ClusterEndpoint", extra={"clusterendpoint": "/".join(key),
+                                                          "errors": "; ".join(entry.errors)})
+            self.events.record(event.obj, "Warning", "InvalidSpec", "; ".join(entry.errors))
+            self._write_status(key)
+            return
+        entry.errors = []
+        entry.spec = spec
+        self._spawn(self._apply(key))
+
+    async def _apply(self, key: TargetKey) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.spec is None:
+            return
+        spec = entry.spec
+        hosts = sorted({h for p in spec.ports for h in p.hosts})
+        resolved = await asyncio.gather(*(resolve(h) for h in hosts))
+        entry = self._entries.get(key)
+        if entry is None or entry.spec is not spec:
+            return  # changed while resolving; the newer application wins
+        for host, (addresses, error) in zip(hosts, resolved, strict=True):
+            if error:  # keep the last good answer: a DNS blip must not drop endpoints
+                log.warning("host did not resolve", extra={"host": host, "error": error})
+                entry.addresses.setdefault(host, [])
+            else:
+                entry.addresses[host] = addresses
+        self._materialise(key, entry)
+
+    def _materialise(self, key: TargetKey, entry: _Entry) -> None:
+        spec = entry.spec
+        assert spec is not None
+        target_name = f"{key[0]}/{key[1]}"
+        groups: dict[str, PortGroup] = {}
+        wanted: set[CheckKey] = set()
+        for port in spec.ports:
+            label = port_label(port)
+            addresses = sorted({a for h in port.hosts for a in entry.addresses.get(h, [])})
+            for address in addresses:
+                ready = True
+                if port.probe is not None:
+                    check_key = CheckKey(target_name, label, address)
+                    wanted.add(check_key)
+                    initial = self._adopted(key, label, address)
+                    if initial is False and check_key not in self._health:
+                        self._health[check_key] = self._previous_health(entry, label, address)
+                    self.scheduler.upsert(Check(check_key, port.probe, port.probe_port, port.timing), initial=initial)
+                    state = self.scheduler.state(check_key)
+                    ready = bool(state and state.healthy)
+                group_id = f"{label}/{family(address)}"
+                group = groups.setdefault(group_id, PortGroup(family(address), (SlicePort(
+                    port.name, port.target_port, port.protocol),), {}))
+                group.endpoints[address] = Endpoint(address, ready, ready)
+        for stale in [k for k in self.scheduler.keys() if k.target == target_name and k not in wanted]:
+            self.scheduler.remove(stale)
+            self._health.pop(stale, None)
+        meta = entry.obj["metadata"]
+        owner = {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta.get("uid", ""),
+                 "controller": True, "blockOwnerDeletion": True}
+        service = ServiceSpec(tuple(ServicePort(p.name, p.port, p.target_port, p.protocol) for p in spec.ports),
+                              headless=spec.cluster_ip == "None")
+        adopt = (meta.get("annotations") or {}).get(ADOPT_ANNOTATION) == "true"
+        self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt))
+        self._write_status(key)
+
+    def _adopted(self, key: TargetKey, port_name: str, address: str) -> bool | None:
+        """The ``ready`` condition already published for this endpoint in our slices, if any."""
+        for obj in self.slices.cache.values():
+            meta = obj["metadata"]
+            if meta.get("namespace") != key[0] or (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) != key[1]:
+                continue
+            if not any((p.get("name") or "") == port_name or str(p.get("port")) == port_name
+                       for p in obj.get("ports") or []):
+                continue
+            for endpoint in obj.get("endpoints") or []:
+                if address in (endpoint.get("addresses") or []):
+                    return (endpoint.get("conditions") or {}).get("ready") is not False
+        return None
+
+    @staticmethod
+    def _previous_health(entry: _Entry, port_name: str, address: str) -> _Health:
+        """Reason and since of an unhealthy endpoint as the current status reports them (restart)."""
+        for port in (entry.obj.get("status") or {}).get("ports") or []:
+            if port.get("name") == port_name:
+                for item in port.get("unhealthy") or []:
+                    if item.get("address") == address:
+                        return _Health(item.get("reason", ""), item.get("since", ""))
+        return _Health()
+
+    async def _re_resolve(self) -> None:
+        """Follow DNS: re-resolve named hosts and re-apply the specs whose addresses changed."""
+        while True:
+            await asyncio.sleep(self.resolve_interval)
+            for key, entry in list(self._entries.items()):
+                if entry.spec is None:
+                    continue
+                names = [h for p in entry.spec.ports for h in p.hosts if entry.addresses.get(h) != [h]]
+                for host in set(names):
+                    addresses, error = await resolve(host)
+                    if not error and addresses != entry.addresses.get(host):
+                        self._spawn(self._apply(key))
+                        break
+
+    # --- probe transitions and write outcomes -------------------------------------------------------
+
+    def on_transition(self, transition: Transition) -> None:
+        namespace, _, name = transition.key.target.partition("/")
+        key = (namespace, name)
+        self._health[transition.key] = _Health(transition.reason, _stamp(transition.at))
+        group_id = f"{transition.key.port}/{family(transition.key.address)}"
+        self.state.set_ready(key, group_id, transition.key.address, transition.healthy)
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        if transition.healthy:
+            self.events.record(entry.obj, "Normal", "EndpointHealthy",
+                               f"{transition.key.address} port {transition.key.port} is healthy again")
+        else:
+            self.events.record(entry.obj, "Warning", "EndpointUnhealthy",
+                               f"{transition.key.address} port {transition.key.port}: {transition.reason}")
+        self._write_status(key)
+
+    def synced(self, key: TargetKey) -> None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.sync[0] is not True:
+            entry.sync = (True, "Synced", "Service and EndpointSlices are up to date")
+            self._write_status(key)
+
+    def failed(self, key: TargetKey, reason: str, message: str, permanent: bool) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        if entry.sync != (False, reason, message):
+            entry.sync = (False, reason, message)
+            if permanent:
+                self.events.record(entry.obj, "Warning", reason, message)
+            self._write_status(key)
+
+    # --- status ---------------------------------------------------------------------------------------
+
+    def _write_status(self, key: TargetKey) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self.status.set(key[0], key[1], self.compute_status(key, entry))
+
+    def compute_status(self, key: TargetKey, entry: _Entry) -> Obj:
+        target_name = f"{key[0]}/{key[1]}"
+        ports_status: list[Obj] = []
+        healthy = total = 0
+        unknown = 0
+        per_port_ready: list[int] = []
+        for port in (entry.spec.ports if entry.spec else ()):
+            label = port_label(port)
+            addresses = sorted({(h, a) for h in port.hosts for a in entry.addresses.get(h, [])},
+                               key=lambda x: (x[1], x[0]))
+            ready = 0
+            unhealthy: list[Obj] = []
+            for host, address in addresses:
+                if port.probe is None:
+                    ready += 1
+                    continue
+                check_key = CheckKey(target_name, label, address)
+                state = self.scheduler.state(check_key)
+                if state is None or state.healthy is None:
+                    unknown += 1
+                elif state.healthy:
+                    ready += 1
+                else:
+                    health = self._health.get(check_key, _Health(state.reason or "unhealthy"))
+                    unhealthy.append({"host": host, "address": address, "reason": health.reason or state.reason,
+                                      **({"since": health.since} if health.since else {})})
+            healthy += ready
+            total += len(addresses)
+            per_port_ready.append(ready)
+            ports_status.append({"name": label, "ready": ready, "total": len(addresses),
+                                 **({"unhealthy": unhealthy} if unhealthy else {})})
+        if unknown:
+            phase = "Pending"
+        elif total and healthy == total:
+            phase = "Healthy"
+        elif healthy:
+            phase = "Degraded"
+        else:
+            phase = "Unhealthy"
+        generation = int(entry.obj["metadata"].get("generation") or 0)
+        if entry.errors:
+            ready_cond = ("False", "InvalidSpec", "; ".join(entry.errors))
+        elif per_port_ready and all(per_port_ready):
+            ready_cond = ("True", "EndpointsReady", "every port has at least one ready endpoint")
+        elif unknown:
+            ready_cond = ("False", "Probing", "waiting for the first probe results")
+        else:
+            ready_cond = ("False", "NoReadyEndpoints", "a port has no ready endpoint")
+        degraded = total - healthy - unknown
+        sync_ok, sync_reason, sync_message = entry.sync
+        conditions: list[Obj] = [
+            {"type": "Ready", "status": ready_cond[0], "reason": ready_cond[1], "message": ready_cond[2]},
+            {"type": "Degraded", "status": "True" if degraded else "False",
+             "reason": "UnhealthyEndpoints" if degraded else "AllHealthy",
+             "message": f"{degraded} of {total} endpoints failing their probe" if degraded else "no failing endpoint"},
+            {"type": "Synced", "status": "True" if sync_ok else "False", "reason": sync_reason,
+             "message": sync_message},
+        ]
+        for condition in conditions:
+            condition["observedGeneration"] = generation
+        previous = (entry.obj.get("status") or {}).get("conditions")
+        return {"observedGeneration": generation, "phase": phase, "healthy": healthy, "total": total,
+                "conditions": conditions_with_times(previous, conditions), "ports": ports_status}

@@ -1,0 +1,151 @@
+"""DesiredState: what every Service epctl manages should look like. Pure: no I/O.
+
+Producers (the ClusterEndpoint source and the prober's transitions, later mirroring and OpenStack)
+replace a target's desired state or flip one endpoint's readiness. Every change that alters
+something marks the target dirty and calls ``on_dirty``, which wakes the writer. A change that
+alters nothing marks nothing: the writer is never woken for a no-op.
+
+A target is one Service (namespace, name). It holds the Service's desired ports (when epctl owns
+the Service itself) and *port groups*: endpoints that share an address type and a port list and so
+can share EndpointSlices. A ClusterEndpoint gets one group per (port, address family), because
+readiness is probed per port and a slice carries one readiness per endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+Obj = dict[str, Any]
+TargetKey = tuple[str, str]  # (namespace, service name)
+
+
+@dataclass(frozen=True, order=True)
+class SlicePort:
+    """A port as EndpointSlices carry it: the Service port's name, the hosts' port number."""
+
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+    def to_api(self) -> Obj:
+        return {"name": self.name, "port": self.port, "protocol": self.protocol}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One address in a slice with its conditions (and, for mirrored endpoints, topology)."""
+
+    address: str
+    ready: bool
+    serving: bool
+    terminating: bool = False
+    hostname: str | None = None
+    node_name: str | None = None
+    zone: str | None = None
+    hints: str | None = None  # JSON text, so the dataclass stays hashable and comparable
+    target_ref: str | None = None  # JSON text
+
+    def to_api(self) -> Obj:
+        out: Obj = {"addresses": [self.address],
+                    "conditions": {"ready": self.ready, "serving": self.serving, "terminating": self.terminating}}
+        if self.hostname is not None:
+            out["hostname"] = self.hostname
+        if self.node_name is not None:
+            out["nodeName"] = self.node_name
+        if self.zone is not None:
+            out["zone"] = self.zone
+        if self.hints is not None:
+            out["hints"] = json.loads(self.hints)
+        if self.target_ref is not None:
+            out["targetRef"] = json.loads(self.target_ref)
+        return out
+
+
+@dataclass(frozen=True)
+class PortGroup:
+    """Endpoints that can share slices: one address type, one port list."""
+
+    address_type: str
+    ports: tuple[SlicePort, ...]
+    endpoints: dict[str, Endpoint] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The parts of a Service epctl owns. ``headless`` maps to ``clusterIP: None``."""
+
+    ports: tuple[ServicePort, ...]
+    headless: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    name: str
+    groups: dict[str, PortGroup] = field(default_factory=dict, hash=False)
+    service: ServiceSpec | None = None  # None: the Service exists and is not ours to shape
+    owner: Obj | None = field(default=None, hash=False, compare=True)  # ownerReference for what we create
+    adopt: bool = False  # take over an existing Service of this name that we do not own
+
+    @property
+    def key(self) -> TargetKey:
+        return (self.namespace, self.name)
+
+
+class DesiredState:
+    def __init__(self, on_dirty: Callable[[TargetKey], None] | None = None) -> None:
+        self.targets: dict[TargetKey, Target] = {}
+        self.dirty: set[TargetKey] = set()
+        self.on_dirty = on_dirty
+
+    def _mark(self, key: TargetKey) -> None:
+        self.dirty.add(key)
+        if self.on_dirty is not None:
+            self.on_dirty(key)
+
+    def get(self, key: TargetKey) -> Target | None:
+        return self.targets.get(key)
+
+    def set_target(self, target: Target) -> bool:
+        """Replace a target's whole desired state; True if that changed anything."""
+        if self.targets.get(target.key) == target:
+            return False
+        self.targets[target.key] = target
+        self._mark(target.key)
+        return True
+
+    def remove_target(self, key: TargetKey) -> bool:
+        if self.targets.pop(key, None) is None:
+            return False
+        self._mark(key)
+        return True
+
+    def set_ready(self, key: TargetKey, group_id: str, address: str, ready: bool) -> bool:
+        """Flip one endpoint's readiness (serving follows ready); True if that changed anything."""
+        target = self.targets.get(key)
+        group = target.groups.get(group_id) if target else None
+        endpoint = group.endpoints.get(address) if group else None
+        if target is None or group is None or endpoint is None:
+            return False
+        if endpoint.ready == ready and endpoint.serving == ready:
+            return False
+        endpoints = {**group.endpoints, address: replace(endpoint, ready=ready, serving=ready)}
+        groups = {**target.groups, group_id: replace(group, endpoints=endpoints)}
+        self.targets[key] = replace(target, groups=groups)
+        self._mark(key)
+        return True
+
+    def take_dirty(self) -> set[TargetKey]:
+        taken, self.dirty = self.dirty, set()
+        return taken

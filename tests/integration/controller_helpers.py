@@ -1,0 +1,64 @@
+"""Shared pieces of the controller integration tests: a running controller on the test API server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epctl.app import Controller, ControllerSettings
+from epctl.kube.client import CRDS, ENDPOINTSLICES, SERVICES, KubeClient
+from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
+from epctl.testing.kubeapi import KubeAPIServer
+
+CRD = Path(__file__).resolve().parents[2] / "manifests" / "base" / "crd.yaml"
+
+
+async def install_crd(client: KubeClient) -> None:
+    await client.request("POST", CRDS.path(), body=yaml.safe_load(CRD.read_text()))
+
+
+@asynccontextmanager
+async def running_controller(api: KubeAPIServer, client: KubeClient, **overrides: Any) -> AsyncIterator[Controller]:
+    settings = ControllerSettings(batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True,
+                                  metrics_addr=None, **overrides)
+    controller = Controller(client, settings)
+    await controller.start()
+    try:
+        yield controller
+    finally:
+        await controller.stop()
+
+
+def cep(name: str, ports: list[dict[str, Any]], namespace: str = "default", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"ports": ports, **spec}}
+
+
+def slices_of(api: KubeAPIServer, service: str, namespace: str = "default") -> list[dict[str, Any]]:
+    return [o for (ns, _), o in sorted(api.store.objects[("discovery.k8s.io", "endpointslices")].items())
+            if ns == namespace and o["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service]
+
+
+def endpoints_of(api: KubeAPIServer, service: str, namespace: str = "default") -> dict[tuple[str, str], bool]:
+    """(port name, address) -> ready, across all slices of the Service."""
+    out = {}
+    for obj in slices_of(api, service, namespace):
+        for endpoint in obj["endpoints"]:
+            out[(obj["ports"][0]["name"], endpoint["addresses"][0])] = endpoint["conditions"]["ready"]
+    return out
+
+
+def service_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[str, Any] | None:
+    return api.store.objects[("", "services")].get((namespace, name))
+
+
+def cep_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[str, Any] | None:
+    return api.store.objects[("epctl.io", "clusterendpoints")].get((namespace, name))
+
+
+__all__ = ["CLUSTERENDPOINTS", "ENDPOINTSLICES", "SERVICES", "cep", "cep_of", "endpoints_of", "install_crd",
+           "running_controller", "service_of", "slices_of"]
