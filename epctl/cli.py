@@ -29,6 +29,28 @@ def _kube(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--context", default=None, help="kubeconfig context (default: current-context)")
 
 
+def _controller_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--namespace", default=None, help="watch one namespace (default: all)")
+    add_flag(parser, "--metrics-addr", default=":8080", help="address of /metrics, /healthz and /readyz")
+    add_flag(parser, "--batch-delay", default=0.1, type=float, help="seconds of quiet before a target is written")
+    add_flag(parser, "--max-batch-delay", default=1.0, type=float,
+             help="seconds a changed target waits at most before it is written")
+    add_flag(parser, "--max-endpoints-per-slice", default=100, type=_slice_size, help="endpoints per EndpointSlice "
+             "(1-1000)")
+    add_flag(parser, "--max-concurrent-probes", default=1000, type=int, help="probes in flight at once")
+    add_flag(parser, "--write-concurrency", default=8, type=int, help="targets written at once")
+    add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
+    add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
+             help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
+
+
+def _slice_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise ValueError("must be between 1 and 1000")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="epctl", description="Keeps Kubernetes Services pointed at healthy "
                                      "endpoints that live outside the Pod network.")
@@ -54,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(check, "--duration", default=0.0, type=float, help="with --watch: stop after this many seconds "
              "(0: run until interrupted)")
 
+    controller = sub.add_parser("controller", help="run the ClusterEndpoint controller",
+                                description="Watch ClusterEndpoints; own their Services and EndpointSlices; probe "
+                                "every host; report health in status and Events.")
+    _common(controller)
+    _kube(controller)
+    _controller_flags(controller)
+
+    demo = sub.add_parser("demo", help="run the controller against an embedded API server and local backends")
+    _common(demo)
+    add_flag(demo, "--duration", default=30.0, type=float, help="seconds before the demo stops by itself")
+    add_flag(demo, "--serve", default=False, boolean=True,
+             help="keep running until interrupted and print a kubeconfig for kubectl")
+
     dev = sub.add_parser("dev-apiserver", help="run the in-memory Kubernetes API server (for development)")
     _common(dev)
     add_flag(dev, "--port", default=6443, type=int, help="TCP port on 127.0.0.1 (0: any free port)")
@@ -74,6 +109,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         code: int = run_async(run_check(args.files, watch=args.watch, output=args.output,
                                         allow_loopback=args.allow_loopback, duration=args.duration), interrupted=0)
+        return code
+    if args.command == "controller":
+        from epctl.app import ControllerSettings, run_controller
+
+        settings = ControllerSettings(
+            namespace=args.namespace, batch_delay=args.batch_delay, max_batch_delay=args.max_batch_delay,
+            max_endpoints_per_slice=args.max_endpoints_per_slice, max_concurrent_probes=args.max_concurrent_probes,
+            write_concurrency=args.write_concurrency, allow_loopback_hosts=args.allow_loopback_hosts,
+            resolve_interval=args.resolve_interval, metrics_addr=args.metrics_addr or None)
+        code = run_async(run_controller(settings, args.kubeconfig, args.context))
+        return code
+    if args.command == "demo":
+        from epctl.demo import run_demo
+
+        code = run_async(run_demo(args.duration, args.serve), interrupted=0)
         return code
     if args.command == "dev-apiserver":
         from epctl.testing.kubeapi import serve_forever

@@ -65,6 +65,7 @@ class Transition:
     reason: str
     at: float  # wall-clock seconds (time.time())
     duration: float
+    previous: bool | None = None  # None: the first decision about this check
 
 
 class ProbeMetrics(Protocol):
@@ -268,10 +269,12 @@ class Scheduler:
             return  # the check changed or went away while this probe ran: its result is moot
         entry.last = result
         self.progress.set()
+        previous = entry.state.healthy
         if entry.state.record(result.ok, result.reason):
             healthy = bool(entry.state.healthy)
             try:
-                self.on_transition(Transition(check.key, healthy, result.reason, time.time(), result.duration))
+                self.on_transition(Transition(check.key, healthy, result.reason, time.time(), result.duration,
+                                              previous))
             except Exception:  # a broken consumer must not stop probing
                 log.exception("transition consumer failed", extra={"check": str(check.key)})
 

@@ -261,8 +261,9 @@ class ClusterEndpointSource:
         if entry is None:
             return
         if transition.healthy:
-            self.events.record(entry.obj, "Normal", "EndpointHealthy",
-                               f"{transition.key.address} port {transition.key.port} is healthy again")
+            if transition.previous is False:  # a first healthy decision is not news
+                self.events.record(entry.obj, "Normal", "EndpointHealthy",
+                                   f"{transition.key.address} port {transition.key.port} is healthy again")
         else:
             self.events.record(entry.obj, "Warning", "EndpointUnhealthy",
                                f"{transition.key.address} port {transition.key.port}: {transition.reason}")

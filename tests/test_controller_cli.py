@@ -1,0 +1,70 @@
+"""``epctl controller`` and ``epctl demo`` as users run them: real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from epctl.assets import read_asset
+from epctl.kube.client import KubeClient
+from epctl.testing.backends import TCPBackend, free_port
+from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, endpoints_of, install_crd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_packaged_assets_are_the_published_manifests() -> None:
+    assert read_asset("crd.yaml") == (ROOT / "manifests" / "base" / "crd.yaml").read_text()
+    assert read_asset("demo.yaml") == (ROOT / "examples" / "demo.yaml").read_text()
+
+
+async def test_demo_shows_an_outage_and_recovery() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "epctl.cli", "demo", "--duration", "12", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text + err.decode()
+    assert "phase=Healthy healthy=4/4 Ready=True" in text
+    outage = text.index(">>> stopping the HTTP backend")
+    assert "web: 127.0.0.1 unhealthy: connection refused" in text[outage:]
+    assert "final phase: Healthy (4/4 healthy)" in text
+
+
+async def test_controller_command_serves_health_and_stops_on_sigterm(api: KubeAPIServer, client: KubeClient) -> None:
+    await install_crd(client)
+    port = free_port()
+    async with TCPBackend() as db:
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [
+            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {}}]))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "epctl.cli", "controller", "--kubeconfig", api.kubeconfig_path,
+            "--metrics-addr", f"127.0.0.1:{port}", "--allow-loopback-hosts", "--log-format", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NO_PROXY": "*"})
+        try:
+            await eventually(lambda: endpoints_of(api, "db") == {("pg", "127.0.0.1"): True}, timeout=20,
+                             message="controller process published the endpoint")
+            async with aiohttp.ClientSession() as session:
+                for path in ("/healthz", "/readyz"):
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                        assert response.status == 200, await response.text()
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    body = await response.text()
+                    assert "epctl_probes_total" in body and "epctl_changes_total" in body
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+            assert proc.returncode == 0 and time.monotonic() - started < 10
+            assert b'"msg": "controller stopped"' in err
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
