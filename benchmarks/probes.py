@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import sys
 import time
@@ -31,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import quantile, rss_bytes, write_report
 from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeTiming, TCPProbe, UDPProbe
 from epctl.probe.grpc import GRPCProber
 from epctl.probe.http import probe_http
@@ -125,18 +124,6 @@ def cpu_split(since: resource.struct_rusage) -> tuple[float, float]:
     return now.ru_utime - since.ru_utime, now.ru_stime - since.ru_stime
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 async def engine(kind: str, n: int, period: float, seconds: float, addresses: list[str], port: int,
                  max_concurrent: int = 1000, fresh_grpc: bool = False) -> dict[str, Any]:
     rec = Recorder()
@@ -224,15 +211,6 @@ async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, i
     return {"paced": paced, "saturated": saturated, "grpc_modes": grpc_modes}
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-
-
 def table(results: dict[str, Any]) -> str:
     lines = ["paced (1 s period): achieved rate, CPU per probe, schedule lateness, memory",
              f"{'type':<5} {'checks':>7} {'probes/s':>9} {'CPU µs/probe':>13} {'of it kernel':>13} {'late p50 ms':>12} "
@@ -284,11 +262,7 @@ def main() -> None:
     finally:
         backend.terminate()
         backend.join(5)
-    report = {"benchmark": "probes", "machine": machine(), "quick": args.quick, **results}
-    print(table(results))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {args.json}")
+    write_report("probes", {"quick": args.quick, **results}, table(results), args.json)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 from epctl.health import HealthServer
@@ -20,6 +19,7 @@ from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
+from epctl.lifecycle import until_terminated
 from epctl.metrics import PrometheusInformerMetrics, PrometheusProbeMetrics, PrometheusWriterMetrics
 from epctl.probe.scheduler import Scheduler
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
@@ -112,13 +112,9 @@ class Controller:
 async def run_controller(settings: ControllerSettings, kubeconfig: str | None, context: str | None) -> int:
     client = await KubeClient.connect(kubeconfig, context, pool_size=16 + settings.write_concurrency)
     controller = Controller(client, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await controller.start()
-        await stop.wait()
+        await until_terminated()
         log.info("signal received: shutting down")
     finally:
         await controller.stop()

@@ -89,6 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(demo, "--serve", default=False, boolean=True,
              help="keep running until interrupted and print a kubeconfig for kubectl")
 
+    sidecar = sub.add_parser("sidecar", help="serve one Service's endpoints as JSON on pod-local HTTP",
+                             description="kubernetes-pod-discovery compatible: GET /endpoints returns the "
+                             "Service's endpoints (v1 Endpoints shape), /health reports sync and watch state.")
+    _common(sidecar)
+    _kube(sidecar)
+    add_flag(sidecar, "--service-name", default=None, env=["KUBERNETES_POD_DISCOVERY_SERVICE_NAME"],
+             help="the Service whose endpoints are served (required)")
+    add_flag(sidecar, "--namespace", default=None, env=["KUBERNETES_POD_DISCOVERY_NAMESPACE"],
+             help="its namespace (default: the pod's own, from the service-account mount)")
+    add_flag(sidecar, "--listen-port", default=8080, type=int, env=["KUBERNETES_POD_DISCOVERY_LISTEN_PORT"],
+             help="HTTP port")
+    add_flag(sidecar, "--listen-address", default="127.0.0.1",
+             help="HTTP address (containers of the pod reach 127.0.0.1)")
+    add_flag(sidecar, "--source", default="endpointslices", choices=["endpointslices", "endpoints"],
+             help="watch the Service's EndpointSlices, or its legacy Endpoints object")
+
     dev = sub.add_parser("dev-apiserver", help="run the in-memory Kubernetes API server (for development)")
     _common(dev)
     add_flag(dev, "--port", default=6443, type=int, help="TCP port on 127.0.0.1 (0: any free port)")
@@ -124,6 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from epctl.demo import run_demo
 
         code = run_async(run_demo(args.duration, args.serve), interrupted=0)
+        return code
+    if args.command == "sidecar":
+        from epctl.sidecar import default_namespace, run_sidecar
+
+        namespace = args.namespace or default_namespace()
+        if not args.service_name or not namespace:
+            print("epctl sidecar: --service-name (KUBERNETES_POD_DISCOVERY_SERVICE_NAME) is required, and "
+                  "--namespace (KUBERNETES_POD_DISCOVERY_NAMESPACE) when not running in a pod", file=sys.stderr)
+            return 2
+        code = run_async(run_sidecar(args.kubeconfig, args.context, namespace, args.service_name,
+                                     args.listen_address, args.listen_port, args.source), interrupted=0)
         return code
     if args.command == "dev-apiserver":
         from epctl.testing.kubeapi import serve_forever

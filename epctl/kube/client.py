@@ -1,8 +1,9 @@
-"""The one door to the Kubernetes API: a thin raw-dict client over kubernetes_asyncio.
+"""The one door to the Kubernetes API: raw JSON over one pooled aiohttp session.
 
 Why raw dicts: typed models cost ~7x the CPU to parse (DESIGN.md section 7) and every caller in
-epctl wants plain JSON anyway. kubernetes_asyncio still does what it is good at: reading kubeconfig
-or the in-cluster service account (including token rotation), TLS and auth headers.
+epctl wants plain JSON anyway. Why not kubernetes_asyncio's ApiClient: it imports every API model
+(~38 MB) and adds nothing a raw client needs; where it earns its place — kubeconfig ``exec`` and
+``auth-provider`` plugins — :mod:`epctl.kube.config` still uses it.
 
 TLS is always verified. A kubeconfig asking for ``insecure-skip-tls-verify`` is refused unless the
 caller passes ``allow_insecure=True`` because a user explicitly asked for it on the command line.
@@ -12,16 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
 
 from epctl import __version__
+from epctl.kube.config import ClusterConfig, load_incluster, load_kubeconfig
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -102,11 +103,19 @@ def _timeout(timeout: tuple[float, float] | None) -> aiohttp.ClientTimeout:
 class KubeClient:
     """Raw JSON requests and watch streams against one API server."""
 
-    def __init__(self, api_client: k8s_client.ApiClient,
+    def __init__(self, config: ClusterConfig, *, pool_size: int = 64,
                  on_response: Callable[[str, int], None] | None = None) -> None:
-        self.api = api_client
-        self.api.user_agent = f"epctl/{__version__}"
+        context = ssl.create_default_context(cafile=config.ca_file, cadata=config.ca_data)
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        if config.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self.config = config
         self.on_response = on_response
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=pool_size, ssl=context), trust_env=True,
+            read_bufsize=2**21, headers={"User-Agent": f"epctl/{__version__}"})
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None, *, pool_size: int = 64,
@@ -117,21 +126,15 @@ class KubeClient:
         ``pool_size`` bounds concurrent connections: size it for the number of watches plus the
         writer's concurrency, or requests queue behind long-lived watch streams.
         """
-        configuration = k8s_client.Configuration()
-        if kubeconfig:
-            await k8s_config.load_kube_config(config_file=kubeconfig, context=context,
-                                              client_configuration=configuration)
-        else:
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        if not configuration.verify_ssl and not allow_insecure:
+        config = load_kubeconfig(kubeconfig, context) if kubeconfig else load_incluster()
+        if config.insecure and not allow_insecure:
             raise TLSVerificationRequired(
                 "the kubeconfig sets insecure-skip-tls-verify; epctl always verifies the API server's "
                 "certificate (pass --insecure-skip-tls-verify explicitly where a command offers it)")
-        configuration.connection_pool_maxsize = pool_size
-        return cls(k8s_client.ApiClient(configuration), on_response=on_response)
+        return cls(config, pool_size=pool_size, on_response=on_response)
 
     async def close(self) -> None:
-        await self.api.close()
+        await self._session.close()
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -145,11 +148,14 @@ class KubeClient:
         params = [(k, str(v).lower() if isinstance(v, bool) else str(v))
                   for k, v in (query or {}).items() if v is not None]
         try:
-            response: aiohttp.ClientResponse = await self.api.call_api(
-                path, method, query_params=params, header_params=headers,
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=_timeout(timeout))
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            authorization = await self.config.authorization()
+            if authorization:
+                headers["Authorization"] = authorization
+            data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+            response = await self._session.request(
+                method, self.config.server + path, params=params, data=data, headers=headers,
+                timeout=_timeout(timeout), server_hostname=self.config.tls_server_name)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
             if self.on_response:
                 self.on_response(method, 0)
             raise ApiError(0, "ConnectionError", f"{method} {path}: {err!r}") from err

@@ -97,6 +97,7 @@ class Writer:
         self._runner: asyncio.Task[None] | None = None
         self.paused = False  # a standby (not leader) plans nothing and writes nothing
         slices.subscribe(self._on_slice_event)
+        services.subscribe(self._on_service_event)
 
     # --- inputs -----------------------------------------------------------------------------------
 
@@ -125,6 +126,15 @@ class Writer:
         key = (slot[0], service or "")
         if service and key in self._known:
             self.notify(key)  # someone else changed one of our slices: re-plan (a no-op costs nothing)
+
+    def _on_service_event(self, event: InformerEvent) -> None:
+        """A Service of one of our targets changed or went away: re-check it (repairs drift, and a
+        conflict clears as soon as the foreign Service is deleted). Our own echo costs a no-op plan."""
+        meta = event.obj.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        target = self.state.get(key)
+        if target is not None and target.service is not None:
+            self.notify(key)
 
     # --- lifecycle --------------------------------------------------------------------------------
 

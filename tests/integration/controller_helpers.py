@@ -60,5 +60,5 @@ def cep_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[st
     return api.store.objects[("epctl.io", "clusterendpoints")].get((namespace, name))
 
 
-__all__ = ["CLUSTERENDPOINTS", "ENDPOINTSLICES", "SERVICES", "cep", "cep_of", "endpoints_of", "install_crd",
+__all__ = ["CLUSTERENDPOINTS", "CRD", "ENDPOINTSLICES", "SERVICES", "cep", "cep_of", "endpoints_of", "install_crd",
            "running_controller", "service_of", "slices_of"]

@@ -12,6 +12,7 @@ from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import (
     CLUSTERENDPOINTS,
+    CRD,
     cep,
     cep_of,
     endpoints_of,
@@ -243,3 +244,49 @@ async def test_existing_service_is_not_touched_unless_adoption_is_asked(api: Kub
         assert svc is not None and "selector" not in svc["spec"]
         assert svc["metadata"]["ownerReferences"][0]["name"] == "legacy"
         assert endpoints_of(api, "legacy") == {("p", "127.0.0.1"): True}
+        # someone edits our Service's ports by hand: the drift is repaired
+        await client.request("PATCH", "/api/v1/namespaces/default/services/legacy",
+                             body={"spec": {"ports": [{"port": 9, "targetPort": 9}]}},
+                             content_type="application/merge-patch+json")
+        await eventually(lambda: [p["port"] for p in service_of(api, "legacy")["spec"]["ports"]] == [80],  # type: ignore[index]
+                         message="drift repaired")
+
+
+async def test_conflict_clears_when_the_foreign_service_goes_away(api: KubeAPIServer, client: KubeClient) -> None:
+    await install_crd(client)
+    await client.request("POST", "/api/v1/namespaces/default/services", body={
+        "metadata": {"name": "taken"}, "spec": {"ports": [{"port": 1}]}})
+    async with running_controller(api, client):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("taken", [
+            {"name": "p", "port": 80, "hosts": ["127.0.0.1"]}]))
+        await eventually(lambda: not slices_of(api, "taken") and any(
+            c["reason"] == "ServiceConflict" for c in (cep_of(api, "taken") or {}).get("status", {}).get(
+                "conditions", [])), message="conflict")
+        await client.request("DELETE", "/api/v1/namespaces/default/services/taken")
+        await eventually(lambda: endpoints_of(api, "taken") == {("p", "127.0.0.1"): True}, message="recovered")
+
+
+async def test_user_view_through_kubectl(api: KubeAPIServer, client: KubeClient, kubectl: Any) -> None:
+    await kubectl("apply", "-f", str(CRD))
+    await kubectl("wait", "--for=condition=established", "crd/clusterendpoints.epctl.io", "--timeout=10s")
+    async with TCPBackend() as db, running_controller(api, client):
+        manifest = f"""apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: pg}}
+spec:
+  ports:
+  - {{name: pg, port: 5432, targetPort: {db.port}, hosts: [127.0.0.1, 127.0.0.2], tcpSocket: {{enable: true}},
+      periodSeconds: 1, failureThreshold: 1}}
+"""
+        await kubectl("apply", "-f", "-", stdin=manifest)
+        await kubectl("wait", "--for=jsonpath={.status.phase}=Degraded", "cep/pg", "--timeout=20s")
+        table = (await kubectl("get", "cep")).stdout.splitlines()
+        assert table[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "AGE"]
+        assert table[1].split()[:4] == ["pg", "True", "1", "2"]
+        described = (await kubectl("describe", "cep", "pg")).stdout
+        assert "connection refused" in described and "EndpointUnhealthy" in described
+        slices = (await kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=pg", "-o", "json")).json()
+        assert {e["addresses"][0]: e["conditions"]["ready"] for s in slices["items"] for e in s["endpoints"]} == {
+            "127.0.0.1": True, "127.0.0.2": False}
+        await kubectl("delete", "cep", "pg")
+        await eventually(lambda: service_of(api, "pg") is None and not slices_of(api, "pg"), message="GC")

@@ -1,0 +1,137 @@
+"""Where the API server is and how to authenticate: kubeconfig files and the in-cluster account.
+
+The common cases are read here directly (server, CA, bearer token, token file, client
+certificates, tls-server-name), which keeps a sidecar small: kubernetes_asyncio imports every API
+model (~38 MB). Kubeconfigs with ``exec`` or ``auth-provider`` credentials (cloud plugins) are
+handed to kubernetes_asyncio's loader, imported only then, whose token refresh we call per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_REREAD_SECONDS = 60.0  # projected service-account tokens rotate; re-read the file this often
+
+
+class ConfigError(ValueError):
+    """The kubeconfig or in-cluster environment is unusable; the message says why."""
+
+
+@dataclass
+class ClusterConfig:
+    server: str
+    ca_file: str | None = None
+    ca_data: str | None = None  # PEM
+    cert_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    insecure: bool = False
+    tls_server_name: str | None = None
+    token_provider: Callable[[], Awaitable[str | None]] | None = None  # returns a full Authorization value
+    token_reread_seconds: float = TOKEN_REREAD_SECONDS
+    _token_read_at: float = 0.0
+
+    async def authorization(self) -> str | None:
+        """The Authorization header value for the next request (re-reading rotated tokens)."""
+        if self.token_provider is not None:
+            return await self.token_provider()
+        if self.token_file and time.monotonic() - self._token_read_at > self.token_reread_seconds:
+            self._reread_token(self.token_file)
+        return f"Bearer {self.token}" if self.token else None
+
+    def _reread_token(self, path: str) -> None:
+        """A few hundred bytes from a local tmpfs once a minute: not worth a thread hop."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                self.token = f.read().strip()
+            self._token_read_at = time.monotonic()
+        except OSError as err:
+            if not self.token:
+                raise ConfigError(f"cannot read token file {path}: {err.strerror}") from err
+
+
+def load_incluster(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise ConfigError("not running in a cluster (KUBERNETES_SERVICE_HOST/PORT unset) and no --kubeconfig given")
+    if ":" in host:
+        host = f"[{host}]"
+    return ClusterConfig(server=f"https://{host}:{port}", ca_file=f"{root}/ca.crt", token_file=f"{root}/token")
+
+
+def _data_file(data: str, suffix: str) -> str:
+    """Client keys must be files for ssl.load_cert_chain: write them private, once."""
+    fd, path = tempfile.mkstemp(prefix="epctl-", suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.b64decode(data))
+    return path
+
+
+def _named(items: list[Any], name: str | None, kind: str) -> dict[str, Any]:
+    for item in items or []:
+        if item.get("name") == name:
+            return item.get(kind) or {}
+    raise ConfigError(f"kubeconfig has no {kind} named {name!r}")
+
+
+def load_kubeconfig(path: str, context: str | None = None) -> ClusterConfig:
+    """Read a kubeconfig; raises :class:`ConfigError`, or returns a config that needs the fallback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read kubeconfig {path}: {err}") from err
+    base = os.path.dirname(os.path.abspath(path))
+
+    def local(file: str | None) -> str | None:
+        return file if not file or os.path.isabs(file) else os.path.join(base, file)
+
+    ctx = _named(doc.get("contexts", []), context or doc.get("current-context"), "context")
+    cluster = _named(doc.get("clusters", []), ctx.get("cluster"), "cluster")
+    user = _named(doc.get("users", []), ctx.get("user"), "user") if ctx.get("user") else {}
+    if not cluster.get("server"):
+        raise ConfigError(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} has no server")
+    config = ClusterConfig(
+        server=cluster["server"].rstrip("/"),
+        ca_file=local(cluster.get("certificate-authority")),
+        ca_data=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        if cluster.get("certificate-authority-data") else None,
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        tls_server_name=cluster.get("tls-server-name"),
+        token=user.get("token"), token_file=local(user.get("tokenFile")),
+        cert_file=local(user.get("client-certificate")), key_file=local(user.get("client-key")))
+    if user.get("client-certificate-data"):
+        config.cert_file = _data_file(user["client-certificate-data"], ".crt")
+    if user.get("client-key-data"):
+        config.key_file = _data_file(user["client-key-data"], ".key")
+    if user.get("exec") or user.get("auth-provider"):
+        config.token_provider = _plugin_tokens(path, context)
+    return config
+
+
+def _plugin_tokens(path: str, context: str | None) -> Callable[[], Awaitable[str | None]]:
+    """Credentials from an exec or auth-provider plugin, through kubernetes_asyncio (imported lazily)."""
+    state: dict[str, Any] = {}
+
+    async def provider() -> str | None:
+        if "configuration" not in state:
+            from kubernetes_asyncio import client as k8s_client
+            from kubernetes_asyncio import config as k8s_config
+
+            configuration = k8s_client.Configuration()
+            await k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+            state["configuration"] = configuration
+        value = await state["configuration"].get_api_key_with_prefix("BearerToken")
+        return str(value) if value else None
+
+    return provider

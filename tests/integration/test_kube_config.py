@@ -1,0 +1,67 @@
+"""How epctl finds and authenticates to the API server: kubeconfig variants and in-cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from epctl.kube.client import NAMESPACES, ApiError, KubeClient
+from epctl.kube.config import ConfigError, load_incluster, load_kubeconfig
+from epctl.testing.kubeapi import KubeAPIServer
+
+
+def write(path: Path, doc: Any) -> str:
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+async def test_exec_credential_plugin_goes_through_the_fallback(api: KubeAPIServer, tmp_path: Path) -> None:
+    plugin = tmp_path / "plugin.py"
+    credential = {"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {"token": api.token}}
+    plugin.write_text(f"import json\nprint(json.dumps({credential!r}))\n")
+    config = api.kubeconfig()
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                           "command": sys.executable, "args": [str(plugin)],
+                                           "interactiveMode": "Never"}}
+    async with await KubeClient.connect(write(tmp_path / "kc", config)) as client:
+        namespaces = await client.request("GET", NAMESPACES.path())
+        assert "default" in {n["metadata"]["name"] for n in namespaces["items"]}
+
+
+async def test_token_file_is_reread_so_rotation_works(api: KubeAPIServer, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("stale-token")
+    config = api.kubeconfig()
+    config["users"][0]["user"] = {"tokenFile": "token"}  # relative to the kubeconfig's directory
+    async with await KubeClient.connect(write(tmp_path / "kc", config)) as client:
+        with pytest.raises(ApiError) as err:
+            await client.request("GET", NAMESPACES.path())
+        assert err.value.code == 401
+        token.write_text(api.token)
+        client.config.token_reread_seconds = 0.0
+        assert (await client.request("GET", NAMESPACES.path()))["kind"] == "NamespaceList"
+
+
+def test_in_cluster_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "token").write_text("abc")
+    (tmp_path / "ca.crt").write_text("x")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ConfigError, match="not running in a cluster"):
+        load_incluster(str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00::1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    config = load_incluster(str(tmp_path))
+    assert config.server == "https://[fd00::1]:443" and config.token_file == f"{tmp_path}/token"
+
+
+def test_kubeconfig_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read kubeconfig"):
+        load_kubeconfig(str(tmp_path / "missing"))
+    path = write(tmp_path / "kc", {"current-context": "nope", "contexts": []})
+    with pytest.raises(ConfigError, match="no context named 'nope'"):
+        load_kubeconfig(path)
