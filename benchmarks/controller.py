@@ -167,10 +167,16 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
         before = counting.writes()
         snapshot = Counter(counting.requests)
         control.send((action, addresses[-1]))
-        control.recv()
-        await wait_until(lambda e=expect: all(  # type: ignore[misc]
-            t.groups[next(iter(t.groups))].endpoints[addresses[-1]].ready is e
-            for t in controller.state.targets.values()), 120)
+        await asyncio.get_running_loop().run_in_executor(None, control.recv)  # never block the loop under test
+
+        def flipped(e: bool = expect) -> int:
+            return sum(t.groups[next(iter(t.groups))].endpoints[addresses[-1]].ready is e
+                       for t in controller.state.targets.values())
+
+        try:
+            await wait_until(lambda: flipped() == args.ceps, 3 * args.period + 120)
+        except TimeoutError:
+            raise TimeoutError(f"only {flipped()} of {args.ceps} endpoints flipped") from None
         await controller.writer.wait_idle(60)
         await controller.status.flush(30)
         await asyncio.sleep(1.5)

@@ -115,6 +115,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self.progress = asyncio.Event()  # set after every recorded result; waiters clear it
+        self._parked = False
         self._runner: asyncio.Task[None] | None = None
 
     # --- configuration --------------------------------------------------------------------------
@@ -224,7 +225,13 @@ class Scheduler:
             self._dispatch_due()
             self._wakeup.clear()
             if self._in_flight >= self.max_concurrent or not self._heap:
-                await self._wakeup.wait()  # a finishing probe dispatches the backlog itself
+                # Parked on the bound (or idle): finishing probes dispatch the due backlog themselves and
+                # wake us when they leave room, so we can re-arm the timer for checks not yet due.
+                self._parked = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._parked = False
                 continue
             handle = loop.call_later(max(0.0, self._heap[0][0] - time.monotonic()), self._wakeup.set)
             try:
@@ -263,6 +270,8 @@ class Scheduler:
                 self.metrics.in_flight(self._in_flight)
             if self._runner is not None and not self._runner.done():
                 self._dispatch_due()  # hand the freed slot straight to the next due check
+                if self._parked and self._in_flight < self.max_concurrent:
+                    self._wakeup.set()
         if self.metrics:
             self.metrics.observe(check.probe.kind.short, result.ok, result.duration)
         if self._entries.get(check.key) is not entry or entry.generation != generation:

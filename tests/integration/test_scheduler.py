@@ -152,3 +152,21 @@ async def test_every_probe_kind_through_the_scheduler(sched: tuple[Scheduler, Pr
         await eventually(lambda: len(probes.transitions) == 5, timeout=15, message="two go unhealthy")
         reasons = {t.key.port: t.reason for t in probes.transitions[3:]}
         assert reasons == {"grpc": "health status NOT_SERVING", "udp": "no reply within 1s"}
+
+
+async def test_probing_continues_after_a_burst_over_the_concurrency_bound() -> None:
+    """Regression: after the in-flight bound was hit, the scheduler must keep running checks."""
+    probes = Probes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, max_concurrent=3, period_override=0.3,
+                          first_window=0.01)
+    scheduler.start()
+    try:
+        async with HTTPBackend(delay=0.05) as web:
+            keys = [CheckKey("ns/svc", "p", f"127.0.0.{i + 1}") for i in range(12)]
+            for key in keys:
+                scheduler.upsert(Check(key, HTTPProbe(), web.port))
+            await eventually(lambda: all(scheduler.state(k).runs >= 4 for k in keys),  # type: ignore[union-attr]
+                             timeout=15, message="every check keeps running period after period")
+            assert probes.max_in_flight == 3
+    finally:
+        await scheduler.stop()
