@@ -34,7 +34,7 @@ class SlicePort:
         return {"name": self.name, "port": self.port, "protocol": self.protocol}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """One address in a slice with its conditions (and, for mirrored endpoints, topology)."""
 

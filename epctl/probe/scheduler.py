@@ -48,7 +48,7 @@ class CheckKey:
         return f"{self.target}/{self.port}/{self.address}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Check:
     """What to probe: ``probe`` against ``address:port`` with ``timing``."""
 
@@ -74,7 +74,7 @@ class ProbeMetrics(Protocol):
     def in_flight(self, count: int) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     check: Check
     state: CheckState

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -217,7 +216,6 @@ async def test_deleting_the_clusterendpoint_garbage_collects_service_and_slices(
         await eventually(lambda: endpoints_of(api, "tmp") and service_of(api, "tmp"), message="created")
         await client.request("DELETE", CLUSTERENDPOINTS.path("default", "tmp"))
         await eventually(lambda: not slices_of(api, "tmp") and service_of(api, "tmp") is None, message="GC")
-        await asyncio.sleep(0)
 
 
 async def test_existing_service_is_not_touched_unless_adoption_is_asked(api: KubeAPIServer,

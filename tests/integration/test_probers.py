@@ -175,3 +175,23 @@ async def test_probers_never_raise_on_garbage_input() -> None:
     assert not (await probe_tcp("256.1.1.1", 80, 0.2)).ok
     assert not (await probe_udp("not-an-ip", 80, 0.2)).ok
     assert not (await probe_http("::1", 1, 0.2, HTTPProbe())).ok
+
+
+def test_a_completed_handshake_counts_even_when_the_timeout_fired_first() -> None:
+    """On a saturated loop the timeout can fire before the completed connect is noticed; the prober
+    then asks the socket itself (on loopback the race cannot be staged, so the check is tested here)."""
+    import socket
+
+    from epctl.probe.tcp import _connected
+
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(1)
+    connected, fresh = socket.socket(), socket.socket()
+    try:
+        connected.connect(listener.getsockname())
+        assert _connected(connected)
+        assert not _connected(fresh)
+    finally:
+        for sock in (listener, connected, fresh):
+            sock.close()
