@@ -24,6 +24,7 @@ from epctl.metrics import PrometheusInformerMetrics, PrometheusProbeMetrics, Pro
 from epctl.probe.scheduler import Scheduler
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
+from epctl.sources.mirror import MirrorSource
 from epctl.state import DesiredState
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class ControllerSettings:
     resolve_interval: float = 30.0
     metrics_addr: str | None = ":8080"
     sync_timeout: float = 120.0
+    mirror_pairs: dict[tuple[str, str], tuple[str, str]] | None = None  # target -> source, from flags
 
 
 class Controller:
@@ -64,6 +66,8 @@ class Controller:
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
                              metrics=PrometheusWriterMetrics())
+        self.mirror = MirrorSource(client, self.state, self.services, self.events,
+                                   flag_pairs=settings.mirror_pairs, namespace=ns)
         self.state.on_dirty = self.writer.notify
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
                        if settings.metrics_addr else None)
@@ -89,6 +93,7 @@ class Controller:
                                self.settings.sync_timeout)
         self.source.start()
         await self.source.settle()
+        self.mirror.start()
         self._core += [self.writer.start(), self.scheduler.start(), self.status.start(), self.events.start()]
         log.info("controller started", extra={"namespace": self.settings.namespace or "all",
                                                "clusterendpoints": len(self.ceps.cache)})
@@ -96,6 +101,7 @@ class Controller:
     async def stop(self, flush_timeout: float = 8.0) -> None:
         await self.scheduler.stop()
         await self.source.stop()
+        await self.mirror.stop()
         flushed = await self.writer.flush(flush_timeout * 0.6)
         await self.status.flush(flush_timeout * 0.2)
         await self.events.drain(flush_timeout * 0.1)

@@ -42,6 +42,15 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
     add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
+    # endpoint-copier's one-pair flag mode (its env names are accepted too)
+    add_flag(parser, "--managed-endpoint-name", default=None, env=["MANAGED_ENDPOINT_NAME"],
+             help="mirror into this Service (enables the one-pair flag mode)")
+    add_flag(parser, "--managed-endpoint-namespace", default="default", env=["MANAGED_ENDPOINT_NAMESPACE"],
+             help="namespace of --managed-endpoint-name")
+    add_flag(parser, "--default-endpoint-name", default="kubernetes", env=["DEFAULT_ENDPOINT_NAME"],
+             help="the Service mirrored in flag mode")
+    add_flag(parser, "--default-endpoint-namespace", default="default", env=["DEFAULT_ENDPOINT_NAMESPACE"],
+             help="namespace of --default-endpoint-name")
 
 
 def _slice_size(text: str) -> int:
@@ -133,7 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespace=args.namespace, batch_delay=args.batch_delay, max_batch_delay=args.max_batch_delay,
             max_endpoints_per_slice=args.max_endpoints_per_slice, max_concurrent_probes=args.max_concurrent_probes,
             write_concurrency=args.write_concurrency, allow_loopback_hosts=args.allow_loopback_hosts,
-            resolve_interval=args.resolve_interval, metrics_addr=args.metrics_addr or None)
+            resolve_interval=args.resolve_interval, metrics_addr=args.metrics_addr or None,
+            mirror_pairs={(args.managed_endpoint_namespace, args.managed_endpoint_name):
+                          (args.default_endpoint_namespace, args.default_endpoint_name)}
+            if args.managed_endpoint_name else None)
         code = run_async(run_controller(settings, args.kubeconfig, args.context))
         return code
     if args.command == "demo":

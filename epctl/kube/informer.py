@@ -92,6 +92,7 @@ class Informer:
         self.resource_version = ""
         self.watching = False
         self._callbacks: list[Callable[[InformerEvent], None]] = []
+        self._synced_callbacks: list[Callable[[], None]] = []
         self._queues: list[asyncio.Queue[InformerEvent]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -100,6 +101,10 @@ class Informer:
     def subscribe(self, callback: Callable[[InformerEvent], None]) -> None:
         """Call ``callback`` for every change, in order, from the informer's task."""
         self._callbacks.append(callback)
+
+    def on_synced(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every completed (re)list, when the cache is whole again."""
+        self._synced_callbacks.append(callback)
 
     async def events(self, replay: bool = True) -> AsyncIterator[InformerEvent]:
         """Iterate over changes; with ``replay`` first yield ADDED for what is already cached."""
@@ -170,8 +175,8 @@ class Informer:
                 if reason == "inactivity":
                     continue
                 delay = self.backoff.next_delay(err.retry_after or 0.0)
-                log.warning("watch failed; retrying", extra={"informer": self.name, "error": str(err),
-                                                              "retry_in": round(delay, 2)})
+                log.warning("%s: watch failed (%s); retrying in %.1fs", self.name, err, delay,
+                            extra={"informer": self.name, "retry_in": round(delay, 2)})
                 await asyncio.sleep(delay)
             except (ValueError, KeyError, TypeError) as err:  # a malformed answer: treat like a server error
                 self.watching = False
@@ -215,6 +220,11 @@ class Informer:
                 break
         self._replace(items)
         self.synced.set()
+        for callback in self._synced_callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("informer sync callback failed", extra={"informer": self.name})
 
     def _replace(self, items: dict[str, Obj]) -> None:
         """Make the cache equal to a fresh list and tell subscribers what changed."""
