@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +43,20 @@ def write_report(name: str, result: dict[str, Any], table: str, path: str) -> No
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"benchmark": name, "machine": machine(), **result}, indent=2))
     print(f"\nwrote {path}")
+
+
+@contextlib.contextmanager
+def apiserver_process(core: int = 1) -> Iterator[str]:
+    """``epctl dev-apiserver`` in its own process pinned to ``core``; yields its kubeconfig path."""
+    from epctl.testing.backends import free_port
+
+    kubeconfig = f"{tempfile.mkdtemp(prefix='epctl-bench-')}/kubeconfig"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "epctl.cli", "dev-apiserver", "--port", str(free_port()), "--write-kubeconfig",
+         kubeconfig, "--log-level", "warning"], stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}) if hasattr(os, "sched_setaffinity") else None)
+    try:
+        yield kubeconfig
+    finally:
+        server.terminate()
+        server.wait(10)

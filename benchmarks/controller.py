@@ -22,9 +22,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from benchmarks.common import quantile, rss_bytes, write_report
+from benchmarks.common import apiserver_process, quantile, rss_bytes, write_report
 from epctl.app import Controller, ControllerSettings
 from epctl.assets import read_asset
 from epctl.kube.client import CRDS, KubeClient
@@ -251,19 +249,13 @@ def main() -> None:
     backend = ctx.Process(target=backends_main, args=(addresses, port, child), daemon=True)
     backend.start()
     assert control.recv() == "ready"
-    kubeconfig = f"{tempfile.mkdtemp(prefix='epctl-bench-')}/kubeconfig"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "epctl.cli", "dev-apiserver", "--port", str(free_port()), "--write-kubeconfig",
-         kubeconfig, "--log-level", "warning"], stdout=subprocess.DEVNULL,
-        preexec_fn=lambda: os.sched_setaffinity(0, {1}) if hasattr(os, "sched_setaffinity") else None)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     import uvloop
     try:
-        result = uvloop.run(run(args, kubeconfig, addresses, port, control))
+        with apiserver_process() as kubeconfig:
+            result = uvloop.run(run(args, kubeconfig, addresses, port, control))
     finally:
-        server.terminate()
-        server.wait(10)
         backend.terminate()
     write_report("controller", result, table(result), args.json)
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from benchmarks.common import quantile, write_report
+from benchmarks.common import apiserver_process, quantile, write_report
 from benchmarks.controller import Counting, wait_until
 from epctl.app import Controller, ControllerSettings
 from epctl.assets import read_asset
 from epctl.kube.client import CRDS, ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.state import TargetKey
-from epctl.testing.backends import free_port
 
 
 async def run(args: argparse.Namespace, kubeconfig: str) -> dict[str, Any]:
@@ -102,19 +99,11 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=50)
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "mirror.json"))
     args = parser.parse_args()
-    kubeconfig = f"{tempfile.mkdtemp(prefix='epctl-bench-')}/kubeconfig"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "epctl.cli", "dev-apiserver", "--port", str(free_port()), "--write-kubeconfig",
-         kubeconfig, "--log-level", "warning"], stdout=subprocess.DEVNULL,
-        preexec_fn=lambda: os.sched_setaffinity(0, {1}) if hasattr(os, "sched_setaffinity") else None)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     import uvloop
-    try:
+    with apiserver_process() as kubeconfig:
         result = uvloop.run(run(args, kubeconfig))
-    finally:
-        server.terminate()
-        server.wait(10)
     table = "\n".join([
         f"{result['pairs']} mirrored pairs x {result['endpoints_per_source']} endpoints, "
         f"{result['changes']} single-endpoint source changes",
