@@ -115,7 +115,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
         self.progress = asyncio.Event()  # set after every recorded result; waiters clear it
-        self._parked = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
         self._runner: asyncio.Task[None] | None = None
 
     # --- configuration --------------------------------------------------------------------------
@@ -184,6 +185,9 @@ class Scheduler:
 
     async def stop(self) -> None:
         """Stop scheduling, cancel probes in flight, close kept gRPC channels."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._runner is not None:
             self._runner.cancel()
             try:
@@ -219,25 +223,28 @@ class Scheduler:
                 continue  # removed or replaced since it was queued
             self._launch(entry, due, now)
 
+    def _arm(self, when: float) -> None:
+        """Make sure the run loop wakes by ``when``; one timer at a time, re-armed only if earlier."""
+        if self._timer is not None and self._timer_when <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._wakeup.set()
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             self._dispatch_due()
             self._wakeup.clear()
-            if self._in_flight >= self.max_concurrent or not self._heap:
-                # Parked on the bound (or idle): finishing probes dispatch the due backlog themselves and
-                # wake us when they leave room, so we can re-arm the timer for checks not yet due.
-                self._parked = True
-                try:
-                    await self._wakeup.wait()
-                finally:
-                    self._parked = False
-                continue
-            handle = loop.call_later(max(0.0, self._heap[0][0] - time.monotonic()), self._wakeup.set)
-            try:
-                await self._wakeup.wait()
-            finally:
-                handle.cancel()
+            if self._heap and self._in_flight < self.max_concurrent:
+                self._arm(self._heap[0][0])
+            # At the bound (or idle) no timer is armed: finishing probes dispatch the due backlog
+            # themselves and arm the timer when they leave room with nothing due yet.
+            await self._wakeup.wait()
 
     def _launch(self, entry: _Entry, due: float, now: float) -> None:
         period = self._period(entry.check)
@@ -270,8 +277,8 @@ class Scheduler:
                 self.metrics.in_flight(self._in_flight)
             if self._runner is not None and not self._runner.done():
                 self._dispatch_due()  # hand the freed slot straight to the next due check
-                if self._parked and self._in_flight < self.max_concurrent:
-                    self._wakeup.set()
+                if self._heap and self._in_flight < self.max_concurrent:
+                    self._arm(self._heap[0][0])  # room left and nothing due: wake for the next one
         if self.metrics:
             self.metrics.observe(check.probe.kind.short, result.ok, result.duration)
         if self._entries.get(check.key) is not entry or entry.generation != generation:
