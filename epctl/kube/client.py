@@ -104,7 +104,7 @@ class KubeClient:
     """Raw JSON requests and watch streams against one API server."""
 
     def __init__(self, config: ClusterConfig, *, pool_size: int = 64,
-                 on_response: Callable[[str, int], None] | None = None) -> None:
+                 on_response: Callable[[str, int], None] | None = None, user_agent: str | None = None) -> None:
         context = ssl.create_default_context(cafile=config.ca_file, cadata=config.ca_data)
         if config.cert_file:
             context.load_cert_chain(config.cert_file, config.key_file)
@@ -115,12 +115,12 @@ class KubeClient:
         self.on_response = on_response
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool_size, ssl=context), trust_env=True,
-            read_bufsize=2**21, headers={"User-Agent": f"epctl/{__version__}"})
+            read_bufsize=2**21, headers={"User-Agent": user_agent or f"epctl/{__version__}"})
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None, *, pool_size: int = 64,
-                      allow_insecure: bool = False,
-                      on_response: Callable[[str, int], None] | None = None) -> KubeClient:
+                      allow_insecure: bool = False, on_response: Callable[[str, int], None] | None = None,
+                      user_agent: str | None = None) -> KubeClient:
         """From a kubeconfig file, or the pod's service account when ``kubeconfig`` is None.
 
         ``pool_size`` bounds concurrent connections: size it for the number of watches plus the
@@ -131,7 +131,7 @@ class KubeClient:
             raise TLSVerificationRequired(
                 "the kubeconfig sets insecure-skip-tls-verify; epctl always verifies the API server's "
                 "certificate (pass --insecure-skip-tls-verify explicitly where a command offers it)")
-        return cls(config, pool_size=pool_size, on_response=on_response)
+        return cls(config, pool_size=pool_size, on_response=on_response, user_agent=user_agent)
 
     async def close(self) -> None:
         await self._session.close()

@@ -388,9 +388,7 @@ class Writer:
             except ApiError as err:
                 if err.code == 422:
                     raise Permanent(err.message) from err
-                if err.code != 409:
-                    raise
-                existing = await self.client.request("GET", SERVICES.path(target.namespace, target.name))
+                raise  # 409 AlreadyExists: our cache was behind; retried once the informer has it
         owner_uid = (target.owner or {}).get("uid")
         owned = any(ref.get("uid") == owner_uid for ref in existing["metadata"].get("ownerReferences") or [])
         if not owned and not target.adopt:

@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t epctl:0.1.0 .   Run: docker run --rm epctl:0.1.0 version
+# Stage 1 builds wheels (compilers live only here); stage 2 installs them into a slim, non-root image.
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir --upgrade pip wheel
+COPY pyproject.toml README.md ./
+COPY epctl ./epctl
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="epctl" \
+      org.opencontainers.image.description="Keeps Kubernetes Services pointed at healthy endpoints outside the Pod network" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/epctl/epctl"
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels epctl \
+    && rm -rf /wheels \
+    && useradd --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin epctl
+USER 65532:65532
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+EXPOSE 8080
+ENTRYPOINT ["epctl"]
+CMD ["controller"]

@@ -1,0 +1,109 @@
+"""The install manifests: they build, they apply, and the ClusterRole grants exactly what is used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SERVICES, KubeClient
+from epctl.testing.backends import TCPBackend
+from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.kubectl import Kubectl
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import (
+    CLUSTERENDPOINTS,
+    cep,
+    endpoints_of,
+    install_crd,
+    running_controller,
+    service_of,
+    slices_of,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "manifests" / "base"
+
+
+async def test_base_and_examples_build_and_the_base_applies(kubectl: Kubectl) -> None:
+    built = (await kubectl("kustomize", str(BASE))).stdout
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built))
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Namespace",
+                     "PodDisruptionBudget", "Service", "ServiceAccount"]
+    deployment = next(d for d in yaml.safe_load_all(built) if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["image"] == "ghcr.io/epctl/epctl:0.1.0"
+    await kubectl("apply", "-k", str(BASE))
+    await kubectl("wait", "--for=condition=established", "crd/clusterendpoints.epctl.io", "--timeout=10s")
+    names = (await kubectl("get", "deployment,serviceaccount,service,poddisruptionbudget", "-n", "epctl-system",
+                           "-o", "name")).stdout.split()
+    assert "deployment.apps/epctl-controller" in names and "serviceaccount/epctl" in names
+    sidecar = (await kubectl("kustomize", str(ROOT / "manifests" / "examples" / "sidecar"))).stdout
+    assert {d["kind"] for d in yaml.safe_load_all(sidecar)} >= {"Deployment", "Role", "RoleBinding"}
+
+
+def granted() -> set[tuple[str, str, str]]:
+    role = next(d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole")
+    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPIServer, tmp_path: Any) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="rbac-test-setup")
+    controller_client = await KubeClient.connect(api.kubeconfig_path)
+    try:
+        await install_crd(setup)
+        async with TCPBackend() as db, running_controller(api, controller_client):
+            await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+                {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+                 "periodSeconds": 1, "failureThreshold": 1}]))
+            await eventually(lambda: endpoints_of(api, "pg") == {("pg", "127.0.0.1"): True}, message="ready")
+            for mode, ready in (("closed", False), ("accepting", True), ("closed", False)):  # 2nd Event: a patch
+                await db.set_mode(mode)
+                await eventually(lambda r=ready: endpoints_of(api, "pg") == {("pg", "127.0.0.1"): r},  # type: ignore[misc]
+                                 message=f"{mode}")
+
+            async def edit(change: Any) -> None:
+                current = await setup.request("GET", CLUSTERENDPOINTS.path("default", "pg"))
+                change(current["spec"])
+                await setup.request("PUT", CLUSTERENDPOINTS.path("default", "pg"), body=current)
+
+            await edit(lambda spec: spec["ports"][0].update({"port": 5433, "targetPort": db.port + 0}))
+            await eventually(lambda: service_of(api, "pg")["spec"]["ports"][0]["port"] == 5433,  # type: ignore[index]
+                             message="service patched")
+            await edit(lambda spec: spec.update({"clusterIP": "None"}))
+            await eventually(lambda: service_of(api, "pg")["spec"].get("clusterIP") == "None",  # type: ignore[index]
+                             message="headless: service replaced")
+            await edit(lambda spec: spec["ports"][0].update({"name": "postgres"}))
+            await eventually(lambda: [s["ports"][0]["name"] for s in slices_of(api, "pg")] == ["postgres"],
+                             message="slice replaced (create + delete)")
+            await setup.request("POST", SERVICES.path("default"), body={
+                "metadata": {"name": "src"}, "spec": {"ports": [{"name": "https", "port": 443}]}})
+            await setup.request("POST", ENDPOINTSLICES.path("default"), body={
+                "metadata": {"name": "src", "labels": {"kubernetes.io/service-name": "src"}}, "addressType": "IPv4",
+                "ports": [{"name": "https", "port": 6443}], "endpoints": [{"addresses": ["10.0.0.1"]}]})
+            await setup.request("POST", SERVICES.path("default"), body={
+                "metadata": {"name": "dst", "annotations": {"epctl.io/mirror-from": "default/src"}},
+                "spec": {"ports": [{"name": "api", "port": 443, "targetPort": "https"}]}})
+            await eventually(lambda: slices_of(api, "dst"), message="mirrored")
+            await setup.request("PATCH", SERVICES.path("default", "dst"), content_type=MERGE_PATCH,
+                                body={"metadata": {"annotations": {"epctl.io/mirror-from": None}}})
+            await eventually(lambda: not slices_of(api, "dst"), message="mirror removed")
+    finally:
+        await setup.close()
+        await controller_client.close()
+    used = {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb)
+            for r in api.request_log if r.user_agent.startswith("epctl/") and r.resource}
+    assert used - granted() == set(), "the ClusterRole misses grants the controller needs"
+    assert granted() - used == set(), "the ClusterRole grants something the controller never uses"
+
+
+def test_dockerfile_is_multi_stage_non_root_with_entrypoint() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("FROM python:3.11-slim") == 2 and "USER 65532:65532" in text
+    assert 'ENTRYPOINT ["epctl"]' in text and 'CMD ["controller"]' in text  # no Docker engine here to build it
