@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 from dataclasses import dataclass
 
+from epctl import __version__
 from epctl.health import HealthServer
 from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.events import EventRecorder
@@ -20,7 +22,18 @@ from epctl.kube.informer import Informer
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
 from epctl.lifecycle import until_terminated
-from epctl.metrics import PrometheusInformerMetrics, PrometheusProbeMetrics, PrometheusWriterMetrics
+from epctl.metrics import (
+    BUILD,
+    DESIRED_SLICES,
+    ENDPOINTS,
+    ENDPOINTS_DESIRED,
+    LEADER,
+    NUM_SLICES,
+    PrometheusInformerMetrics,
+    PrometheusProbeMetrics,
+    PrometheusWriterMetrics,
+    api_request,
+)
 from epctl.probe.scheduler import Scheduler
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
@@ -85,7 +98,28 @@ class Controller:
         dead = [t.get_name() for t in self._core if t.done()]
         return (not dead, f"core tasks stopped: {', '.join(dead)}" if dead else "ok")
 
+    def _refresh_gauges(self) -> None:
+        """State gauges, recomputed on the loop (never read from the metrics thread)."""
+        size = self.settings.max_endpoints_per_slice
+        desired = ready = needed = 0
+        for target in self.state.targets.values():
+            for group in target.groups.values():
+                desired += len(group.endpoints)
+                ready += sum(1 for e in group.endpoints.values() if e.ready)
+                needed += -(-len(group.endpoints) // size)
+        ENDPOINTS_DESIRED.set(desired)
+        ENDPOINTS.labels("ready").set(ready)
+        ENDPOINTS.labels("not_ready").set(desired - ready)
+        DESIRED_SLICES.set(needed)
+        NUM_SLICES.set(len(self.slices.cache))
+
+    async def _gauges(self) -> None:
+        while True:
+            self._refresh_gauges()
+            await asyncio.sleep(5.0)
+
     async def start(self) -> None:
+        BUILD.info({"version": __version__, "python": platform.python_version()})
         if self.health:
             await self.health.start()
         self._core = [informer.start() for informer in self.informers]
@@ -94,11 +128,17 @@ class Controller:
         self.source.start()
         await self.source.settle()
         self.mirror.start()
-        self._core += [self.writer.start(), self.scheduler.start(), self.status.start(), self.events.start()]
+        self._core += [self.writer.start(), self.scheduler.start(), self.status.start(), self.events.start(),
+                       asyncio.create_task(self._gauges(), name="gauges")]
+        LEADER.set(1)
         log.info("controller started", extra={"namespace": self.settings.namespace or "all",
                                                "clusterendpoints": len(self.ceps.cache)})
 
     async def stop(self, flush_timeout: float = 8.0) -> None:
+        LEADER.set(0)
+        for task in self._core[len(self.informers):]:
+            if task.get_name() == "gauges":
+                task.cancel()
         await self.scheduler.stop()
         await self.source.stop()
         await self.mirror.stop()
@@ -116,7 +156,8 @@ class Controller:
 
 
 async def run_controller(settings: ControllerSettings, kubeconfig: str | None, context: str | None) -> int:
-    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + settings.write_concurrency)
+    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + settings.write_concurrency,
+                                      on_response=api_request)
     controller = Controller(client, settings)
     try:
         await controller.start()

@@ -123,6 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_reference() -> str:
+    """The README's configuration reference, generated from the flag declarations."""
+    from epctl.config import FLAGS
+
+    FLAGS.clear()
+    build_parser()
+    lines: list[str] = []
+    for command in dict.fromkeys(f.command for f in FLAGS):
+        lines += [f"`epctl {command}`", "", "| flag | environment | default | meaning |", "| --- | --- | --- | --- |"]
+        for f in (x for x in FLAGS if x.command == command):
+            envs = ", ".join(f"`{e}`" for e in f.envs)
+            default = "—" if f.default in (None, "") else f"`{f.default}`"
+            lines.append(f"| `{f.flag}` | {envs} | {default} | {f.help} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)

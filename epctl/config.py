@@ -10,7 +10,20 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class FlagDoc:
+    command: str
+    flag: str
+    envs: tuple[str, ...]
+    default: Any
+    help: str
+
+
+FLAGS: list[FlagDoc] = []  # every declared flag, in order: the source of the README reference
 
 
 def env_name(flag: str) -> str:
@@ -35,6 +48,7 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
     not parse is reported by argparse like a bad flag value.
     """
     names = [env_name(flag), *env]
+    FLAGS.append(FlagDoc(parser.prog.split()[-1], flag, tuple(names), default, help))
     value = default
     for name in names:
         if name in os.environ:

@@ -7,7 +7,7 @@ probe series are off by default: with thousands of hosts they would explode card
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
@@ -74,3 +74,19 @@ class PrometheusWriterMetrics:
     def sync(self, result: str, seconds: float) -> None:
         SYNCS.labels(result).inc()
         SYNC_DURATION.observe(seconds)
+
+API_REQUESTS = Counter("epctl_api_requests", "Kubernetes API requests by HTTP verb and status code (0: no answer)",
+                       ["verb", "code"])
+ENDPOINTS_DESIRED = Gauge("epctl_endpoints_desired", "Endpoints epctl wants published, all Services")
+ENDPOINTS = Gauge("epctl_endpoints", "Desired endpoints by readiness", ["state"])
+NUM_SLICES = Gauge("epctl_num_endpoint_slices", "EndpointSlices managed by epctl, as observed")
+DESIRED_SLICES = Gauge("epctl_desired_endpoint_slices", "EndpointSlices the desired endpoints need at least")
+CONVERGENCE = Histogram("epctl_convergence_seconds", "From a probe transition to the slice write that publishes it",
+                        buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60))
+LEADER = Gauge("epctl_leader", "1 while this replica probes and writes (leader election: not yet; always 1)")
+BUILD = Info("epctl_build", "epctl version and runtime")
+
+
+def api_request(verb: str, code: int) -> None:
+    """``KubeClient(on_response=...)`` hook."""
+    API_REQUESTS.labels(verb, str(code)).inc()

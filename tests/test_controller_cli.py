@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from epctl.assets import read_asset
 from epctl.kube.client import KubeClient
@@ -58,7 +59,22 @@ async def test_controller_command_serves_health_and_stops_on_sigterm(api: KubeAP
                         assert response.status == 200, await response.text()
                 async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
                     body = await response.text()
-                    assert "epctl_probes_total" in body and "epctl_changes_total" in body
+            families = {f.name: f.type for f in text_string_to_metric_families(body)}
+            expected = {
+                "epctl_changes": "counter", "epctl_syncs": "counter", "epctl_endpoints_desired": "gauge",
+                "epctl_num_endpoint_slices": "gauge", "epctl_desired_endpoint_slices": "gauge",
+                "epctl_endpoints": "gauge", "epctl_probes": "counter", "epctl_probe_duration_seconds": "histogram",
+                "epctl_probe_schedule_lateness_seconds": "histogram", "epctl_probes_in_flight": "gauge",
+                "epctl_watch_events": "counter", "epctl_watch_restarts": "counter",
+                "epctl_writer_batch_size": "histogram", "epctl_convergence_seconds": "histogram",
+                "epctl_api_requests": "counter", "epctl_leader": "gauge", "epctl_build_info": "gauge"}
+            assert {k: families.get(k) for k in expected} == expected
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(body) for s in f.samples}
+            assert samples[("epctl_leader", ())] == 1.0
+            assert samples[("epctl_probes_total", (("result", "success"), ("type", "tcp")))] >= 1
+            assert any(name == "epctl_api_requests_total" and dict(labels).get("verb") == "GET"
+                       for name, labels in samples)
             proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
             _, err = await asyncio.wait_for(proc.communicate(), 15)

@@ -29,6 +29,7 @@ from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer, InformerEvent
 from epctl.kube.status import StatusWriter, conditions_with_times
+from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
 from epctl.slices import SERVICE_NAME_LABEL
@@ -92,6 +93,7 @@ class ClusterEndpointSource:
         self._tasks: set[asyncio.Task[None]] = set()
         self._resolver: asyncio.Task[None] | None = None
         self._started = False  # events before start() are ignored: start() replays the synced cache
+        self._unpublished: dict[TargetKey, float] = {}  # first transition not yet written, per target
         informer.subscribe(self._on_event)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -255,6 +257,7 @@ class ClusterEndpointSource:
         namespace, _, name = transition.key.target.partition("/")
         key = (namespace, name)
         self._health[transition.key] = _Health(transition.reason, _stamp(transition.at))
+        self._unpublished.setdefault(key, time.monotonic())
         group_id = f"{transition.key.port}/{family(transition.key.address)}"
         self.state.set_ready(key, group_id, transition.key.address, transition.healthy)
         entry = self._entries.get(key)
@@ -270,6 +273,9 @@ class ClusterEndpointSource:
         self._write_status(key)
 
     def synced(self, key: TargetKey) -> None:
+        since = self._unpublished.pop(key, None)
+        if since is not None:
+            CONVERGENCE.observe(time.monotonic() - since)
         entry = self._entries.get(key)
         if entry is not None and entry.sync[0] is not True:
             entry.sync = (True, "Synced", "Service and EndpointSlices are up to date")

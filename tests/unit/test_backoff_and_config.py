@@ -40,3 +40,13 @@ def test_flags_have_env_equivalents_and_flags_win(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("EPCTL_PORT", "not-a-number")
     with pytest.raises(SystemExit):
         add_flag(argparse.ArgumentParser(), "--port", default=1, type=int)
+
+
+def test_readme_configuration_reference_matches_the_flags() -> None:
+    from pathlib import Path
+
+    from epctl.cli import flag_reference
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    published = readme.split("<!-- flags:begin -->\n", 1)[1].split("<!-- flags:end -->", 1)[0]
+    assert published == flag_reference(), "README flag reference is stale: regenerate it (see README)"
