@@ -47,6 +47,21 @@ async def test_base_and_examples_build_and_the_base_applies(kubectl: Kubectl) ->
     assert {d["kind"] for d in yaml.safe_load_all(sidecar)} >= {"Deployment", "Role", "RoleBinding"}
 
 
+async def test_every_overlay_builds(kubectl: Kubectl) -> None:
+    overlays = ROOT / "manifests" / "overlays"
+    built = {o.name: list(yaml.safe_load_all((await kubectl("kustomize", str(o))).stdout))
+             for o in sorted(overlays.iterdir())}
+    assert sorted(built) == ["dev", "monitoring", "namespaced", "openstack"]
+    role = next(d for d in built["namespaced"] if d["kind"] == "Role")
+    assert role["metadata"]["namespace"] == "epctl-system"
+    assert not any(d["kind"].startswith("Cluster") and d["kind"] != "CustomResourceDefinition"
+                   for d in built["namespaced"])
+    assert {d["kind"] for d in built["monitoring"]} >= {"ServiceMonitor", "PrometheusRule"}
+    assert any(d["kind"] == "Secret" and d["metadata"]["name"] == "openstack-credentials" for d in built["openstack"])
+    dev = next(d for d in built["dev"] if d["kind"] == "Deployment")
+    assert "--log-level=debug" in dev["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def granted() -> set[tuple[str, str, str]]:
     role = next(d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole")
     return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
