@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, KubeClient
+from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -67,18 +68,12 @@ class EventRecorder:
             self.dropped += 1
 
     def start(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="events")
+        self._task = ensure_running(self._task, self._run, "events")
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued events are written (tests, shutdown)."""

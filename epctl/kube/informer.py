@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import INACTIVITY, ApiError, KubeClient, Resource
+from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -133,18 +134,12 @@ class Informer:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self.run(), name=f"informer:{self.name}")
+        self._task = ensure_running(self._task, self.run, f"informer:{self.name}")
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def wait_synced(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.synced.wait(), timeout)

@@ -17,6 +17,7 @@ from typing import Any
 
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import MERGE_PATCH, ApiError, KubeClient, Resource
+from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -69,18 +70,12 @@ class StatusWriter:
         self._last.pop((namespace, name), None)
 
     def start(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="status-writer")
+        self._task = ensure_running(self._task, self._run, "status-writer")
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def flush(self, timeout: float = 5.0) -> None:
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}

@@ -30,6 +30,7 @@ from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, K
 from epctl.kube.informer import Informer, InformerEvent
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, Plan, plan_slices
 from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
+from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -139,18 +140,12 @@ class Writer:
     # --- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self.run(), name="writer")
+        self._runner = ensure_running(self._runner, self.run, "writer")
         return self._runner
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -34,6 +34,7 @@ from epctl.probe.result import ProbeResult
 from epctl.probe.state import CheckState
 from epctl.probe.tcp import probe_tcp
 from epctl.probe.udp import probe_udp
+from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,7 @@ class Scheduler:
     # --- running ----------------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self.run(), name="probe-scheduler")
+        self._runner = ensure_running(self._runner, self.run, "probe-scheduler")
         return self._runner
 
     async def stop(self) -> None:
@@ -188,13 +188,8 @@ class Scheduler:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
