@@ -61,6 +61,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _string(errors: _Errors, node: dict[str, Any], key: str, path: str) -> str:
+    """An optional string field: missing or null is "", anything else not a string is an error."""
+    value = node.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors.add(f"{path}.{key}", f"must be a string, got {type(value).__name__}")
+        return ""
+    return value
+
+
 def _port_number(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value
@@ -137,19 +148,8 @@ def _probe(errors: _Errors, port: dict[str, Any], path: str) -> Probe | None:
     if kind is ProbeKind.HTTP:
         return _http_probe(errors, block, bpath, probe_port)
     if kind is ProbeKind.UDP:
-        data = block.get("data", "")
-        if data is None:
-            data = ""
-        if not isinstance(data, str):
-            errors.add(f"{bpath}.data", f"must be a string, got {type(data).__name__}")
-            data = ""
-        return UDPProbe(data=data.encode(), port=probe_port)
-    service = block.get("service", "")
-    if service is None:
-        service = ""
-    if not isinstance(service, str):
-        errors.add(f"{bpath}.service", f"must be a string, got {type(service).__name__}")
-        service = ""
+        return UDPProbe(data=_string(errors, block, "data", bpath).encode(), port=probe_port)
+    service = _string(errors, block, "service", bpath)
     tls = _mapping(errors, block.get("tls"), f"{bpath}.tls")
     if tls.get("insecureSkipVerify") is True:
         errors.add(f"{bpath}.tls.insecureSkipVerify", "is not supported: gRPC TLS probes always verify the "
