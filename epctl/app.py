@@ -19,6 +19,7 @@ from epctl.health import HealthServer
 from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
+from epctl.kube.lease import LeaderElector
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
 from epctl.lifecycle import until_terminated
@@ -39,6 +40,7 @@ from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
 from epctl.sources.mirror import MirrorSource
 from epctl.state import DesiredState
+from epctl.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,13 @@ class ControllerSettings:
     metrics_addr: str | None = ":8080"
     sync_timeout: float = 120.0
     mirror_pairs: dict[tuple[str, str], tuple[str, str]] | None = None  # target -> source, from flags
+    leader_elect: bool = False
+    leader_election_namespace: str = "default"
+    leader_election_id: str = "epctl-controller"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    identity: str | None = None
 
 
 class Controller:
@@ -85,6 +94,11 @@ class Controller:
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
                        if settings.metrics_addr else None)
         self._core: list[asyncio.Task[None]] = []
+        self._gauge_task: asyncio.Task[None] | None = None
+        self.elector = (LeaderElector(client, settings.leader_election_namespace, settings.leader_election_id,
+                                      identity=settings.identity, lease_duration=settings.lease_duration,
+                                      renew_deadline=settings.renew_deadline, retry_period=settings.retry_period)
+                        if settings.leader_elect else None)
 
     @property
     def informers(self) -> list[Informer]:
@@ -125,26 +139,57 @@ class Controller:
         self._core = [informer.start() for informer in self.informers]
         await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)),
                                self.settings.sync_timeout)
+        if self.elector is not None:  # a standby keeps desired state warm but writes nothing
+            self.writer.pause()
+            self.status.paused = self.events.paused = True
         self.source.start()
         await self.source.settle()
         self.mirror.start()
-        self._core += [self.writer.start(), self.scheduler.start(), self.status.start(), self.events.start(),
-                       asyncio.create_task(self._gauges(), name="gauges")]
-        LEADER.set(1)
+        self._core += [self.writer.start(), self.status.start(), self.events.start()]
+        self._gauge_task = asyncio.create_task(self._gauges(), name="gauges")
+        if self.elector is None:
+            await self._lead()
+        else:
+            self._core.append(asyncio.create_task(self.elector.run(self._lead, self._unlead), name="leader-election"))
         log.info("controller started", extra={"namespace": self.settings.namespace or "all",
                                                "clusterendpoints": len(self.ceps.cache)})
 
+    async def _lead(self) -> None:
+        """Gaining leadership: adopt what the slices say, then probe and write."""
+        if self.elector is not None:
+            self.source.readopt()
+        self.scheduler.start()
+        self.writer.resume()
+        self.status.resume()
+        self.events.paused = False
+        LEADER.set(1)
+
+    async def _unlead(self) -> None:
+        """Losing leadership: stop writing at once, then stop probing."""
+        LEADER.set(0)
+        self.writer.pause()
+        self.status.paused = self.events.paused = True
+        await self.scheduler.stop()
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
     async def stop(self, flush_timeout: float = 8.0) -> None:
         LEADER.set(0)
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
         for task in self._core[len(self.informers):]:
-            if task.get_name() == "gauges":
-                task.cancel()
+            if task.get_name() == "leader-election":
+                await cancel_and_wait(task)
         await self.scheduler.stop()
         await self.source.stop()
         await self.mirror.stop()
         flushed = await self.writer.flush(flush_timeout * 0.6)
         await self.status.flush(flush_timeout * 0.2)
         await self.events.drain(flush_timeout * 0.1)
+        if self.elector is not None:
+            await self.elector.release()  # after the flush: a standby takes over at its next retry
         await self.writer.stop()
         await self.status.stop()
         await self.events.stop()

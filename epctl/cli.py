@@ -42,6 +42,15 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
     add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
+    add_flag(parser, "--leader-elect", default=False, boolean=True,
+             help="run several replicas: only the holder of a coordination.k8s.io Lease probes and writes")
+    add_flag(parser, "--leader-election-namespace", default=None,
+             help="namespace of the Lease (default: the pod's own namespace)")
+    add_flag(parser, "--leader-election-id", default="epctl-controller", help="name of the Lease")
+    add_flag(parser, "--lease-duration", default=15.0, type=float, help="seconds a Lease is valid without renewal")
+    add_flag(parser, "--renew-deadline", default=10.0, type=float,
+             help="seconds of failed renewals after which the leader steps down (< lease duration)")
+    add_flag(parser, "--retry-period", default=2.0, type=float, help="seconds between acquire/renew attempts")
     # endpoint-copier's one-pair flag mode (its env names are accepted too)
     add_flag(parser, "--managed-endpoint-name", default=None, env=["MANAGED_ENDPOINT_NAME"],
              help="mirror into this Service (enables the one-pair flag mode)")
@@ -51,6 +60,12 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
              help="the Service mirrored in flag mode")
     add_flag(parser, "--default-endpoint-namespace", default="default", env=["DEFAULT_ENDPOINT_NAMESPACE"],
              help="namespace of --default-endpoint-name")
+
+
+def _pod_namespace() -> str | None:
+    from epctl.sidecar import default_namespace
+
+    return default_namespace()
 
 
 def _slice_size(text: str) -> int:
@@ -162,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolve_interval=args.resolve_interval, metrics_addr=args.metrics_addr or None,
             mirror_pairs={(args.managed_endpoint_namespace, args.managed_endpoint_name):
                           (args.default_endpoint_namespace, args.default_endpoint_name)}
-            if args.managed_endpoint_name else None)
+            if args.managed_endpoint_name else None,
+            leader_elect=args.leader_elect,
+            leader_election_namespace=args.leader_election_namespace or _pod_namespace() or "default",
+            leader_election_id=args.leader_election_id, lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline, retry_period=args.retry_period)
         code = run_async(run_controller(settings, args.kubeconfig, args.context))
         return code
     if args.command == "demo":

@@ -83,7 +83,7 @@ NUM_SLICES = Gauge("epctl_num_endpoint_slices", "EndpointSlices managed by epctl
 DESIRED_SLICES = Gauge("epctl_desired_endpoint_slices", "EndpointSlices the desired endpoints need at least")
 CONVERGENCE = Histogram("epctl_convergence_seconds", "From a probe transition to the slice write that publishes it",
                         buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60))
-LEADER = Gauge("epctl_leader", "1 while this replica probes and writes (leader election: not yet; always 1)")
+LEADER = Gauge("epctl_leader", "1 while this replica is the leader: it probes and writes")
 BUILD = Info("epctl_build", "epctl version and runtime")
 
 

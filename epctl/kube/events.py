@@ -50,9 +50,12 @@ class EventRecorder:
         self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, updated)
         self._seen: dict[tuple[str, str, str, str], _Seen] = {}
         self._task: asyncio.Task[None] | None = None
+        self.paused = False  # a standby records nothing
 
     def record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``involved`` (a full object, or at least apiVersion/kind/metadata)."""
+        if self.paused:
+            return
         uid = involved.get("metadata", {}).get("uid", "")
         tokens, updated = self._buckets.get(uid, (float(self.burst), time.monotonic()))
         now = time.monotonic()

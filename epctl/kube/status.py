@@ -54,6 +54,7 @@ class StatusWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self.paused = False  # a standby computes status but does not write it
 
     def set(self, namespace: str, name: str, status: Obj) -> None:
         key = (namespace, name)
@@ -77,7 +78,13 @@ class StatusWriter:
         await cancel_and_wait(self._task)
         self._task = None
 
+    def resume(self) -> None:
+        self.paused = False
+        self._wakeup.set()
+
     async def flush(self, timeout: float = 5.0) -> None:
+        if self.paused:
+            return
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
         self._wakeup.set()
         try:
@@ -89,14 +96,14 @@ class StatusWriter:
         loop = asyncio.get_running_loop()
         while True:
             now = time.monotonic()
-            due = [k for k, (_, at) in self._pending.items() if at <= now]
+            due = [] if self.paused else [k for k, (_, at) in self._pending.items() if at <= now]
             for key in due:
                 status, _ = self._pending.pop(key)
                 await self._write(key, status)
             if not self._pending:
                 self._idle.set()
             self._wakeup.clear()
-            if not self._pending:
+            if not self._pending or self.paused:
                 await self._wakeup.wait()
                 continue
             wake = min(at for _, at in self._pending.values())

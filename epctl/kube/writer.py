@@ -150,8 +150,23 @@ class Writer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def pause(self) -> None:
+        """Stop writing at once (lost leadership): nothing new starts, writes in flight are cancelled."""
+        self.paused = True
+        for task in list(self._tasks):
+            task.cancel()
+
+    def resume(self) -> None:
+        """Write again (gained leadership): re-check every target; a no-op plan costs no write."""
+        self.paused = False
+        for key in list(self.state.targets) + list(self._known):
+            self.notify(key)
+        self._wakeup.set()
+
     async def flush(self, timeout: float = 8.0) -> bool:
         """Write everything pending now, ignoring the debounce; True if all went out in time."""
+        if self.paused:
+            return True
         for entry in self._pending.values():
             entry[0] = entry[1] = 0.0
         self._wakeup.set()

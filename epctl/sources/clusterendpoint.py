@@ -115,6 +115,18 @@ class ClusterEndpointSource:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def readopt(self) -> None:
+        """Start every check afresh from the readiness published in our slices (gaining leadership:
+        the previous leader's results are the truth, so taking over flips nothing)."""
+        for key, entry in list(self._entries.items()):
+            if entry.spec is None:
+                continue
+            target = f"{key[0]}/{key[1]}"
+            for check in [k for k in self.scheduler.keys() if k.target == target]:
+                self.scheduler.remove(check)
+            self._health = {k: v for k, v in self._health.items() if k.target != target}
+            self._materialise(key, entry)
+
     async def settle(self) -> None:
         """Wait for pending spec applications (tests)."""
         while self._tasks:

@@ -92,9 +92,12 @@ class FaultRule:
     delay: float = 0.0
     retry_after: int | None = None
     subresource: str | None = None
+    user_agent: str | None = None  # prefix: fault only one client (e.g. partition one controller replica)
 
-    def matches(self, verb: str, resource: str, subresource: str, namespace: str, name: str) -> bool:
-        return ((self.verb is None or self.verb == verb) and (self.resource is None or self.resource == resource)
+    def matches(self, verb: str, resource: str, subresource: str, namespace: str, name: str,
+                user_agent: str = "") -> bool:
+        return ((self.user_agent is None or user_agent.startswith(self.user_agent))
+                and (self.verb is None or self.verb == verb) and (self.resource is None or self.resource == resource)
                 and (self.namespace is None or self.namespace == namespace)
                 and (self.name is None or self.name == name)
                 and (self.subresource is None or self.subresource == subresource))
@@ -267,7 +270,7 @@ class KubeAPIServer:
     async def _apply_faults(self, record: RequestRecord) -> None:
         for rule in list(self.faults):
             if rule.count > 0 and rule.matches(record.verb, record.resource, record.subresource, record.namespace,
-                                               record.name):
+                                               record.name, record.user_agent):
                 rule.count -= 1
                 if rule.count == 0:
                     self.faults.remove(rule)

@@ -30,7 +30,7 @@ async def test_base_and_examples_build_and_the_base_applies(kubectl: Kubectl) ->
     built = (await kubectl("kustomize", str(BASE))).stdout
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built))
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Namespace",
-                     "PodDisruptionBudget", "Service", "ServiceAccount"]
+                     "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
     deployment = next(d for d in yaml.safe_load_all(built) if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -57,14 +57,15 @@ async def test_every_overlay_builds(kubectl: Kubectl) -> None:
     assert not any(d["kind"].startswith("Cluster") and d["kind"] != "CustomResourceDefinition"
                    for d in built["namespaced"])
     assert {d["kind"] for d in built["monitoring"]} >= {"ServiceMonitor", "PrometheusRule"}
+    assert next(d for d in built["dev"] if d["kind"] == "Deployment")["spec"]["replicas"] == 1
     assert any(d["kind"] == "Secret" and d["metadata"]["name"] == "openstack-credentials" for d in built["openstack"])
     dev = next(d for d in built["dev"] if d["kind"] == "Deployment")
     assert "--log-level=debug" in dev["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def granted() -> set[tuple[str, str, str]]:
-    role = next(d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole")
-    return {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+    roles = [d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] in ("ClusterRole", "Role")]
+    return {(group, resource, verb) for role in roles for rule in role["rules"] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
@@ -73,7 +74,11 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
     controller_client = await KubeClient.connect(api.kubeconfig_path)
     try:
         await install_crd(setup)
-        async with TCPBackend() as db, running_controller(api, controller_client):
+        await setup.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "epctl-system"}})
+        async with TCPBackend() as db, running_controller(
+                api, controller_client, leader_elect=True, leader_election_namespace="epctl-system",
+                lease_duration=3.0, renew_deadline=2.0, retry_period=0.3) as controller:
+            await eventually(lambda: controller.leading, message="leader")
             await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
                 {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
                  "periodSeconds": 1, "failureThreshold": 1}]))

@@ -1,0 +1,133 @@
+"""Leader election: two controllers, one writer; failover on SIGKILL, on SIGTERM, on a partition."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from epctl.app import Controller, ControllerSettings
+from epctl.kube.client import KubeClient
+from epctl.testing.kubeapi import FaultRule, KubeAPIServer
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd, slices_of
+
+TIMING = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
+WRITES = ("create", "update", "patch", "delete")
+
+
+@asynccontextmanager
+async def replica(api: KubeAPIServer, name: str) -> AsyncIterator[Controller]:
+    client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
+    controller = Controller(client, ControllerSettings(
+        batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True, leader_elect=True,
+        identity=name, **TIMING))  # type: ignore[arg-type]
+    await controller.start()
+    try:
+        yield controller
+    finally:
+        await controller.stop()
+        await client.close()
+
+
+def writers(api: KubeAPIServer, since: int = 0) -> list[tuple[float, str]]:
+    """(time, replica) of every successful write a replica made (lease writes excluded)."""
+    return [(r.time, r.user_agent) for r in api.request_log[since:]
+            if r.verb in WRITES and r.code < 400 and r.user_agent.startswith("epctl/") and r.resource != "leases"]
+
+
+async def add_cep(api: KubeAPIServer, setup: KubeClient, name: str) -> None:
+    await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+        {"name": "p", "port": 80, "hosts": ["127.0.0.1"]}]))
+    await eventually(lambda: slices_of(api, name), timeout=15, message=f"{name} written by the leader")
+
+
+async def test_one_leader_writes_and_graceful_stop_hands_over_at_once(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    first = replica(api, "a")
+    a = await first.__aenter__()
+    try:
+        await eventually(lambda: a.leading, message="a leads")
+        async with replica(api, "b") as b:
+            await add_cep(api, setup, "one")
+            assert not b.leading
+            assert {ua for _, ua in writers(api)} == {"epctl/a"}  # the standby wrote nothing
+            await first.__aexit__(None, None, None)  # SIGTERM path: flush, then release the Lease
+            stopped = time.monotonic()
+            await eventually(lambda: b.leading, timeout=5, message="standby takes over after a release")
+            assert time.monotonic() - stopped < 2 * TIMING["retry_period"] + 1.0  # not the lease duration
+            mark = len(api.request_log)
+            await add_cep(api, setup, "two")
+            assert {ua for _, ua in writers(api, mark)} == {"epctl/b"}
+    finally:
+        if a.leading:
+            await first.__aexit__(None, None, None)
+        await setup.close()
+
+
+async def test_partitioned_leader_steps_down_before_the_lease_expires(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with replica(api, "a") as a:
+        await eventually(lambda: a.leading, message="a leads")
+        async with replica(api, "b") as b:
+            await add_cep(api, setup, "one")
+            api.inject_fault(FaultRule(user_agent="epctl/a", code=503, count=10**6))
+            partitioned = time.monotonic()
+            await eventually(lambda: not a.leading, timeout=10, message="a steps down")
+            stepped_down = time.monotonic() - partitioned
+            await eventually(lambda: b.leading, timeout=10, message="b takes over")
+            took_over = time.monotonic() - partitioned
+            assert stepped_down < TIMING["lease_duration"] <= took_over + TIMING["retry_period"]
+            a_writes = [t for t, ua in writers(api) if ua == "epctl/a"]
+            b_writes = [t for t, ua in writers(api) if ua == "epctl/b"]
+            assert not b_writes or not a_writes or max(a_writes) < min(b_writes)  # never two writers
+            api.faults.clear()
+            mark = len(api.request_log)
+            await add_cep(api, setup, "two")
+            assert {ua for _, ua in writers(api, mark)} == {"epctl/b"}
+    await setup.close()
+
+
+async def test_killed_leader_process_is_replaced_within_the_lease_duration(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    args = ["--leader-elect", "--leader-election-namespace", "default", "--lease-duration", "3",
+            "--renew-deadline", "2", "--retry-period", "0.3", "--metrics-addr", "", "--allow-loopback-hosts"]
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "epctl.cli", "controller", "--kubeconfig",
+                                                api.kubeconfig_path, *args, stderr=asyncio.subprocess.DEVNULL,
+                                                env={**os.environ, "NO_PROXY": "*"})
+    try:
+        await eventually(lambda: any(r.resource == "leases" and r.verb == "create" and r.code == 201
+                                     for r in api.request_log), timeout=20, message="process leads")
+        async with replica(api, "b") as b:
+            await add_cep(api, setup, "one")
+            assert not b.leading
+            proc.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            await eventually(lambda: b.leading, timeout=15, message="b takes over")
+            assert time.monotonic() - killed < TIMING["lease_duration"] + 2 * TIMING["retry_period"] + 1.0
+            mark = len(api.request_log)
+            await add_cep(api, setup, "two")
+            assert {ua for _, ua in writers(api, mark)} == {"epctl/b"}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await setup.close()
+
+
+def test_settings_are_validated() -> None:
+    from epctl.kube.lease import LeaderElector
+
+    try:
+        LeaderElector(Any, "ns", lease_duration=5, renew_deadline=6, retry_period=1)  # type: ignore[arg-type]
+    except ValueError:
+        return
+    raise AssertionError("renew deadline above the lease duration must be refused")
