@@ -30,6 +30,7 @@ from epctl.metrics import (
     ENDPOINTS_DESIRED,
     LEADER,
     NUM_SLICES,
+    PerTargetMetrics,
     PrometheusInformerMetrics,
     PrometheusProbeMetrics,
     PrometheusWriterMetrics,
@@ -65,6 +66,7 @@ class ControllerSettings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     identity: str | None = None
+    per_target_metrics: bool = False
 
 
 class Controller:
@@ -80,7 +82,8 @@ class Controller:
         self.events = EventRecorder(client)
         self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay)
         self.scheduler = Scheduler(lambda t: self.source.on_transition(t),
-                                   max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics())
+                                   max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics(),
+                                   target_metrics=PerTargetMetrics() if settings.per_target_metrics else None)
         self.source = ClusterEndpointSource(self.state, self.scheduler, self.ceps, self.slices, self.status,
                                             self.events, allow_loopback=settings.allow_loopback_hosts,
                                             resolve_interval=settings.resolve_interval)

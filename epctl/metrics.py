@@ -90,3 +90,25 @@ BUILD = Info("epctl_build", "epctl version and runtime")
 def api_request(verb: str, code: int) -> None:
     """``KubeClient(on_response=...)`` hook."""
     API_REQUESTS.labels(verb, str(code)).inc()
+
+
+TARGET_UP = Gauge("epctl_probe_target_up", "Last probe result per check (only with --per-target-metrics)",
+                  ["clusterendpoint", "port", "address"])
+TARGET_DURATION = Gauge("epctl_probe_target_duration_seconds",
+                        "Last probe duration per check (only with --per-target-metrics)",
+                        ["clusterendpoint", "port", "address"])
+
+
+class PerTargetMetrics:
+    """Opt-in per-check series: with thousands of hosts they are thousands of series, so off by default."""
+
+    def result(self, target: str, port: str, address: str, ok: bool, duration: float) -> None:
+        TARGET_UP.labels(target, port, address).set(1 if ok else 0)
+        TARGET_DURATION.labels(target, port, address).set(duration)
+
+    def forget(self, target: str, port: str, address: str) -> None:
+        for gauge in (TARGET_UP, TARGET_DURATION):
+            try:
+                gauge.remove(target, port, address)
+            except KeyError:
+                pass

@@ -75,6 +75,11 @@ class ProbeMetrics(Protocol):
     def in_flight(self, count: int) -> None: ...
 
 
+class TargetMetrics(Protocol):
+    def result(self, target: str, port: str, address: str, ok: bool, duration: float) -> None: ...
+    def forget(self, target: str, port: str, address: str) -> None: ...
+
+
 @dataclass(slots=True)
 class _Entry:
     check: Check
@@ -101,10 +106,12 @@ def next_slot(after: float, phase: float, period: float) -> float:
 class Scheduler:
     def __init__(self, on_transition: Callable[[Transition], None], *, max_concurrent: int = 1000,
                  metrics: ProbeMetrics | None = None, grpc_prober: GRPCProber | None = None,
-                 first_window: float = 1.0, period_override: float | None = None) -> None:
+                 first_window: float = 1.0, period_override: float | None = None,
+                 target_metrics: TargetMetrics | None = None) -> None:
         self.on_transition = on_transition
         self.max_concurrent = max_concurrent
         self.metrics = metrics
+        self.target_metrics = target_metrics
         self.grpc = grpc_prober or GRPCProber()
         self.first_window = first_window
         self.period_override = period_override
@@ -146,6 +153,8 @@ class Scheduler:
 
     def remove(self, key: CheckKey) -> None:
         entry = self._entries.pop(key, None)
+        if entry is not None and self.target_metrics:
+            self.target_metrics.forget(key.target, key.port, key.address)
         if entry is not None and entry.check.probe.kind is ProbeKind.GRPC:
             self._forget_grpc(key.address, entry.check.port)
 
@@ -280,6 +289,9 @@ class Scheduler:
             return  # the check changed or went away while this probe ran: its result is moot
         entry.last = result
         self.progress.set()
+        if self.target_metrics:
+            self.target_metrics.result(check.key.target, check.key.port, check.key.address, result.ok,
+                                       result.duration)
         previous = entry.state.healthy
         if entry.state.record(result.ok, result.reason):
             healthy = bool(entry.state.healthy)

@@ -170,3 +170,26 @@ async def test_probing_continues_after_a_burst_over_the_concurrency_bound() -> N
             assert probes.max_in_flight == 3
     finally:
         await scheduler.stop()
+
+
+async def test_per_target_metrics_are_opt_in_and_forgotten_with_the_check() -> None:
+    from prometheus_client import REGISTRY
+
+    from epctl.metrics import PerTargetMetrics
+
+    def up(address: str) -> float | None:
+        return REGISTRY.get_sample_value("epctl_probe_target_up", {"clusterendpoint": "ns/per-target",
+                                                                   "port": "p", "address": address})
+
+    scheduler = Scheduler(lambda t: None, period_override=PERIOD, first_window=0.01,
+                          target_metrics=PerTargetMetrics())
+    scheduler.start()
+    try:
+        async with TCPBackend() as backend:
+            key = CheckKey("ns/per-target", "p", HOST)
+            scheduler.upsert(Check(key, TCPProbe(), backend.port))
+            await eventually(lambda: up(HOST) == 1.0, message="series exported")
+            scheduler.remove(key)
+            assert up(HOST) is None
+    finally:
+        await scheduler.stop()
