@@ -66,7 +66,6 @@ class Watcher:
     matches: Filter
     queue: asyncio.Queue[tuple[str, Obj] | None] = field(default_factory=asyncio.Queue)
     stalled: bool = False
-    delivered_rv: int = 0
 
 
 @dataclass
@@ -95,7 +94,6 @@ class ObjectStore:
         self._gc_scheduled = False
         self._ip_counter = itertools.count(10)
         self._node_ports = itertools.count(30000)
-        self.on_types_changed: list[Callable[[], None]] = []
         for rt in builtin_types():
             self.register(rt)
         for name in INITIAL_NAMESPACES:
@@ -107,14 +105,10 @@ class ObjectStore:
     def register(self, rt: ResourceType) -> None:
         self.types[(rt.group, rt.version, rt.plural)] = rt
         self.objects.setdefault(rt.storage_key, {})
-        for hook in self.on_types_changed:
-            hook()
 
     def unregister_group_resource(self, group: str, plural: str) -> None:
         for key in [k for k in self.types if k[0] == group and k[2] == plural]:
             del self.types[key]
-        for hook in self.on_types_changed:
-            hook()
 
     def type_for(self, group: str, version: str, plural: str) -> ResourceType:
         rt = self.types.get((group, version, plural))
@@ -207,7 +201,6 @@ class ObjectStore:
             watcher.queue.put_nowait(("ADDED", obj))
         elif was_match:
             watcher.queue.put_nowait(("DELETED", obj))
-        watcher.delivered_rv = event.rv
 
     def watch(self, rt: ResourceType, namespace: str | None, matches: Filter,
               resource_version: str | None) -> Watcher:
@@ -345,11 +338,11 @@ class ObjectStore:
         owned = managers if managers is not None else {}
         if managers is None:
             record_update({}, obj, manager, owned)
-        self._commit(rt, key, obj, None, owned, manager_op=None)
+        self._commit(rt, key, obj, None, owned)
         return WriteResult(self.present(rt, obj), True, warnings)
 
     def _commit(self, rt: ResourceType, key: Key, obj: Obj, old: Obj | None,
-                owned: dict[tuple[str, str], set[Path]], manager_op: str | None) -> None:
+                owned: dict[tuple[str, str], set[Path]]) -> None:
         self.rv += 1
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self.rv)
@@ -441,7 +434,7 @@ class ObjectStore:
         owned = managers if managers is not None else self.owned_fields(rt, key)
         if managers is None:
             record_update(old, new, manager, owned)
-        self._commit(rt, key, new, old, owned, manager_op="Update")
+        self._commit(rt, key, new, old, owned)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove(rt, key)
         elif meta.get("deletionTimestamp"):
@@ -492,7 +485,7 @@ class ObjectStore:
                 marked["metadata"]["finalizers"] = finalizers
             if rt.plural == "namespaces":
                 marked.setdefault("status", {})["phase"] = "Terminating"
-            self._commit(rt, key, marked, obj, self.owned_fields(rt, key), manager_op=None)
+            self._commit(rt, key, marked, obj, self.owned_fields(rt, key))
             self._schedule_gc()
             return self.present(rt, marked)
         return self.present(rt, self._remove(rt, key))
@@ -590,16 +583,16 @@ class ObjectStore:
                                               if r.get("uid") not in uids]
         if not new["metadata"]["ownerReferences"]:
             del new["metadata"]["ownerReferences"]
-        self._commit(rt, key, new, obj, self.owned_fields(rt, key), manager_op=None)
+        self._commit(rt, key, new, obj, self.owned_fields(rt, key))
 
     def _set_finalizers(self, rt: ResourceType, key: Key, obj: Obj, finalizers: list[str]) -> bool:
         new = copy.deepcopy(obj)
         if finalizers:
             new["metadata"]["finalizers"] = finalizers
-            self._commit(rt, key, new, obj, self.owned_fields(rt, key), manager_op=None)
+            self._commit(rt, key, new, obj, self.owned_fields(rt, key))
         else:
             new["metadata"].pop("finalizers", None)
-            self._commit(rt, key, new, obj, self.owned_fields(rt, key), manager_op=None)
+            self._commit(rt, key, new, obj, self.owned_fields(rt, key))
             self._remove(rt, key)
         return True
 

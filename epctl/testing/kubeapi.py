@@ -26,7 +26,7 @@ import re
 import ssl
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -34,7 +34,7 @@ from aiohttp import web
 
 from epctl.testing import apierrors
 from epctl.testing.apierrors import StatusError
-from epctl.testing.apistore import ObjectStore, Watcher
+from epctl.testing.apistore import ObjectStore
 from epctl.testing.builtins import ALL_VERBS, ResourceType
 from epctl.testing.openapi import openapi_v3_document, openapi_v3_index
 from epctl.testing.selectors import make_filter
@@ -114,13 +114,6 @@ class Route:
     discovery: Obj | None = None
     plural: str = ""
     group: str = ""
-
-
-@dataclass
-class _Watch:
-    watcher: Watcher
-    response: web.StreamResponse
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 class KubeAPIServer:
