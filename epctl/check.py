@@ -44,10 +44,6 @@ class Row:
     key: CheckKey | None  # None: the port has no probe, or the host did not resolve
     error: str | None = None
 
-    @property
-    def port_label(self) -> str:
-        return self.port.name or str(self.port.port)
-
 
 def load_documents(paths: list[str], stdin: TextIO = sys.stdin) -> list[tuple[str, Any]]:
     """(label, document) for every non-empty YAML document in ``paths``."""
@@ -95,15 +91,11 @@ async def plan_rows(specs: list[ClusterEndpointSpec]) -> tuple[list[Row], list[C
                     if port.probe is None:
                         rows.append(Row(spec, port, host, address, None))
                         continue
-                    key = CheckKey(spec.key, rows_port_label(port), address)
+                    key = CheckKey(spec.key, port.label, address)
                     if all(c.key != key for c in checks):
                         checks.append(Check(key, port.probe, port.probe_port, port.timing))
                     rows.append(Row(spec, port, host, address, key))
     return rows, checks
-
-
-def rows_port_label(port: PortSpec) -> str:
-    return port.name or str(port.port)
 
 
 def row_state(row: Row, scheduler: Scheduler) -> tuple[str, str, float | None]:
@@ -137,11 +129,11 @@ def render_text(rows: list[Row], scheduler: Scheduler) -> str:
     for row in rows:
         state, reason, duration = row_state(row, scheduler)
         shown = f"{duration * 1000:.1f}ms" if duration is not None else "-"
-        checks.append([row.spec.key, row.port_label, row.host, row.address, state, reason, shown])
-        if row.address != "-" and (row.spec.key, row.port_label, row.address) not in published:
-            published.add((row.spec.key, row.port_label, row.address))
+        checks.append([row.spec.key, row.port.label, row.host, row.address, state, reason, shown])
+        if row.address != "-" and (row.spec.key, row.port.label, row.address) not in published:
+            published.add((row.spec.key, row.port.label, row.address))
             cond = conditions(state)
-            endpoints.append([row.spec.key, f"{row.port_label} {row.port.port}->{row.port.target_port}/"
+            endpoints.append([row.spec.key, f"{row.port.label} {row.port.port}->{row.port.target_port}/"
                               f"{row.port.protocol}", row.address,
                               *(str(cond[c]).lower() for c in ("ready", "serving", "terminating"))])
     return (_table(["CLUSTERENDPOINT", "PORT", "HOST", "ADDRESS", "STATE", "REASON", "DURATION"], checks)
@@ -153,7 +145,7 @@ def render_json(rows: list[Row], scheduler: Scheduler) -> str:
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         entry = out.setdefault(row.spec.key, {"namespace": row.spec.namespace, "name": row.spec.name, "ports": {}})
-        port = entry["ports"].setdefault(row.port_label, {
+        port = entry["ports"].setdefault(row.port.label, {
             "name": row.port.name, "port": row.port.port, "targetPort": row.port.target_port,
             "protocol": row.port.protocol, "probe": row.port.probe.kind.value if row.port.probe else None,
             "endpoints": []})

@@ -100,6 +100,11 @@ class PortSpec:
     timing: ProbeTiming = field(default_factory=ProbeTiming)
 
     @property
+    def label(self) -> str:
+        """How checks, status and reports name this port: its name, or its number when unnamed."""
+        return self.name or str(self.port)
+
+    @property
     def probe_port(self) -> int:
         """The port the probe connects to: the probe's own ``port`` if set, else ``targetPort``."""
         if self.probe is not None and self.probe.port is not None:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.api import ClusterEndpointSpec, parse_cluster_endpoint
-from epctl.api.spec import API_VERSION, KIND, PortSpec
+from epctl.api.spec import API_VERSION, KIND
 from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer, InformerEvent
@@ -54,10 +54,6 @@ def _adopted_sync(obj: Obj) -> tuple[bool, str, str]:
             if condition.get("type") == "Synced":
                 return (condition.get("status") == "True", condition.get("reason", ""), condition.get("message", ""))
     return (False, "Pending", "not written yet")
-
-
-def port_label(port: PortSpec) -> str:
-    return port.name or str(port.port)
 
 
 def family(address: str) -> str:
@@ -196,7 +192,7 @@ class ClusterEndpointSource:
         groups: dict[str, PortGroup] = {}
         wanted: set[CheckKey] = set()
         for port in spec.ports:
-            label = port_label(port)
+            label = port.label
             addresses = sorted({a for h in port.hosts for a in entry.addresses.get(h, [])})
             for address in addresses:
                 ready = True
@@ -317,7 +313,7 @@ class ClusterEndpointSource:
         unknown = 0
         per_port_ready: list[int] = []
         for port in (entry.spec.ports if entry.spec else ()):
-            label = port_label(port)
+            label = port.label
             addresses = sorted({(h, a) for h in port.hosts for a in entry.addresses.get(h, [])},
                                key=lambda x: (x[1], x[0]))
             ready = 0
