@@ -92,7 +92,7 @@ class Controller:
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
                              metrics=PrometheusWriterMetrics())
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
-                                   flag_pairs=settings.mirror_pairs, namespace=ns)
+                                   flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
                        if settings.metrics_addr else None)

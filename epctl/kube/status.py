@@ -33,9 +33,9 @@ def conditions_with_times(previous: list[Obj] | None, current: list[Obj], stamp:
     stamp = stamp or now_rfc3339()
     out = []
     for condition in current:
-        before = old.get(condition["type"])
-        same = before is not None and before.get("status") == condition["status"] and before.get("lastTransitionTime")
-        out.append({**condition, "lastTransitionTime": before["lastTransitionTime"] if same else stamp})  # type: ignore[index]
+        before = old.get(condition["type"]) or {}
+        kept = before.get("lastTransitionTime") if before.get("status") == condition["status"] else None
+        out.append({**condition, "lastTransitionTime": kept or stamp})
     return out
 
 

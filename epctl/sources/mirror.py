@@ -108,11 +108,10 @@ class MirrorSource:
     """Keeps mirrored targets in the DesiredState. ``services`` is the controller's Service informer."""
 
     def __init__(self, client: KubeClient, state: DesiredState, services: Informer, events: EventRecorder, *,
-                 flag_pairs: dict[TargetKey, TargetKey] | None = None, namespace: str | None = None,
+                 flag_pairs: dict[TargetKey, TargetKey] | None = None,
                  informer_factory: Callable[[str, str], Informer] | None = None) -> None:
         self.client, self.state, self.services, self.events = client, state, services, events
         self.flag_pairs = flag_pairs or {}
-        self.namespace = namespace
         self._factory = informer_factory or self._informer
         self.mirrors: dict[TargetKey, TargetKey] = {}  # target -> source
         self._refused: dict[TargetKey, str] = {}  # target -> reason last announced
