@@ -102,7 +102,6 @@ class Sidecar:
         self.etag = ""
         self.last_updated = ""
         self._changed = asyncio.Event()
-        self._last_watch_ok = 0.0
         self._runner: web.AppRunner | None = None
         self._first: asyncio.Task[None] | None = None
 
@@ -138,9 +137,9 @@ class Sidecar:
         if not self.informer.synced.is_set():
             return False, "endpoints not synced yet"
         if self.informer.watching:
-            self._last_watch_ok = time.monotonic()
             return True, "ok"
-        if time.monotonic() - self._last_watch_ok < self.health_grace:
+        lost = self.informer.watch_lost_at
+        if lost is not None and time.monotonic() - lost < self.health_grace:
             return True, "ok (watch reconnecting)"
         return False, "watch is down"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,6 +93,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.resource_version = ""
         self.watching = False
+        self.watch_lost_at: float | None = None  # monotonic time the last live watch ended (None: live)
         self._callbacks: list[Callable[[InformerEvent], None]] = []
         self._synced_callbacks: list[Callable[[], None]] = []
         self._queues: list[asyncio.Queue[InformerEvent]] = []
@@ -163,7 +165,7 @@ class Informer:
                 if self.metrics:
                     self.metrics.relist(self.name)
             except ApiError as err:
-                self.watching = False
+                self._lost()
                 reason = "inactivity" if err.reason == INACTIVITY else (
                     "connection" if err.code == 0 else f"http_{err.code}")
                 self._restarted(reason)
@@ -174,7 +176,7 @@ class Informer:
                             extra={"informer": self.name, "retry_in": round(delay, 2)})
                 await asyncio.sleep(delay)
             except (ValueError, KeyError, TypeError) as err:  # a malformed answer: treat like a server error
-                self.watching = False
+                self._lost()
                 self._restarted("decode")
                 delay = self.backoff.next_delay()
                 log.warning("bad data from the API server; relisting", extra={"informer": self.name,
@@ -247,10 +249,16 @@ class Informer:
                 raise _Relist() from err
             raise
         finally:
-            self.watching = False
+            self._lost()
 
     def _opened(self) -> None:
         self.watching = True
+        self.watch_lost_at = None
+
+    def _lost(self) -> None:
+        if self.watching or self.watch_lost_at is None:
+            self.watch_lost_at = time.monotonic()
+        self.watching = False
 
     def _handle(self, event: Obj) -> None:
         type_, obj = event.get("type"), event.get("object") or {}
