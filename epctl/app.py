@@ -31,6 +31,7 @@ from epctl.metrics import (
     LEADER,
     NUM_SLICES,
     PerTargetMetrics,
+    PrometheusDiscoveryMetrics,
     PrometheusInformerMetrics,
     PrometheusProbeMetrics,
     PrometheusWriterMetrics,
@@ -40,6 +41,7 @@ from epctl.probe.scheduler import Scheduler
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
 from epctl.sources.mirror import MirrorSource
+from epctl.sources.openstack import OpenStackSource
 from epctl.state import DesiredState
 from epctl.tasks import cancel_and_wait
 
@@ -67,6 +69,9 @@ class ControllerSettings:
     retry_period: float = 2.0
     identity: str | None = None
     per_target_metrics: bool = False
+    openstack_timeout: float = 10.0  # per OpenStack HTTP request
+    openstack_retry_base: float = 5.0  # first retry after a failed poll; doubles up to the max
+    openstack_retry_max: float = 300.0
 
 
 class Controller:
@@ -84,9 +89,13 @@ class Controller:
         self.scheduler = Scheduler(lambda t: self.source.on_transition(t),
                                    max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics(),
                                    target_metrics=PerTargetMetrics() if settings.per_target_metrics else None)
+        self.discovery = OpenStackSource(client, timeout=settings.openstack_timeout,
+                                         retry_base=settings.openstack_retry_base,
+                                         retry_max=settings.openstack_retry_max, metrics=PrometheusDiscoveryMetrics(),
+                                         informer_metrics=informer_metrics)
         self.source = ClusterEndpointSource(self.state, self.scheduler, self.ceps, self.slices, self.status,
                                             self.events, allow_loopback=settings.allow_loopback_hosts,
-                                            resolve_interval=settings.resolve_interval)
+                                            resolve_interval=settings.resolve_interval, discovery=self.discovery)
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
@@ -162,6 +171,7 @@ class Controller:
         if self.elector is not None:
             self.source.readopt()
         self.scheduler.start()
+        self.discovery.resume()
         self.writer.resume()
         self.status.resume()
         self.events.paused = False
@@ -173,6 +183,7 @@ class Controller:
         self.writer.pause()
         self.status.paused = self.events.paused = True
         await self.scheduler.stop()
+        await self.discovery.pause()
 
     @property
     def leading(self) -> bool:
@@ -186,6 +197,7 @@ class Controller:
             if task.get_name() == "leader-election":
                 await cancel_and_wait(task)
         await self.scheduler.stop()
+        await self.discovery.stop()
         await self.source.stop()
         await self.mirror.stop()
         flushed = await self.writer.flush(flush_timeout * 0.6)

@@ -44,6 +44,10 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
     add_flag(parser, "--per-target-metrics", default=False, boolean=True,
              help="also export per-check probe series (one per ClusterEndpoint, port and address)")
+    add_flag(parser, "--openstack-timeout", default=10.0, type=float,
+             help="seconds an OpenStack API request may take (discovery)")
+    add_flag(parser, "--openstack-max-backoff", default=300.0, type=float,
+             help="longest wait between retries of a failing OpenStack poll")
     add_flag(parser, "--leader-elect", default=False, boolean=True,
              help="run several replicas: only the holder of a coordination.k8s.io Lease probes and writes")
     add_flag(parser, "--leader-election-namespace", default=None,
@@ -184,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             leader_election_namespace=args.leader_election_namespace or _pod_namespace() or "default",
             leader_election_id=args.leader_election_id, lease_duration=args.lease_duration,
             renew_deadline=args.renew_deadline, retry_period=args.retry_period,
-            per_target_metrics=args.per_target_metrics)
+            per_target_metrics=args.per_target_metrics, openstack_timeout=args.openstack_timeout,
+            openstack_retry_max=args.openstack_max_backoff)
         code = run_async(run_controller(settings, args.kubeconfig, args.context))
         return code
     if args.command == "demo":

@@ -112,3 +112,32 @@ class PerTargetMetrics:
                 gauge.remove(target, port, address)
             except KeyError:
                 pass
+
+OPENSTACK_POLL_SECONDS = Histogram("epctl_openstack_poll_seconds", "Duration of one OpenStack discovery poll "
+                                   "(every page of servers), by result", ["result"],
+                                   buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+OPENSTACK_SERVERS = Gauge("epctl_openstack_servers", "Servers matching each poller's query at its last good poll",
+                          ["poller"])
+OPENSTACK_ERRORS = Counter("epctl_openstack_errors", "Failed OpenStack discovery polls by reason", ["reason"])
+OPENSTACK_POLLERS = Gauge("epctl_openstack_pollers", "OpenStack pollers running (one per distinct credentials "
+                          "and query)")
+
+
+class PrometheusDiscoveryMetrics:
+    """``DiscoveryMetrics`` for the OpenStack pollers."""
+
+    def poll(self, poller: str, ok: bool, seconds: float, servers: int | None, reason: str) -> None:
+        OPENSTACK_POLL_SECONDS.labels("success" if ok else "error").observe(seconds)
+        if ok and servers is not None:
+            OPENSTACK_SERVERS.labels(poller).set(servers)
+        if not ok:
+            OPENSTACK_ERRORS.labels(reason).inc()
+
+    def pollers(self, count: int) -> None:
+        OPENSTACK_POLLERS.set(count)
+
+    def forget(self, poller: str) -> None:
+        try:
+            OPENSTACK_SERVERS.remove(poller)
+        except KeyError:
+            pass

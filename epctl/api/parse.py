@@ -15,24 +15,30 @@ from typing import Any
 
 from epctl.api.spec import (
     ACCEPTED_API_VERSIONS,
+    ADDRESS_KINDS,
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_INITIAL_DELAY_SECONDS,
     DEFAULT_PERIOD_SECONDS,
+    DEFAULT_POLL_SECONDS,
     DEFAULT_SUCCESS_THRESHOLD,
     DEFAULT_TIMEOUT_SECONDS,
     KIND,
+    NOVA_STATUSES,
     ClusterEndpointSpec,
     GRPCProbe,
     HTTPProbe,
+    OpenStackDiscovery,
     PortSpec,
     Probe,
     ProbeKind,
     ProbeTiming,
+    ServerQuery,
     TCPProbe,
     UDPProbe,
 )
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}"
                       r"[A-Za-z0-9])?)*\.?$")
@@ -289,10 +295,8 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
             ipaddress.ip_address(cluster_ip)
         except (TypeError, ValueError):
             errors.add("spec.clusterIP", f'must be "None" (headless) or an IP address, got {cluster_ip!r}')
-    discovery = spec.get("discovery")
-    if discovery is not None and not isinstance(discovery, dict):
-        errors.add("spec.discovery", "must be an object")
-        discovery = None
+    openstack = _discovery(errors, spec.get("discovery"))
+    discovery = openstack is not None or spec.get("discovery") is not None
     raw_ports = spec.get("ports")
     if not isinstance(raw_ports, list) or not raw_ports:
         errors.add("spec.ports", "must list at least one port")
@@ -321,6 +325,90 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
     return ClusterEndpointSpec(
         name=name, namespace=namespace, ports=tuple(ports),
         cluster_ip=cluster_ip if cluster_ip not in (None, "") else None, period_seconds=period,
-        discovery=discovery, uid=uid if isinstance(uid, str) else "",
+        openstack=openstack, uid=uid if isinstance(uid, str) else "",
         generation=generation if _is_int(generation) else 0,
         api_version=api_version if isinstance(api_version, str) else "")
+
+
+def _regex(errors: _Errors, value: Any, path: str) -> str | None:
+    if not isinstance(value, str):
+        errors.add(path, f"must be a regular expression string, got {type(value).__name__}")
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        errors.add(path, f"invalid regular expression: {exc}")
+        return None
+    return value
+
+
+def _strings(errors: _Errors, node: dict[str, Any], key: str, path: str) -> list[str]:
+    value = node.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        errors.add(f"{path}.{key}", "must be a list of non-empty strings")
+        return []
+    return list(value)
+
+
+def parse_server_query(errors: _Errors, node: dict[str, Any], path: str) -> ServerQuery:
+    """The query half of ``spec.discovery.openstack`` (shared with ``epctl manager``'s flags)."""
+    name_regex = None
+    if node.get("nameRegex") not in (None, ""):
+        name_regex = _regex(errors, node["nameRegex"], f"{path}.nameRegex")
+    metadata: list[tuple[str, str]] = []
+    for key, value in sorted(_mapping(errors, node.get("metadata"), f"{path}.metadata").items()):
+        key_ok = _regex(errors, key, f"{path}.metadata[{key}]")
+        value_ok = _regex(errors, value, f"{path}.metadata[{key}]")
+        if key_ok is not None and value_ok is not None:
+            metadata.append((key_ok, value_ok))
+    tags = _strings(errors, node, "tags", path)
+    for i, tag in enumerate(tags):
+        if "," in tag or "/" in tag:
+            errors.add(f"{path}.tags[{i}]", f"a Nova tag cannot contain ',' or '/', got {tag!r}")
+    statuses = [s.upper() for s in _strings(errors, node, "status", path)] or ["ACTIVE"]
+    for i, status in enumerate(statuses):
+        if status not in NOVA_STATUSES:
+            errors.add(f"{path}.status[{i}]", f"unknown Nova server status {status!r} "
+                                              f"(one of {', '.join(sorted(NOVA_STATUSES))})")
+    network = _string(errors, node, "network", path) or None
+    kind = node.get("addressKind", "fixed")
+    if kind not in ADDRESS_KINDS:
+        errors.add(f"{path}.addressKind", f"must be one of {', '.join(ADDRESS_KINDS)}, got {kind!r}")
+        kind = "fixed"
+    version = node.get("ipVersion", 4)
+    if version not in (4, 6) or isinstance(version, bool):
+        errors.add(f"{path}.ipVersion", f"must be 4 or 6, got {version!r}")
+        version = 4
+    return ServerQuery(name_regex, tuple(metadata), tuple(sorted(set(tags))), tuple(sorted(set(statuses))),
+                       network, kind, int(version))
+
+
+def _discovery(errors: _Errors, raw: Any) -> OpenStackDiscovery | None:
+    if raw is None:
+        return None
+    node = _mapping(errors, raw, "spec.discovery")
+    for key in node:
+        if key != "openstack":
+            errors.add(f"spec.discovery.{key}", "unsupported discovery source (supported: openstack)")
+    if "openstack" not in node:
+        return None
+    path = "spec.discovery.openstack"
+    openstack = _mapping(errors, node["openstack"], path)
+    known = {"secretRef", "nameRegex", "metadata", "tags", "status", "network", "addressKind", "ipVersion",
+             "pollSeconds", "keepLastOnEmpty"}
+    for key in sorted(set(openstack) - known):
+        errors.add(f"{path}.{key}", f"unknown field (known: {', '.join(sorted(known))})")
+    secret = _mapping(errors, openstack.get("secretRef"), f"{path}.secretRef").get("name")
+    if not isinstance(secret, str) or not DNS1123_SUBDOMAIN.match(secret):
+        errors.add(f"{path}.secretRef.name", "must name a Secret in the ClusterEndpoint's namespace holding the "
+                                             f"OpenStack credentials, got {secret!r}")
+        secret = ""
+    query = parse_server_query(errors, openstack, path)
+    poll = _int(errors, openstack, "pollSeconds", path, DEFAULT_POLL_SECONDS, 1)
+    keep = openstack.get("keepLastOnEmpty", False)
+    if not isinstance(keep, bool):
+        errors.add(f"{path}.keepLastOnEmpty", f"must be true or false, got {keep!r}")
+        keep = False
+    return OpenStackDiscovery(secret, query, poll, keep)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 GROUP = "epctl.io"
 VERSION = "v1beta1"
@@ -112,6 +111,44 @@ class PortSpec:
         return self.target_port
 
 
+# Nova's server statuses (api-ref "List Servers"): a typo in spec.discovery.openstack.status would
+# otherwise silently match nothing and empty the Service.
+NOVA_STATUSES = frozenset({
+    "ACTIVE", "BUILD", "DELETED", "ERROR", "HARD_REBOOT", "MIGRATING", "PASSWORD", "PAUSED", "REBOOT",
+    "REBUILD", "RESCUE", "RESIZE", "REVERT_RESIZE", "SHELVED", "SHELVED_OFFLOADED", "SHUTOFF",
+    "SOFT_DELETED", "SUSPENDED", "UNKNOWN", "VERIFY_RESIZE"})
+ADDRESS_KINDS = ("fixed", "floating", "any")
+DEFAULT_POLL_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ServerQuery:
+    """Which OpenStack servers, and which of their addresses, become endpoints.
+
+    Hashable: ClusterEndpoints with equal queries (and credentials) share one poller.
+    ``name_regex`` is a search (like Nova's own ``name`` filter and the seed's FILTER_NAME: anchor
+    it with ``^``/``$``); ``metadata`` pairs are key regex -> value regex, full match, all must hold.
+    """
+
+    name_regex: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    tags: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ("ACTIVE",)
+    network: str | None = None
+    address_kind: str = "fixed"
+    ip_version: int = 4
+
+
+@dataclass(frozen=True)
+class OpenStackDiscovery:
+    """``spec.discovery.openstack``: credentials from a Secret, a query, how often to poll."""
+
+    secret_name: str
+    query: ServerQuery
+    poll_seconds: int = DEFAULT_POLL_SECONDS
+    keep_last_on_empty: bool = False
+
+
 @dataclass(frozen=True)
 class ClusterEndpointSpec:
     """A validated ClusterEndpoint."""
@@ -121,7 +158,7 @@ class ClusterEndpointSpec:
     ports: tuple[PortSpec, ...]
     cluster_ip: str | None = None
     period_seconds: int = DEFAULT_PERIOD_SECONDS
-    discovery: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    openstack: OpenStackDiscovery | None = None
     uid: str = ""
     generation: int = 0
     api_version: str = API_VERSION

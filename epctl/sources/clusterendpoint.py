@@ -8,7 +8,11 @@ For each ClusterEndpoint:
   drops healthy endpoints; the rest of the controller carries on;
 - probe transitions flip endpoint readiness in the store and are announced as Events;
 - the status (phase, per-port ready/total/unhealthy with reasons and since, conditions Ready,
-  Degraded, Synced) is recomputed on every change and written only when it differs.
+  Degraded, Synced) is recomputed on every change and written only when it differs;
+- ``spec.discovery.openstack``: the addresses an OpenStack poller finds join every port's hosts.
+  Only a successful answer changes them (an error keeps the last ones and turns
+  ``DiscoverySynced`` False with the reason); until the first answer after a (re)start, the
+  discovered addresses already published in our slices stand, so a restart drops nothing.
 
 Restart adoption: a new check starts from the readiness already published in our slices, so a
 restart with steady backends flips nothing and writes nothing.
@@ -24,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.api import ClusterEndpointSpec, parse_cluster_endpoint
+from epctl.api.parse import host_error
 from epctl.api.spec import API_VERSION, KIND
 from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
@@ -33,6 +38,7 @@ from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
 from epctl.slices import SERVICE_NAME_LABEL
+from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.state import DesiredState, Endpoint, PortGroup, ServicePort, ServiceSpec, SlicePort, Target, TargetKey
 
 log = logging.getLogger(__name__)
@@ -46,14 +52,24 @@ def _stamp(at: float | None = None) -> str:
     return datetime.fromtimestamp(at or time.time(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _adopted_sync(obj: Obj) -> tuple[bool, str, str]:
-    """The Synced condition as already published for this generation (restart: nothing to rewrite)."""
+def _adopted_condition(obj: Obj, kind: str, default: tuple[bool, str, str]) -> tuple[bool, str, str]:
+    """A condition as already published for this generation (restart: nothing to rewrite)."""
     status = obj.get("status") or {}
     if status.get("observedGeneration") == obj.get("metadata", {}).get("generation"):
         for condition in status.get("conditions") or []:
-            if condition.get("type") == "Synced":
+            if condition.get("type") == kind:
                 return (condition.get("status") == "True", condition.get("reason", ""), condition.get("message", ""))
-    return (False, "Pending", "not written yet")
+    return default
+
+
+def _adopted_sync(obj: Obj) -> tuple[bool, str, str]:
+    return _adopted_condition(obj, "Synced", (False, "Pending", "not written yet"))
+
+
+def _adopted_discovery(obj: Obj) -> tuple[tuple[bool, str, str], Obj | None]:
+    counts = (obj.get("status") or {}).get("discovery")
+    return (_adopted_condition(obj, "DiscoverySynced", (False, "Pending", "waiting for the first OpenStack answer")),
+            counts if isinstance(counts, dict) else None)
 
 
 def family(address: str) -> str:
@@ -74,14 +90,20 @@ class _Entry:
     applied: tuple[int, str] | None = None  # (generation, adopt annotation) last applied
     addresses: dict[str, list[str]] = field(default_factory=dict)  # host -> addresses
     sync: tuple[bool, str, str] = (False, "Pending", "not written yet")
+    # OpenStack discovery: address -> server name; None until adopted from our slices or answered
+    discovered: dict[str, str] | None = None
+    discovery_sync: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
+    discovery_counts: Obj | None = None  # {servers, addresses, poller} as last published
+    resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
 
 
 class ClusterEndpointSource:
     def __init__(self, state: DesiredState, scheduler: Scheduler, informer: Informer, slices: Informer,
                  status: StatusWriter, events: EventRecorder, *, allow_loopback: bool = False,
-                 resolve_interval: float = 30.0) -> None:
+                 resolve_interval: float = 30.0, discovery: OpenStackSource | None = None) -> None:
         self.state, self.scheduler, self.informer, self.slices = state, scheduler, informer, slices
         self.status, self.events = status, events
+        self.discovery = discovery
         self.allow_loopback = allow_loopback
         self.resolve_interval = resolve_interval
         self._entries: dict[TargetKey, _Entry] = {}
@@ -142,6 +164,8 @@ class ClusterEndpointSource:
         key: TargetKey = (meta.get("namespace", "default"), meta.get("name", ""))
         if event.type == "DELETED":
             self._entries.pop(key, None)
+            if self.discovery is not None:
+                self.discovery.unwatch(key)
             self.scheduler.remove_target(f"{key[0]}/{key[1]}")
             self._health = {k: v for k, v in self._health.items() if k.target != f"{key[0]}/{key[1]}"}
             self.state.remove_target(key)
@@ -149,7 +173,9 @@ class ClusterEndpointSource:
             return
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(event.obj, sync=_adopted_sync(event.obj))
+            discovery_sync, counts = _adopted_discovery(event.obj)
+            entry = self._entries[key] = _Entry(event.obj, sync=_adopted_sync(event.obj),
+                                                discovery_sync=discovery_sync, discovery_counts=counts)
         entry.obj = event.obj
         marker = (int(meta.get("generation") or 0), (meta.get("annotations") or {}).get(ADOPT_ANNOTATION, ""))
         if entry.applied == marker:
@@ -166,6 +192,76 @@ class ClusterEndpointSource:
         entry.errors = []
         entry.spec = spec
         self._spawn(self._apply(key))
+        self._follow_discovery(key, spec)
+
+    # --- OpenStack discovery ----------------------------------------------------------------------
+
+    def _follow_discovery(self, key: TargetKey, spec: ClusterEndpointSpec) -> None:
+        if self.discovery is None:
+            return
+        if spec.openstack is None:
+            self.discovery.unwatch(key)
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.discovered = None
+            return
+        self.discovery.watch_secret(key, key[0], spec.openstack, lambda update: self._on_discovery(key, update))
+
+    def _on_discovery(self, key: TargetKey, update: DiscoveryUpdate) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.spec is None or entry.spec.openstack is None:
+            return
+        changed = False
+        sync = (update.ok, update.reason, update.message)
+        if update.ok and update.servers is not None:
+            found = {a: s.name for s in update.servers for a in self._usable(s.addresses, s.name)}
+            if not found and entry.spec.openstack.keep_last_on_empty and entry.discovered:
+                sync = (True, "KeptLastOnEmpty", f"0 servers match; keeping the {len(entry.discovered)} last known "
+                                                 "addresses (keepLastOnEmpty)")
+            else:
+                changed = found != entry.discovered
+                entry.discovered = found
+            entry.discovery_counts = {"servers": len(update.servers), "addresses": len(entry.discovered or {}),
+                                      "poller": update.poller}
+        if sync != entry.discovery_sync and not update.ok:
+            log.warning("OpenStack discovery failing; keeping the last known endpoints",
+                        extra={"clusterendpoint": "/".join(key), "reason": update.reason})
+            self.events.record(entry.obj, "Warning", f"Discovery{update.reason}", update.message)
+        entry.discovery_sync = sync
+        if changed and entry.resolved is entry.spec:  # else the pending _apply materialises
+            self._materialise(key, entry)
+        else:
+            self._write_status(key)
+
+    def _usable(self, addresses: tuple[str, ...], server: str) -> list[str]:
+        """Discovered addresses an EndpointSlice accepts (no loopback/link-local unless allowed)."""
+        usable = []
+        for address in addresses:
+            problem = host_error(address, self.allow_loopback)
+            if problem:
+                log.warning("discovered address skipped", extra={"server": server, "address": address,
+                                                                 "error": problem})
+            else:
+                usable.append(address)
+        return usable
+
+    def _discovered(self, key: TargetKey, entry: _Entry) -> dict[str, str]:
+        """address -> server name; before the first answer, what our slices already publish."""
+        spec = entry.spec
+        if spec is None or spec.openstack is None:
+            return {}
+        if entry.discovered is None:
+            static = {a for addresses in entry.addresses.values() for a in addresses}
+            published: dict[str, str] = {}
+            for obj in self.slices.cache.values():
+                meta = obj["metadata"]
+                if meta.get("namespace") == key[0] and (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) == key[1]:
+                    for endpoint in obj.get("endpoints") or []:
+                        for address in endpoint.get("addresses") or []:
+                            if address not in static:
+                                published[address] = endpoint.get("hostname") or address
+            entry.discovered = published
+        return entry.discovered
 
     async def _apply(self, key: TargetKey) -> None:
         entry = self._entries.get(key)
@@ -183,6 +279,7 @@ class ClusterEndpointSource:
                 entry.addresses.setdefault(host, [])
             else:
                 entry.addresses[host] = addresses
+        entry.resolved = spec
         self._materialise(key, entry)
 
     def _materialise(self, key: TargetKey, entry: _Entry) -> None:
@@ -191,9 +288,10 @@ class ClusterEndpointSource:
         target_name = f"{key[0]}/{key[1]}"
         groups: dict[str, PortGroup] = {}
         wanted: set[CheckKey] = set()
+        discovered = self._discovered(key, entry)
         for port in spec.ports:
             label = port.label
-            addresses = sorted({a for h in port.hosts for a in entry.addresses.get(h, [])})
+            addresses = sorted({a for h in port.hosts for a in entry.addresses.get(h, [])} | set(discovered))
             for address in addresses:
                 ready = True
                 if port.probe is not None:
@@ -314,8 +412,9 @@ class ClusterEndpointSource:
         per_port_ready: list[int] = []
         for port in (entry.spec.ports if entry.spec else ()):
             label = port.label
-            addresses = sorted({(h, a) for h in port.hosts for a in entry.addresses.get(h, [])},
-                               key=lambda x: (x[1], x[0]))
+            static = {a: h for h in port.hosts for a in entry.addresses.get(h, [])}
+            addresses = sorted({**self._discovered(key, entry), **static}.items(), key=lambda x: x[0])
+            addresses = [(host, address) for address, host in addresses]
             ready = 0
             unhealthy: list[Obj] = []
             for host, address in addresses:
@@ -364,8 +463,15 @@ class ClusterEndpointSource:
             {"type": "Synced", "status": "True" if sync_ok else "False", "reason": sync_reason,
              "message": sync_message},
         ]
+        extra: Obj = {}
+        if entry.spec is not None and entry.spec.openstack is not None:
+            ok, reason, message = entry.discovery_sync
+            conditions.append({"type": "DiscoverySynced", "status": "True" if ok else "False", "reason": reason,
+                               "message": message})
+            if entry.discovery_counts is not None:
+                extra["discovery"] = entry.discovery_counts
         for condition in conditions:
             condition["observedGeneration"] = generation
         previous = (entry.obj.get("status") or {}).get("conditions")
         return {"observedGeneration": generation, "phase": phase, "healthy": healthy, "total": total,
-                "conditions": conditions_with_times(previous, conditions), "ports": ports_status}
+                "conditions": conditions_with_times(previous, conditions), "ports": ports_status, **extra}

@@ -31,7 +31,10 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class TCPBackend:
-    def __init__(self, port: int = 0, mode: str = "accepting") -> None:
+    def __init__(self, port: int = 0, mode: str = "accepting", host: str = HOST) -> None:
+        """``host`` lets several backends share one port on different loopback addresses (the way
+        discovered VMs share their Service's targetPort)."""
+        self.host = host
         self.port = port or free_port()
         self.mode = mode
         self._server: asyncio.Server | None = None
@@ -57,18 +60,19 @@ class TCPBackend:
             async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 writer.close()
 
-            self._server = await asyncio.start_server(handle, HOST, self.port, reuse_address=True, backlog=4096)
+            self._server = await asyncio.start_server(handle, self.host, self.port, reuse_address=True,
+                                                      backlog=4096)
         elif mode == "blackhole":
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((HOST, self.port))
+            listener.bind((self.host, self.port))
             listener.listen(0)
             self._blackhole.append(listener)
             for _ in range(3):  # fill the accept queue; later SYNs are dropped
                 filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 filler.setblocking(False)
                 try:
-                    filler.connect((HOST, self.port))
+                    filler.connect((self.host, self.port))
                 except BlockingIOError:
                     pass
                 self._blackhole.append(filler)
