@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -66,6 +67,98 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
              help="the Service mirrored in flag mode")
     add_flag(parser, "--default-endpoint-namespace", default="default", env=["DEFAULT_ENDPOINT_NAMESPACE"],
              help="namespace of --default-endpoint-name")
+
+
+def _manager_flags(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--endpoint-type", default="openstack", env=["ENDPOINT_TYPE"], choices=["openstack"],
+             help="where endpoints come from")
+    add_flag(parser, "--sync-period", default=5.0, type=float, env=["SYNC_PERIOD"],
+             help="seconds between OpenStack polls")
+    add_flag(parser, "--k8s-namespace", default=None, env=["K8S_NAMESPACE"], help="namespace of the Service (required)")
+    add_flag(parser, "--k8s-endpoint", default=None, env=["K8S_ENDPOINT"],
+             help="the selector-less Service whose EndpointSlices are managed (required)")
+    add_flag(parser, "--k8s-api-server", default=None, env=["K8S_API_SERVER"],
+             help="API server host:port (default: --kubeconfig, else in-cluster)")
+    add_flag(parser, "--k8s-api-token", default=None, env=["K8S_API_TOKEN"],
+             help="bearer token (default: the pod's service-account token)")
+    add_flag(parser, "--k8s-ca-file", default=None, env=["K8S_CA_FILE"],
+             help="CA bundle verifying --k8s-api-server (default: the service-account CA)")
+    add_flag(parser, "--insecure-skip-tls-verify", default=False, boolean=True,
+             help="do not verify the API server's certificate (never the default)")
+    add_flag(parser, "--filter-name", default=None, env=["FILTER_NAME"],
+             help="server name regex, matched at the start of the name")
+    add_flag(parser, "--filter-metadata", default=None, env=["FILTER_METADATA"],
+             help="space-separated keyregex:valueregex metadata filters, all must match")
+    add_flag(parser, "--filter-status", default="ACTIVE", env=["FILTER_STATUS"],
+             help="comma-separated Nova server statuses to include")
+    add_flag(parser, "--network", default=None, env=["FILTER_NETWORK"],
+             help="only addresses on this network (default: any; a VM's endpoint.network.name metadata wins)")
+    add_flag(parser, "--address-kind", default="fixed", choices=["fixed", "floating", "any"],
+             help="fixed or floating addresses")
+    add_flag(parser, "--ip-version", default=4, type=int, choices=[4, 6], help="IP version of the addresses")
+    add_flag(parser, "--keep-last-on-empty", default=False, boolean=True,
+             help="keep the last endpoints when OpenStack answers with no matching server")
+    add_flag(parser, "--os-auth-url", default=None, env=["OS_AUTH_URL"], help="Keystone URL (required)")
+    add_flag(parser, "--os-username", default=None, env=["OS_USERNAME"], help="OpenStack user")
+    add_flag(parser, "--os-password", default=None, env=["OS_PASSWORD"],
+             help="OpenStack password (prefer the env var: flags show in process lists)")
+    add_flag(parser, "--os-project", default=None, env=["OS_PROJECT"],
+             help="OpenStack project name (other OS_* variables are read from the environment too)")
+    add_flag(parser, "--probe", default="none", help="health check: none, tcp, http:/path, https:/path, "
+             "udp[:data] or grpc[:service]")
+    add_flag(parser, "--probe-period", default=10, type=int, help="seconds between probes of one endpoint")
+    add_flag(parser, "--probe-timeout", default=1, type=int, help="seconds a probe may take")
+    add_flag(parser, "--probe-failure-threshold", default=3, type=int, help="consecutive failures to mark not ready")
+    add_flag(parser, "--probe-success-threshold", default=1, type=int, help="consecutive successes to mark ready")
+    add_flag(parser, "--metrics-addr", default=":8080", help="address of /metrics, /healthz and /readyz")
+    add_flag(parser, "--openstack-timeout", default=10.0, type=float, help="seconds an OpenStack API request may take")
+    add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
+             help="accept 127.0.0.0/8 addresses (development only)")
+
+
+def _run_manager(args: argparse.Namespace) -> int:
+    from epctl.api.spec import ProbeTiming
+    from epctl.sources.manager import (
+        ManagerConfigError,
+        ManagerSettings,
+        cluster_config,
+        parse_probe,
+        run_manager,
+        seed_query,
+    )
+    from epctl.sources.openstack_auth import CredentialsError
+
+    if not args.k8s_namespace or not args.k8s_endpoint:
+        print("epctl manager: K8S_NAMESPACE (--k8s-namespace) and K8S_ENDPOINT (--k8s-endpoint) are required",
+              file=sys.stderr)
+        return 2
+    os_vars = dict(os.environ)
+    for name, value in (("OS_AUTH_URL", args.os_auth_url), ("OS_USERNAME", args.os_username),
+                        ("OS_PASSWORD", args.os_password), ("OS_PROJECT", args.os_project)):
+        if value:
+            os_vars[name] = value
+    try:
+        settings = ManagerSettings(
+            namespace=args.k8s_namespace, service=args.k8s_endpoint, endpoint_type=args.endpoint_type,
+            sync_period=args.sync_period, filter_name=args.filter_name, filter_metadata=args.filter_metadata,
+            filter_status=tuple(s.strip() for s in args.filter_status.split(",") if s.strip()),
+            network=args.network, address_kind=args.address_kind, ip_version=args.ip_version,
+            keep_last_on_empty=args.keep_last_on_empty, probe=parse_probe(args.probe),
+            timing=ProbeTiming(timeout_seconds=args.probe_timeout, period_seconds=args.probe_period,
+                               success_threshold=args.probe_success_threshold,
+                               failure_threshold=args.probe_failure_threshold),
+            metrics_addr=args.metrics_addr or None, allow_loopback_hosts=args.allow_loopback_hosts,
+            openstack_timeout=args.openstack_timeout)
+        seed_query(settings)  # bad filters fail here, before anything connects
+        config = (cluster_config(args.k8s_api_server, args.k8s_api_token, args.k8s_ca_file,
+                                 args.insecure_skip_tls_verify)
+                  if args.k8s_api_server or args.k8s_api_token else None)
+        code: int = run_async(run_manager(settings, config, os_vars, args.kubeconfig, args.context,
+                                          args.insecure_skip_tls_verify))
+    except (ManagerConfigError, CredentialsError) as exc:
+        print(f"epctl manager: {exc}", file=sys.stderr)
+        return 2
+    return code
 
 
 def _pod_namespace() -> str | None:
@@ -134,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
              help="HTTP address (containers of the pod reach 127.0.0.1)")
     add_flag(sidecar, "--source", default="endpointslices", choices=["endpointslices", "endpoints"],
              help="watch the Service's EndpointSlices, or its legacy Endpoints object")
+
+    manager = sub.add_parser("manager", help="kube-endpoint-manager drop-in: one Service's endpoints from OpenStack",
+                             description="Fill the EndpointSlices of one pre-created selector-less Service with "
+                             "the addresses of OpenStack servers (same env vars as kube-endpoint-manager), "
+                             "optionally health-checked.")
+    _common(manager)
+    _kube(manager)
+    _manager_flags(manager)
 
     dev = sub.add_parser("dev-apiserver", help="run the in-memory Kubernetes API server (for development)")
     _common(dev)
@@ -208,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = run_async(run_sidecar(args.kubeconfig, args.context, namespace, args.service_name,
                                      args.listen_address, args.listen_port, args.source), interrupted=0)
         return code
+    if args.command == "manager":
+        return _run_manager(args)
     if args.command == "dev-apiserver":
         from epctl.testing.kubeapi import serve_forever
 

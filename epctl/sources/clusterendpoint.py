@@ -36,10 +36,10 @@ from epctl.kube.informer import Informer, InformerEvent
 from epctl.kube.status import StatusWriter, conditions_with_times
 from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
-from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
-from epctl.slices import SERVICE_NAME_LABEL
+from epctl.probe.scheduler import CheckKey, Scheduler, Transition
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
-from epctl.state import DesiredState, Endpoint, PortGroup, ServicePort, ServiceSpec, SlicePort, Target, TargetKey
+from epctl.sources.targets import build_groups, family, published_addresses
+from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -70,10 +70,6 @@ def _adopted_discovery(obj: Obj) -> tuple[tuple[bool, str, str], Obj | None]:
     counts = (obj.get("status") or {}).get("discovery")
     return (_adopted_condition(obj, "DiscoverySynced", (False, "Pending", "waiting for the first OpenStack answer")),
             counts if isinstance(counts, dict) else None)
-
-
-def family(address: str) -> str:
-    return "IPv6" if ":" in address else "IPv4"
 
 
 @dataclass
@@ -252,15 +248,8 @@ class ClusterEndpointSource:
             return {}
         if entry.discovered is None:
             static = {a for addresses in entry.addresses.values() for a in addresses}
-            published: dict[str, str] = {}
-            for obj in self.slices.cache.values():
-                meta = obj["metadata"]
-                if meta.get("namespace") == key[0] and (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) == key[1]:
-                    for endpoint in obj.get("endpoints") or []:
-                        for address in endpoint.get("addresses") or []:
-                            if address not in static:
-                                published[address] = endpoint.get("hostname") or address
-            entry.discovered = published
+            entry.discovered = {a: h for a, h in published_addresses(self.slices.cache.values(), key).items()
+                                if a not in static}
         return entry.discovered
 
     async def _apply(self, key: TargetKey) -> None:
@@ -285,31 +274,17 @@ class ClusterEndpointSource:
     def _materialise(self, key: TargetKey, entry: _Entry) -> None:
         spec = entry.spec
         assert spec is not None
-        target_name = f"{key[0]}/{key[1]}"
-        groups: dict[str, PortGroup] = {}
-        wanted: set[CheckKey] = set()
-        discovered = self._discovered(key, entry)
-        for port in spec.ports:
-            label = port.label
-            addresses = sorted({a for h in port.hosts for a in entry.addresses.get(h, [])} | set(discovered))
-            for address in addresses:
-                ready = True
-                if port.probe is not None:
-                    check_key = CheckKey(target_name, label, address)
-                    wanted.add(check_key)
-                    initial = self._adopted(key, label, address)
-                    if initial is False and check_key not in self._health:
-                        self._health[check_key] = self._previous_health(entry, label, address)
-                    self.scheduler.upsert(Check(check_key, port.probe, port.probe_port, port.timing), initial=initial)
-                    state = self.scheduler.state(check_key)
-                    ready = bool(state and state.healthy)
-                group_id = f"{label}/{family(address)}"
-                group = groups.setdefault(group_id, PortGroup(family(address), (SlicePort(
-                    port.name, port.target_port, port.protocol),), {}))
-                group.endpoints[address] = Endpoint(address, ready, ready)
-        for stale in [k for k in self.scheduler.keys() if k.target == target_name and k not in wanted]:
-            self.scheduler.remove(stale)
-            self._health.pop(stale, None)
+        discovered = set(self._discovered(key, entry))
+
+        def adopted_unhealthy(check_key: CheckKey) -> None:
+            if check_key not in self._health:
+                self._health[check_key] = self._previous_health(entry, check_key.port, check_key.address)
+
+        groups, stale = build_groups(
+            key, spec.ports, lambda port: {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered,
+            self.scheduler, self.slices.cache, adopted_unhealthy)
+        for check_key in stale:
+            self._health.pop(check_key, None)
         meta = entry.obj["metadata"]
         owner = {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta.get("uid", ""),
                  "controller": True, "blockOwnerDeletion": True}
@@ -318,20 +293,6 @@ class ClusterEndpointSource:
         adopt = (meta.get("annotations") or {}).get(ADOPT_ANNOTATION) == "true"
         self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt))
         self._write_status(key)
-
-    def _adopted(self, key: TargetKey, port_name: str, address: str) -> bool | None:
-        """The ``ready`` condition already published for this endpoint in our slices, if any."""
-        for obj in self.slices.cache.values():
-            meta = obj["metadata"]
-            if meta.get("namespace") != key[0] or (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) != key[1]:
-                continue
-            if not any((p.get("name") or "") == port_name or str(p.get("port")) == port_name
-                       for p in obj.get("ports") or []):
-                continue
-            for endpoint in obj.get("endpoints") or []:
-                if address in (endpoint.get("addresses") or []):
-                    return (endpoint.get("conditions") or {}).get("ready") is not False
-        return None
 
     @staticmethod
     def _previous_health(entry: _Entry, port_name: str, address: str) -> _Health:

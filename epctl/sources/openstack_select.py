@@ -35,10 +35,15 @@ class DiscoveredServer:
     addresses: tuple[str, ...]
 
 
+def _portable(regex: str) -> bool:
+    """No backslash classes, no ``(?...)`` groups or flags, no lazy quantifiers: POSIX ERE only."""
+    return bool(_PORTABLE.match(regex)) and "(?" not in regex and not re.search(r"[*+?}]\?", regex)
+
+
 def nova_filters(query: ServerQuery) -> dict[str, Any]:
     """Query parameters for ``GET /servers/detail`` that Nova applies server-side."""
     params: dict[str, Any] = {"status": list(query.statuses)}
-    if query.name_regex and _PORTABLE.match(query.name_regex) and "\\" not in query.name_regex:
+    if query.name_regex and _portable(query.name_regex):
         params["name"] = query.name_regex
     if query.tags:
         params["tags"] = ",".join(query.tags)

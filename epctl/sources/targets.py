@@ -1,0 +1,82 @@
+"""Building a Target's port groups and probe checks from ports and addresses.
+
+Shared by the ClusterEndpoint source and ``epctl manager`` so both go through exactly the same
+engine: one check per (port, address) with the readiness already published in our slices as its
+initial state (a restart flips nothing), one port group per (port, address family).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from epctl.api.spec import PortSpec
+from epctl.probe.scheduler import Check, CheckKey, Scheduler
+from epctl.slices import SERVICE_NAME_LABEL
+from epctl.state import Endpoint, PortGroup, SlicePort, TargetKey
+
+Obj = dict[str, Any]
+
+
+def family(address: str) -> str:
+    return "IPv6" if ":" in address else "IPv4"
+
+
+def _our_slices(slices: Iterable[Obj], key: TargetKey) -> Iterable[Obj]:
+    for obj in slices:
+        meta = obj["metadata"]
+        if meta.get("namespace") == key[0] and (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) == key[1]:
+            yield obj
+
+
+def published_ready(slices: Iterable[Obj], key: TargetKey, port_name: str, address: str) -> bool | None:
+    """The ``ready`` condition already published for this endpoint in our slices, if any."""
+    for obj in _our_slices(slices, key):
+        if not any((p.get("name") or "") == port_name or str(p.get("port")) == port_name
+                   for p in obj.get("ports") or []):
+            continue
+        for endpoint in obj.get("endpoints") or []:
+            if address in (endpoint.get("addresses") or []):
+                return (endpoint.get("conditions") or {}).get("ready") is not False
+    return None
+
+
+def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
+    """address -> hostname (or the address) of every endpoint our slices publish for ``key``."""
+    found: dict[str, str] = {}
+    for obj in _our_slices(slices, key):
+        for endpoint in obj.get("endpoints") or []:
+            for address in endpoint.get("addresses") or []:
+                found[address] = endpoint.get("hostname") or address
+    return found
+
+
+def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[[PortSpec], Iterable[str]],
+                 scheduler: Scheduler, slices: Mapping[str, Obj] | Iterable[Obj],
+                 on_adopted_unhealthy: Callable[[CheckKey], None] | None = None,
+                 ) -> tuple[dict[str, PortGroup], list[CheckKey]]:
+    """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed)."""
+    target_name = f"{key[0]}/{key[1]}"
+    published = list(slices.values() if isinstance(slices, Mapping) else slices)
+    groups: dict[str, PortGroup] = {}
+    wanted: set[CheckKey] = set()
+    for port in ports:
+        label = port.label
+        for address in sorted(set(addresses(port))):
+            ready = True
+            if port.probe is not None:
+                check_key = CheckKey(target_name, label, address)
+                wanted.add(check_key)
+                initial = published_ready(published, key, label, address)
+                if initial is False and on_adopted_unhealthy is not None:
+                    on_adopted_unhealthy(check_key)
+                scheduler.upsert(Check(check_key, port.probe, port.probe_port, port.timing), initial=initial)
+                state = scheduler.state(check_key)
+                ready = bool(state and state.healthy)
+            group = groups.setdefault(f"{label}/{family(address)}", PortGroup(family(address), (SlicePort(
+                port.name, port.target_port, port.protocol),), {}))
+            group.endpoints[address] = Endpoint(address, ready, ready)
+    stale = [k for k in scheduler.keys() if k.target == target_name and k not in wanted]
+    for check_key in stale:
+        scheduler.remove(check_key)
+    return groups, stale
