@@ -8,13 +8,17 @@ import signal
 import sys
 from pathlib import Path
 
-from epctl.kube.client import SERVICES, KubeClient
+import yaml
+
+from epctl.kube.client import MERGE_PATCH, SERVICES, KubeClient
 from epctl.sources.manager import parse_filter_metadata, parse_probe
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.openstack import FakeOpenStack
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import endpoints_of, slices_of
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def seed_env(api: KubeAPIServer, cloud: FakeOpenStack, ca_file: Path, **extra: str) -> dict[str, str]:
@@ -68,9 +72,15 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
             await eventually(lambda: cloud.calls("compute") >= calls + 3, timeout=20, message="three more polls")
             assert api.writes(since=mark) == []  # unchanged cloud: nothing written
 
+            await client.request("PATCH", SERVICES.path("default", "legacy-db"), content_type=MERGE_PATCH, body={
+                "spec": {"ports": [{"name": "postgres", "port": 5432, "targetPort": port}]}})
+            expected = {("postgres", "127.0.0.2"): True, ("postgres", "127.0.0.3"): False}
+            await eventually(lambda: endpoints_of(api, "legacy-db") == expected, timeout=20,
+                             message="follows the Service's ports")
+
             cloud.fail_next(10_000, 503)
             await eventually(lambda: b"ServerError" in logs, timeout=20, message="outage logged")
-            assert endpoints_of(api, "legacy-db") == {("pg", "127.0.0.2"): True, ("pg", "127.0.0.3"): False}
+            assert endpoints_of(api, "legacy-db") == expected
             assert proc.returncode is None  # the seed crashed here
         finally:
             if proc.returncode is None:
@@ -79,6 +89,13 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
             await reader
         assert code == 0, logs.decode()
         assert cloud.credentials.password.encode() not in logs and api.token.encode() not in logs
+    used = {(r.group, r.resource, r.verb) for r in api.request_log if r.user_agent.startswith("epctl-manager/")}
+    roles = [d for d in yaml.safe_load_all((ROOT / "manifests/examples/manager/rbac.yaml").read_text())
+             if d["kind"] == "Role"]
+    granted = {(g, res, verb) for role in roles for rule in role["rules"] for g in rule["apiGroups"]
+               for res in rule["resources"] for verb in rule["verbs"]}
+    assert used - granted == set(), "the example Role misses grants epctl manager needs"
+    assert granted - used <= {("", "events", "create"), ("", "events", "patch")}, "unused grants"
 
 
 async def test_manager_refuses_unverifiable_tls_and_bad_settings(api: KubeAPIServer, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from epctl import __version__
 from epctl.api.spec import (
     GRPCProbe,
     HTTPProbe,
@@ -338,11 +339,12 @@ async def run_manager(settings: ManagerSettings, config: ClusterConfig | None, o
     if settings.endpoint_type.lower() != "openstack":
         raise ManagerConfigError(f"ENDPOINT_TYPE {settings.endpoint_type!r}: only 'openstack' is supported")
     credentials = credentials_from_env(os_vars)
+    agent = f"epctl-manager/{__version__}"
     if config is not None:
-        client = KubeClient(config, pool_size=8, on_response=api_request)
+        client = KubeClient(config, pool_size=8, on_response=api_request, user_agent=agent)
     else:
         client = await KubeClient.connect(kubeconfig, context, pool_size=8, allow_insecure=allow_insecure,
-                                          on_response=api_request)
+                                          on_response=api_request, user_agent=agent)
     manager = Manager(client, settings, credentials)
     try:
         await manager.start()

@@ -7,10 +7,11 @@ from typing import Any
 
 import yaml
 
-from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SERVICES, KubeClient
+from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SECRETS, SERVICES, KubeClient
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.kubectl import Kubectl
+from epctl.testing.openstack import FakeOpenStack
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import (
     CLUSTERENDPOINTS,
@@ -114,6 +115,17 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
             await setup.request("PATCH", SERVICES.path("default", "dst"), content_type=MERGE_PATCH,
                                 body={"metadata": {"annotations": {"epctl.io/mirror-from": None}}})
             await eventually(lambda: not slices_of(api, "dst"), message="mirror removed")
+            async with FakeOpenStack() as cloud:  # spec.discovery.openstack reads its Secret
+                cloud.add_server("vm-1", fixed=["10.0.0.7"])
+                await setup.request("POST", SECRETS.path("default"), body={
+                    "metadata": {"name": "os"}, "stringData": {
+                        "OS_AUTH_URL": cloud.auth_url,
+                        "OS_APPLICATION_CREDENTIAL_ID": cloud.credentials.app_credential_id,
+                        "OS_APPLICATION_CREDENTIAL_SECRET": cloud.credentials.app_credential_secret}})
+                await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(
+                    "vms", [{"name": "ssh", "port": 22}], discovery={"openstack": {"secretRef": {"name": "os"},
+                                                                                   "pollSeconds": 1}}))
+                await eventually(lambda: slices_of(api, "vms"), message="discovered")
     finally:
         await setup.close()
         await controller_client.close()
