@@ -7,8 +7,10 @@ Shape (DESIGN.md section 2, "OpenStack pollers (thread)"):
   thread per connection also bounds the load one cloud account puts on Keystone/Nova).
 - One :class:`Poller` per distinct (credentials, query, period): ClusterEndpoints asking the same
   question share its answer, however many there are.
-- A poll lists ``/servers/detail`` with Nova's server-side filters (status, tags, portable name
-  regexes), then applies the whole query locally (``openstack_select``).
+- A poll lists ``/servers/detail`` (every page, following Nova's ``servers_links``) with Nova's
+  server-side filters (status, tags, portable name regexes), then applies the whole query locally
+  (``openstack_select``). openstacksdk provides auth, catalog and session; the JSON is read raw
+  (see :meth:`_Connection._list`: sdk Resource objects cost 28x the CPU).
 - On any error (auth, 5xx, timeout, unreachable, missing Secret) the last good answer stands, the
   poller backs off (``retry_base`` doubling to ``retry_max``, 5 s to 5 min) and consumers get the
   reason for their ``DiscoverySynced`` condition. Only a *successful* answer changes endpoints.
@@ -70,6 +72,7 @@ class DiscoveryUpdate:
 
 
 Callback = Callable[[DiscoveryUpdate], None]
+MAX_PAGES = 10_000  # a marker loop in a broken cloud must not poll forever
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,31 @@ class _Connection:
         return self._conn
 
     def _list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:  # in the thread
-        servers = self._connection().compute.servers(details=True, **filters)
-        return [{"id": s.id, "name": s.name, "status": s.status, "metadata": dict(s.metadata or {}),
-                 "tags": list(s.tags or []), "addresses": dict(s.addresses or {})} for s in servers]
+        """Every page of ``GET /servers/detail`` as plain dicts.
+
+        Through openstacksdk's authenticated compute proxy (catalog, token refresh, retries), but
+        raw JSON instead of ``compute.servers()``: building sdk Resource objects costs ~2.3 ms of
+        CPU per server (measured: 235 ms vs 8 ms for 100), all of it holding the GIL that the
+        event loop — and every probe — needs.
+        """
+        from openstack import exceptions
+
+        compute = self._connection().compute
+        microversion = {"microversion": "2.26"} if "tags" in filters else {}  # tags need 2.26
+        url: str = "/servers/detail"
+        params: dict[str, Any] | None = filters
+        servers: list[dict[str, Any]] = []
+        for _ in range(MAX_PAGES):
+            response = compute.get(url, params=params, **microversion)
+            exceptions.raise_from_response(response)
+            body = response.json()
+            servers.extend(s for s in body.get("servers") or [] if isinstance(s, dict))
+            following = next((link.get("href") for link in body.get("servers_links") or []
+                              if isinstance(link, dict) and link.get("rel") == "next"), None)
+            if not following:
+                return servers
+            url, params = following, None  # the next link carries the filters and the marker
+        raise RuntimeError(f"Nova returned more than {MAX_PAGES} pages of servers; giving up this poll")
 
     async def list_servers(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._list, filters)
@@ -232,7 +257,14 @@ class Poller:
         await asyncio.sleep(random.uniform(0, min(1.0, self.key.poll_seconds / 10)))
         while True:
             self._wake.clear()
-            ok = await self.poll_once()
+            try:
+                ok = await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug of ours must not end discovery for good: log, back off, retry
+                log.exception("OpenStack poller failed unexpectedly", extra={"poller": self.key.id})
+                self.failures += 1
+                ok = False
             try:
                 await asyncio.wait_for(self._wake.wait(), self.next_delay(ok))
             except TimeoutError:

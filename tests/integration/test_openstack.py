@@ -89,7 +89,7 @@ async def test_metadata_network_floating_and_ipv6(api: KubeAPIServer, client: Ku
                                                   cloud: FakeOpenStack) -> None:
     await install_crd(client)
     a = cloud.add_server("a", fixed=["10.0.0.1", "fd00::0001"], floating=["192.0.2.1"], network="private",
-                         metadata={"role": "primary", "env": "prod"})
+                         metadata={"role": "primary", "env": "prod"}, tags=["blue", "db"])
     cloud.servers[a].addresses["public"] = cloud.address_list(fixed=["198.51.100.1"])
     cloud.add_server("b", fixed=["10.0.0.2"], floating=["192.0.2.2"], metadata={"role": "primary-old",
                                                                                  "env": "prod"})
@@ -100,7 +100,8 @@ async def test_metadata_network_floating_and_ipv6(api: KubeAPIServer, client: Ku
                      discovering("private", network="private"),
                      discovering("floating", addressKind="floating"),
                      discovering("everything", addressKind="any"),
-                     discovering("six", ipVersion=6)):
+                     discovering("six", ipVersion=6),
+                     discovering("tagged", tags=["db", "blue"])):
             await client.request("POST", CLUSTERENDPOINTS.path("default"), body=body)
         await eventually(lambda: addresses(api, "primary") == {"10.0.0.1", "198.51.100.1"}, message="metadata")
         await eventually(lambda: addresses(api, "private") == {"10.0.0.1", "10.0.0.2"}, message="network")
@@ -108,6 +109,8 @@ async def test_metadata_network_floating_and_ipv6(api: KubeAPIServer, client: Ku
         await eventually(lambda: addresses(api, "everything") == {
             "10.0.0.1", "10.0.0.2", "10.0.0.3", "192.0.2.1", "192.0.2.2", "198.51.100.1"}, message="any kind")
         await eventually(lambda: addresses(api, "six") == {"fd00::1"}, message="IPv6, normalised")
+        await eventually(lambda: addresses(api, "tagged") == {"10.0.0.1", "198.51.100.1"}, message="tags")
+        assert any("tags=blue%2Cdb" in r.path or "tags=blue,db" in r.path for r in cloud.requests)
         assert {s["addressType"] for s in slices_of(api, "six")} == {"IPv6"}
 
 
@@ -291,3 +294,32 @@ async def test_restart_keeps_discovered_endpoints_and_writes_nothing(api: KubeAP
         await second.status.flush(2.0)
         assert api.writes("endpointslices", since=mark) == []
         assert condition(api, "db")["status"] == "True"
+
+
+async def test_fake_openstack_serves_the_real_sdk() -> None:
+    """The fake's fidelity: openstacksdk's own resource layer lists, filters and pages through it."""
+    import asyncio
+
+    import openstack
+    from openstack.config import loader
+
+    fake = FakeOpenStack(max_limit=2)
+    async with fake:
+        for i in range(5):
+            fake.add_server(f"db-{i}", fixed=[f"10.0.0.{i + 1}"], tags=["x"] if i % 2 else [])
+        fake.add_server("db-off", fixed=["10.0.0.9"], status="SHUTOFF")
+
+        def list_with_sdk() -> tuple[list[str], list[str]]:
+            region = loader.OpenStackConfig(load_yaml_config=False, load_envvars=False).get_one(
+                auth_type="password", auth={"auth_url": fake.auth_url, "username": "demo",
+                                            "password": fake.credentials.password, "project_name": "demo",
+                                            "user_domain_name": "Default", "project_domain_name": "Default"})
+            conn = openstack.connection.Connection(config=region)
+            active = [s.name for s in conn.compute.servers(details=True, name="^db-", status="ACTIVE")]
+            tagged = [s.name for s in conn.compute.servers(details=True, tags="x")]
+            return active, tagged
+
+        active, tagged = await asyncio.to_thread(list_with_sdk)
+    assert active == ["db-4", "db-3", "db-2", "db-1", "db-0"]  # Nova's order: newest first, over 3 pages
+    assert tagged == ["db-3", "db-1"]
+    assert sum("marker=" in r.path for r in fake.requests) >= 2
