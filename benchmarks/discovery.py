@@ -197,7 +197,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, auth_url: str, cloud: A
                        if any(new in e["addresses"] for e in o["endpoints"])}
             return len(holding) == len(watchers.split(","))
 
-        await eventually(published, 120, interval=0.05)
+        await eventually(lambda: published(), 120, interval=0.05)
         latencies.append(time.monotonic() - moved)
         await controller.writer.wait_idle()
         await controller.status.flush(5.0)
@@ -281,7 +281,7 @@ def main() -> None:
     finally:
         control.send(("stop",))
         fake.join(10)
-    write_report("openstack", result, table(result), args.json)
+    write_report("discovery", result, table(result), args.json)
 
 
 if __name__ == "__main__":

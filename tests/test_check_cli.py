@@ -99,3 +99,21 @@ spec:
         finally:
             proc.terminate()
             await proc.wait()
+
+
+async def test_discovery_is_validated_but_not_evaluated(tmp_path: Path) -> None:
+    async with TCPBackend() as tcp:
+        path = tmp_path / "cep.yaml"
+        path.write_text(f"""apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: db}}
+spec:
+  ports: [{{name: pg, port: 5432, targetPort: {tcp.port}, hosts: [127.0.0.1], tcpSocket: {{}}}}]
+  discovery: {{openstack: {{secretRef: {{name: os}}, nameRegex: "^db-"}}}}
+""")
+        code, out, err = await epctl("check", "-f", str(path), "--allow-loopback")
+        assert code == 0, out + err
+        assert "spec.discovery.openstack is valid but not evaluated here" in err
+        path.write_text(path.read_text().replace('nameRegex: "^db-"', 'nameRegex: "("'))
+        code, out, err = await epctl("check", "-f", str(path), "--allow-loopback")
+        assert code == 2 and "spec.discovery.openstack.nameRegex: invalid regular expression" in err

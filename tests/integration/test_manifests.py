@@ -46,6 +46,14 @@ async def test_base_and_examples_build_and_the_base_applies(kubectl: Kubectl) ->
     assert "deployment.apps/epctl-controller" in names and "serviceaccount/epctl" in names
     sidecar = (await kubectl("kustomize", str(ROOT / "manifests" / "examples" / "sidecar"))).stdout
     assert {d["kind"] for d in yaml.safe_load_all(sidecar)} >= {"Deployment", "Role", "RoleBinding"}
+    manager = list(yaml.safe_load_all((await kubectl("kustomize", str(ROOT / "manifests/examples/manager"))).stdout))
+    assert {d["kind"] for d in manager} >= {"Deployment", "Role", "RoleBinding", "Secret", "ServiceAccount"}
+    container = next(d for d in manager if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"] for e in container["env"]} >= {"ENDPOINT_TYPE", "K8S_NAMESPACE", "K8S_ENDPOINT"}
+    openstack_cep = yaml.safe_load((ROOT / "manifests/examples/openstack/clusterendpoint.yaml").read_text())
+    from epctl.api import parse_cluster_endpoint
+
+    assert parse_cluster_endpoint(openstack_cep)[1] == []
 
 
 async def test_every_overlay_builds(kubectl: Kubectl) -> None:
@@ -59,7 +67,8 @@ async def test_every_overlay_builds(kubectl: Kubectl) -> None:
                    for d in built["namespaced"])
     assert {d["kind"] for d in built["monitoring"]} >= {"ServiceMonitor", "PrometheusRule"}
     assert next(d for d in built["dev"] if d["kind"] == "Deployment")["spec"]["replicas"] == 1
-    assert any(d["kind"] == "Secret" and d["metadata"]["name"] == "openstack-credentials" for d in built["openstack"])
+    secret = next(d for d in built["openstack"] if d["kind"] == "Secret")
+    assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("openstack-credentials", "default")
     dev = next(d for d in built["dev"] if d["kind"] == "Deployment")
     assert "--log-level=debug" in dev["spec"]["template"]["spec"]["containers"][0]["args"]
 
