@@ -29,16 +29,20 @@ def _our_slices(slices: Iterable[Obj], key: TargetKey) -> Iterable[Obj]:
             yield obj
 
 
-def published_ready(slices: Iterable[Obj], key: TargetKey, port_name: str, address: str) -> bool | None:
-    """The ``ready`` condition already published for this endpoint in our slices, if any."""
+def published_readiness(slices: Iterable[Obj], key: TargetKey) -> dict[tuple[str, str], bool]:
+    """(port name or number, address) -> the ``ready`` condition our slices publish for ``key``.
+
+    One pass over the slices per Target (not one per endpoint: discovery makes Targets of hundreds
+    of endpoints, and the slice cache holds every Target's slices)."""
+    index: dict[tuple[str, str], bool] = {}
     for obj in _our_slices(slices, key):
-        if not any((p.get("name") or "") == port_name or str(p.get("port")) == port_name
-                   for p in obj.get("ports") or []):
-            continue
+        labels = {label for p in obj.get("ports") or [] for label in (p.get("name") or "", str(p.get("port")))}
         for endpoint in obj.get("endpoints") or []:
-            if address in (endpoint.get("addresses") or []):
-                return (endpoint.get("conditions") or {}).get("ready") is not False
-    return None
+            ready = (endpoint.get("conditions") or {}).get("ready") is not False
+            for address in endpoint.get("addresses") or []:
+                for label in labels:
+                    index.setdefault((label, address), ready)
+    return index
 
 
 def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
@@ -57,7 +61,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                  ) -> tuple[dict[str, PortGroup], list[CheckKey]]:
     """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed)."""
     target_name = f"{key[0]}/{key[1]}"
-    published = list(slices.values() if isinstance(slices, Mapping) else slices)
+    published = published_readiness(slices.values() if isinstance(slices, Mapping) else slices, key)
     groups: dict[str, PortGroup] = {}
     wanted: set[CheckKey] = set()
     for port in ports:
@@ -67,7 +71,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
             if port.probe is not None:
                 check_key = CheckKey(target_name, label, address)
                 wanted.add(check_key)
-                initial = published_ready(published, key, label, address)
+                initial = published.get((label, address))
                 if initial is False and on_adopted_unhealthy is not None:
                     on_adopted_unhealthy(check_key)
                 scheduler.upsert(Check(check_key, port.probe, port.probe_port, port.timing), initial=initial)
