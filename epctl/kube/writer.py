@@ -193,7 +193,10 @@ class Writer:
                               self._retry_at.get(key, 0.0))
                     if due <= now:
                         del self._pending[key]
-                        self._spawn(self._reconcile(key))
+                        # in flight from now, not from when the task first runs: otherwise the idle
+                        # check below sees neither pending nor in flight and flush() returns early
+                        self._in_flight.add(key)
+                        self._spawn(self._reconcile(key), key)
                     else:
                         wake_at = due if wake_at is None else min(wake_at, due)
             if self._batch_size:
@@ -212,16 +215,20 @@ class Writer:
             finally:
                 handle.cancel()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], key: TargetKey) -> None:
         self._batch_size += 1
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._done(key))  # also when cancelled before it ran
+
+    def _done(self, key: TargetKey) -> None:
+        self._in_flight.discard(key)
+        self._wakeup.set()
 
     # --- reconcile one target -----------------------------------------------------------------------
 
     async def _reconcile(self, key: TargetKey) -> None:
-        self._in_flight.add(key)
         started = time.monotonic()
         try:
             async with self._semaphore:
@@ -263,9 +270,6 @@ class Writer:
             log.exception("reconcile crashed", extra={"target": "/".join(key)})
             self._retry_at[key] = time.monotonic() + self.backoff_max
             self.notify(key)
-        finally:
-            self._in_flight.discard(key)
-            self._wakeup.set()
 
     async def _sync(self, key: TargetKey, target: Target | None) -> None:
         if target is not None:

@@ -23,8 +23,8 @@ async def install_crd(client: KubeClient) -> None:
 
 @asynccontextmanager
 async def running_controller(api: KubeAPIServer, client: KubeClient, **overrides: Any) -> AsyncIterator[Controller]:
-    settings = ControllerSettings(batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True,
-                                  metrics_addr=None, **overrides)
+    settings = ControllerSettings(**{"batch_delay": 0.05, "max_batch_delay": 0.3, "allow_loopback_hosts": True,
+                                     "metrics_addr": None, **overrides})
     controller = Controller(client, settings)
     await controller.start()
     try:

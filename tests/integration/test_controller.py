@@ -288,3 +288,16 @@ spec:
             "127.0.0.1": True, "127.0.0.2": False}
         await kubectl("delete", "cep", "pg")
         await eventually(lambda: service_of(api, "pg") is None and not slices_of(api, "pg"), message="GC")
+
+
+async def test_flush_returns_only_after_the_writes(api: KubeAPIServer, client: KubeClient) -> None:
+    """Regression: a reconcile spawned but not yet started counted as neither pending nor in flight,
+    so wait_idle()/flush() (and so shutdown) could return before the write."""
+    await install_crd(client)
+    async with running_controller(api, client, batch_delay=5.0, max_batch_delay=10.0) as controller:
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("quick", [
+            {"name": "db", "port": 5432, "hosts": ["10.0.0.1"]}]))
+        await eventually(lambda: controller.state.get(("default", "quick")) is not None, message="desired")
+        assert slices_of(api, "quick") == []  # still inside the (long) batch delay
+        assert await controller.writer.flush(10.0)
+        assert [e["addresses"] for s in slices_of(api, "quick") for e in s["endpoints"]] == [["10.0.0.1"]]

@@ -245,7 +245,7 @@ async def test_shared_poller_and_no_writes_when_nothing_changes(api: KubeAPIServ
         assert api.writes(since=mark) == []  # unchanged cloud: no slice, status or Event write
 
         cloud.change_server("db-1", addresses={"private": cloud.address_list(["10.0.0.99"])})
-        await eventually(lambda: "10.0.0.99" in addresses(api, "a"), message="changed address")
+        await eventually(lambda: all("10.0.0.99" in addresses(api, n) for n in "abc"), message="changed address")
         await controller.writer.wait_idle()
         slice_writes = api.writes("endpointslices", since=mark)
         assert len(slice_writes) == 3  # one update per ClusterEndpoint that sees db-1; d does not
