@@ -30,7 +30,9 @@ import base64
 import binascii
 import hashlib
 import logging
+import os
 import random
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Hashable
@@ -41,7 +43,13 @@ from typing import Any, Protocol
 from epctl.api.spec import OpenStackDiscovery, ServerQuery
 from epctl.kube.client import SECRETS, KubeClient
 from epctl.kube.informer import Informer, InformerMetrics
-from epctl.sources.openstack_auth import Credentials, CredentialsError, credentials_from_secret, redact
+from epctl.sources.openstack_auth import (
+    CA_PEM_KEY,
+    Credentials,
+    CredentialsError,
+    credentials_from_secret,
+    redact,
+)
 from epctl.sources.openstack_select import DiscoveredServer, nova_filters, select_servers
 from epctl.tasks import cancel_and_wait
 
@@ -96,6 +104,10 @@ def classify(exc: BaseException, secrets: tuple[str, ...] = ()) -> tuple[str, st
 
     detail = redact(str(exc), secrets)[:300]
     status = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
+    text = str(exc)
+    if isinstance(exc, ks.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text:
+        return "TLSVerificationFailed", ("cannot verify OpenStack's TLS certificate (put the cloud's CA in the "
+                                         f"Secret's OS_CACERT key): {redact(text, secrets)[-300:]}")
     if isinstance(exc, ks.http.Unauthorized) or status == 401:
         return "AuthenticationFailed", f"OpenStack rejected the credentials (HTTP 401): {detail}"
     if isinstance(exc, ks.http.Forbidden) or status == 403:
@@ -131,10 +143,22 @@ class _Connection:
             import openstack
             from openstack.config import loader
 
+            settings = self.credentials.config
+            pem = settings.pop(CA_PEM_KEY, None)
+            if pem:  # requests verifies against files only
+                settings["cacert"] = self._write_ca(pem)
             config = loader.OpenStackConfig(load_yaml_config=False, load_envvars=False)
-            region = config.get_one(**self.credentials.config, api_timeout=self.timeout)
+            region = config.get_one(**settings, api_timeout=self.timeout)
             self._conn = openstack.connection.Connection(config=region)
         return self._conn
+
+    def _write_ca(self, pem: str) -> str:
+        """The CA bundle as a private file in the temp dir (an emptyDir in the Deployment)."""
+        path = os.path.join(tempfile.gettempdir(), f"epctl-openstack-ca-{self.credentials.fingerprint}.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(pem)
+        return path
 
     def _list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:  # in the thread
         """Every page of ``GET /servers/detail`` as plain dicts.

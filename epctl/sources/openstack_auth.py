@@ -8,6 +8,10 @@ Two shapes, as the issue and the OpenStack tooling define them:
   aliases), domains, ``OS_REGION_NAME``, ``OS_INTERFACE``, or ``OS_APPLICATION_CREDENTIAL_ID``/
   ``_NAME`` + ``_SECRET``).
 
+``OS_CACERT`` holds the PEM of the CA that signs the cloud's endpoints (private clouds), or a path
+to such a file (as in an openrc); the system trust store is used otherwise. Verification is never
+switched off.
+
 A user or project given by name needs a domain; when none is given the ``default`` domain id is
 used, like the seed (which hard-coded it) and every devstack/openrc default — but an explicit
 ``OS_USER_DOMAIN_NAME`` etc. always wins. Nothing reads the controller's own environment or files:
@@ -125,8 +129,21 @@ def _from_os_vars(values: Mapping[str, str], where: str) -> Credentials:
         value = get(env)
         if value:
             config[key] = value
+    _cacert(config, values.get("OS_CACERT"))
     config["auth"] = auth
     return _make(config)
+
+
+CA_PEM_KEY = "cacert_pem"  # our key in the config: PEM content, written to a file before use
+
+
+def _cacert(config: dict[str, Any], value: str | None) -> None:
+    if not value or not value.strip():
+        return
+    if value.lstrip().startswith("-----BEGIN"):
+        config[CA_PEM_KEY] = value.strip() + "\n"
+    else:
+        config["cacert"] = value.strip()
 
 
 def _domain(auth: dict[str, Any], who: str, name: str | None, domain_id: str | None) -> None:
@@ -158,7 +175,7 @@ def _from_clouds_yaml(text: str, cloud: str | None, where: str) -> Credentials:
     auth = entry.get("auth")
     if not isinstance(auth, dict) or not auth.get("auth_url"):
         raise CredentialsError(f"{where}: clouds.yaml cloud {cloud!r} has no auth.auth_url")
-    config = {k: v for k, v in entry.items() if k not in ("profile", "cacert", "cert", "key")}
+    config = {k: v for k, v in entry.items() if k not in ("profile", "cert", "key")}
     auth = dict(auth)
     if "application_credential_id" not in auth and "application_credential_name" not in auth:
         if auth.get("username") and not (auth.get("user_domain_name") or auth.get("user_domain_id")
@@ -177,7 +194,13 @@ def _from_clouds_yaml(text: str, cloud: str | None, where: str) -> Credentials:
 def credentials_from_secret(data: Mapping[str, str], where: str) -> Credentials:
     """Credentials from a Secret's decoded ``data``. ``where`` (e.g. ``Secret ns/name``) prefixes errors."""
     if "clouds.yaml" in data:
-        return _from_clouds_yaml(data["clouds.yaml"], (data.get("cloud") or "").strip() or None, where)
+        credentials = _from_clouds_yaml(data["clouds.yaml"], (data.get("cloud") or "").strip() or None, where)
+        if data.get("OS_CACERT"):  # the CA as a Secret key beats a cacert path inside clouds.yaml
+            config = credentials.config
+            config.pop("cacert", None)
+            _cacert(config, data["OS_CACERT"])
+            credentials = _make(config)
+        return credentials
     if any(key.startswith("OS_") for key in data):
         return _from_os_vars(data, where)
     raise CredentialsError(f"{where}: holds neither a 'clouds.yaml' key nor OS_* keys "

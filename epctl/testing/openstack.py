@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import secrets
+import ssl
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -36,6 +39,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from epctl.testing.backends import HOST
+from epctl.testing.tls import serving_certs
 
 Obj = dict[str, Any]
 MAX_MICROVERSION = "2.96"
@@ -108,6 +112,17 @@ def _parse_microversion(request: web.Request) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def _server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with tempfile.TemporaryDirectory() as folder:  # the ssl module loads keys from files only
+        cert, key = os.path.join(folder, "tls.crt"), os.path.join(folder, "tls.key")
+        for path, data in ((cert, cert_pem), (key, key_pem)):
+            with open(path, "wb") as f:
+                f.write(data)
+        context.load_cert_chain(cert, key)
+    return context
+
+
 def _error(status: int, message: str) -> web.Response:
     names = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound"}
     key = names.get(status, "computeFault")
@@ -118,8 +133,11 @@ class FakeOpenStack:
     """``async with FakeOpenStack() as cloud:`` then point openstacksdk at :attr:`auth_url`."""
 
     def __init__(self, *, port: int = 0, max_limit: int = 1000, token_ttl: float = 3600.0,
-                 credentials: Credentials | None = None, region: str = "RegionOne") -> None:
+                 credentials: Credentials | None = None, region: str = "RegionOne", tls: bool = False) -> None:
+        """``tls=True`` serves HTTPS with a certificate from a fresh test CA (:attr:`ca_pem`)."""
         self.port = port
+        self.tls = tls
+        self.ca_pem = b""
         self.max_limit = max_limit
         self.token_ttl = token_ttl
         self.credentials = credentials or Credentials()
@@ -136,7 +154,7 @@ class FakeOpenStack:
 
     @property
     def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
 
     @property
     def auth_url(self) -> str:
@@ -156,7 +174,12 @@ class FakeOpenStack:
         app.router.add_get("/compute/v2.1/servers/detail", self._servers_detail)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, self.port)
+        context = None
+        if self.tls:
+            certs = serving_certs()
+            self.ca_pem = certs.ca_pem
+            context = _server_context(certs.cert_pem, certs.key_pem)
+        site = web.TCPSite(self._runner, HOST, self.port, ssl_context=context)
         await site.start()
         if not self.port:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -323,3 +323,24 @@ async def test_fake_openstack_serves_the_real_sdk() -> None:
     assert active == ["db-4", "db-3", "db-2", "db-1", "db-0"]  # Nova's order: newest first, over 3 pages
     assert tagged == ["db-3", "db-1"]
     assert sum("marker=" in r.path for r in fake.requests) >= 2
+
+
+async def test_private_cloud_ca_is_verified(api: KubeAPIServer, client: KubeClient) -> None:
+    """HTTPS clouds are verified: against OS_CACERT (PEM in the Secret) when given, else the system
+    trust store, which does not know our test CA."""
+    await install_crd(client)
+    async with FakeOpenStack(tls=True) as cloud:
+        cloud.add_server("db-1", fixed=["10.0.0.1"])
+        unverifiable = os_secret(cloud)
+        await client.request("POST", SECRETS.path("default"), body=unverifiable)
+        async with running_controller(api, client, **FAST):
+            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=discovering("db"))
+            await eventually(lambda: condition(api, "db").get("reason") == "TLSVerificationFailed",
+                             message="unknown CA refused")
+            assert "OS_CACERT" in condition(api, "db")["message"]
+            assert addresses(api, "db") == set()
+            trusted = os_secret(cloud)
+            trusted["stringData"]["OS_CACERT"] = cloud.ca_pem.decode()
+            await client.request("PUT", SECRETS.path("default", "os-creds"), body=trusted)
+            await eventually(lambda: addresses(api, "db") == {"10.0.0.1"}, message="verified against OS_CACERT")
+            assert condition(api, "db")["status"] == "True"

@@ -154,3 +154,15 @@ def test_discovery_spec_parses_with_defaults_and_reports_every_error() -> None:
         "spec.discovery.openstack.metadata[[]", "spec.discovery.openstack.status[0]",
         "spec.discovery.openstack.addressKind", "spec.discovery.openstack.ipVersion",
         "spec.discovery.openstack.pollSeconds", "spec.discovery.openstack.tags[0]"])
+
+
+def test_ca_bundle_as_pem_or_path() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    base = {"OS_AUTH_URL": "https://k/v3", "OS_APPLICATION_CREDENTIAL_ID": "i",
+            "OS_APPLICATION_CREDENTIAL_SECRET": "s"}
+    assert credentials_from_secret({**base, "OS_CACERT": pem}, "x").config["cacert_pem"] == pem + "\n"
+    assert credentials_from_env({**base, "OS_CACERT": "/etc/ssl/cloud.pem"}).config["cacert"] == "/etc/ssl/cloud.pem"
+    text = "clouds: {a: {cacert: /nowhere.pem, auth: {auth_url: x, application_credential_id: i, " \
+           "application_credential_secret: s}}}"
+    config = credentials_from_secret({"clouds.yaml": text, "OS_CACERT": pem}, "x").config
+    assert "cacert" not in config and config["cacert_pem"] == pem + "\n"
