@@ -278,6 +278,7 @@ class Manager:
             self.service_problem = problem
             if problem:
                 log.error(problem)
+                self.state.remove_target(self.key)  # our slices go (a deleted Service's are GC'd anyway)
                 if service is not None:
                     self.events.record({"apiVersion": "v1", "kind": "Service", **service}, "Warning",
                                        "ManagerRefused", problem)
