@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epctl import __version__
+from epctl.api.parse import host_error
 from epctl.api.spec import (
     GRPCProbe,
     HTTPProbe,
@@ -309,8 +310,6 @@ class Manager:
             self.discovery_state = state
         if not update.ok or update.servers is None:
             return
-        from epctl.api.parse import host_error
-
         found = {a: s.name for s in update.servers for a in s.addresses
                  if host_error(a, self.settings.allow_loopback_hosts) is None}
         if not found and self.discovered and self.settings.keep_last_on_empty:
