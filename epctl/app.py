@@ -43,7 +43,7 @@ from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSourc
 from epctl.sources.mirror import MirrorSource
 from epctl.sources.openstack import OpenStackSource
 from epctl.state import DesiredState
-from epctl.tasks import cancel_and_wait
+from epctl.tasks import cancel_and_wait, core_health
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class Controller:
         return (not waiting, f"waiting for informers: {', '.join(waiting)}" if waiting else "synced")
 
     def healthy(self) -> tuple[bool, str]:
-        dead = [t.get_name() for t in self._core if t.done()]
-        return (not dead, f"core tasks stopped: {', '.join(dead)}" if dead else "ok")
+        return core_health(self._core)
 
     def _refresh_gauges(self) -> None:
         """State gauges, recomputed on the loop (never read from the metrics thread)."""

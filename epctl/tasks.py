@@ -24,3 +24,9 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         await task
     except asyncio.CancelledError:
         pass
+
+
+def core_health(tasks: list[asyncio.Task[None]]) -> tuple[bool, str]:
+    """``/healthz``: unhealthy once a task that should run forever has ended."""
+    dead = [t.get_name() for t in tasks if t.done()]
+    return (not dead, f"core tasks stopped: {', '.join(dead)}" if dead else "ok")

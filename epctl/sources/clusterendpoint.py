@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.api import ClusterEndpointSpec, parse_cluster_endpoint
-from epctl.api.parse import host_error
 from epctl.api.spec import API_VERSION, KIND
 from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
@@ -38,7 +37,7 @@ from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import CheckKey, Scheduler, Transition
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
-from epctl.sources.targets import build_groups, family, published_addresses
+from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
 from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,7 @@ class ClusterEndpointSource:
         changed = False
         sync = (update.ok, update.reason, update.message)
         if update.ok and update.servers is not None:
-            found = {a: s.name for s in update.servers for a in self._usable(s.addresses, s.name)}
+            found = discovered_endpoints(update.servers, self.allow_loopback)
             if not found and entry.spec.openstack.keep_last_on_empty and entry.discovered:
                 sync = (True, "KeptLastOnEmpty", f"0 servers match; keeping the {len(entry.discovered)} last known "
                                                  "addresses (keepLastOnEmpty)")
@@ -228,18 +227,6 @@ class ClusterEndpointSource:
             self._materialise(key, entry)
         else:
             self._write_status(key)
-
-    def _usable(self, addresses: tuple[str, ...], server: str) -> list[str]:
-        """Discovered addresses an EndpointSlice accepts (no loopback/link-local unless allowed)."""
-        usable = []
-        for address in addresses:
-            problem = host_error(address, self.allow_loopback)
-            if problem:
-                log.warning("discovered address skipped", extra={"server": server, "address": address,
-                                                                 "error": problem})
-            else:
-                usable.append(address)
-        return usable
 
     def _discovered(self, key: TargetKey, entry: _Entry) -> dict[str, str]:
         """address -> server name; before the first answer, what our slices already publish."""

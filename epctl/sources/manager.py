@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epctl import __version__
-from epctl.api.parse import host_error
 from epctl.api.spec import (
     GRPCProbe,
     HTTPProbe,
@@ -55,9 +54,9 @@ from epctl.probe.scheduler import Scheduler, Transition
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.openstack_auth import Credentials, credentials_from_env
-from epctl.sources.targets import build_groups, family, published_addresses
+from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
 from epctl.state import DesiredState, Target
-from epctl.tasks import cancel_and_wait
+from epctl.tasks import cancel_and_wait, core_health
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -223,8 +222,7 @@ class Manager:
         return True, "ok"
 
     def healthy(self) -> tuple[bool, str]:
-        dead = [t.get_name() for t in self._core if t.done()]
-        return (not dead, f"core tasks stopped: {', '.join(dead)}" if dead else "ok")
+        return core_health(self._core)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -310,8 +308,7 @@ class Manager:
             self.discovery_state = state
         if not update.ok or update.servers is None:
             return
-        found = {a: s.name for s in update.servers for a in s.addresses
-                 if host_error(a, self.settings.allow_loopback_hosts) is None}
+        found = discovered_endpoints(update.servers, self.settings.allow_loopback_hosts)
         if not found and self.discovered and self.settings.keep_last_on_empty:
             return
         if found != self.discovered:

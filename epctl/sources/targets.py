@@ -7,14 +7,18 @@ initial state (a restart flips nothing), one port group per (port, address famil
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from epctl.api.parse import host_error
 from epctl.api.spec import PortSpec
 from epctl.probe.scheduler import Check, CheckKey, Scheduler
 from epctl.slices import SERVICE_NAME_LABEL
+from epctl.sources.openstack_select import DiscoveredServer
 from epctl.state import Endpoint, PortGroup, SlicePort, TargetKey
 
+log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
@@ -52,6 +56,21 @@ def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]
         for endpoint in obj.get("endpoints") or []:
             for address in endpoint.get("addresses") or []:
                 found[address] = endpoint.get("hostname") or address
+    return found
+
+
+def discovered_endpoints(servers: Iterable[DiscoveredServer], allow_loopback: bool) -> dict[str, str]:
+    """address -> server name for discovered servers, without the addresses an EndpointSlice
+    refuses (loopback, link-local, ... unless allowed), each skip logged."""
+    found: dict[str, str] = {}
+    for server in servers:
+        for address in server.addresses:
+            problem = host_error(address, allow_loopback)
+            if problem:
+                log.warning("discovered address skipped", extra={"server": server.name, "address": address,
+                                                                 "error": problem})
+            else:
+                found[address] = server.name
     return found
 
 
