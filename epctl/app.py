@@ -40,7 +40,7 @@ from epctl.metrics import (
 from epctl.probe.scheduler import Scheduler
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
-from epctl.sources.mirror import MirrorSource
+from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
 from epctl.state import DesiredState
 from epctl.tasks import cancel_and_wait, core_health
@@ -95,7 +95,9 @@ class Controller:
                                          informer_metrics=informer_metrics)
         self.source = ClusterEndpointSource(self.state, self.scheduler, self.ceps, self.slices, self.status,
                                             self.events, allow_loopback=settings.allow_loopback_hosts,
-                                            resolve_interval=settings.resolve_interval, discovery=self.discovery)
+                                            resolve_interval=settings.resolve_interval, discovery=self.discovery,
+                                            services=self.services,
+                                            mirrored=lambda svc: mirror_source(svc, settings.mirror_pairs))
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,

@@ -75,12 +75,12 @@ def parse_all(documents: list[tuple[str, Any]], allow_loopback: bool) -> tuple[l
     return specs, problems
 
 
-async def plan_rows(specs: list[ClusterEndpointSpec]) -> tuple[list[Row], list[Check]]:
+async def plan_rows(specs: list[ClusterEndpointSpec], allow_loopback: bool = False) -> tuple[list[Row], list[Check]]:
     """Resolve hosts and build one check per (ClusterEndpoint, port, address)."""
     rows: list[Row] = []
     checks: list[Check] = []
     hosts = sorted({h for s in specs for p in s.ports for h in p.hosts})
-    resolved = dict(zip(hosts, await asyncio.gather(*(resolve(h) for h in hosts)), strict=True))
+    resolved = dict(zip(hosts, await asyncio.gather(*(resolve(h, allow_loopback) for h in hosts)), strict=True))
     for spec in specs:
         for port in spec.ports:
             for host in port.hosts:
@@ -188,7 +188,7 @@ async def run_check(paths: list[str], *, watch: bool = False, output: str = "tab
         for problem in problems:
             print(f"  {problem}", file=err)
         return EXIT_INVALID
-    rows, checks = await plan_rows(specs)
+    rows, checks = await plan_rows(specs, allow_loopback)
     for spec in specs:
         if spec.openstack is not None:  # needs the cluster's Secret and the cloud: the controller's job
             print(f"note: {spec.key}: spec.discovery.openstack is valid but not evaluated here; only the listed "

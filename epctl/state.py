@@ -97,6 +97,7 @@ class Target:
     service: ServiceSpec | None = None  # None: the Service exists and is not ours to shape
     owner: Obj | None = field(default=None, hash=False, compare=True)  # ownerReference for what we create
     adopt: bool = False  # take over an existing Service of this name that we do not own
+    source: str = ""  # the front-end that claims this Service (one holder per Service)
 
     @property
     def key(self) -> TargetKey:
@@ -104,8 +105,13 @@ class Target:
 
 
 class DesiredState:
+    """One holder per Service. A front-end (``Target.source``) that claims a Service another one holds
+    is refused: its claim waits, is kept current, and takes over only when the holder releases the
+    Service. So two front-ends never write one Service, and one can never delete the other's slices."""
+
     def __init__(self, on_dirty: Callable[[TargetKey], None] | None = None) -> None:
         self.targets: dict[TargetKey, Target] = {}
+        self.waiting: dict[TargetKey, dict[str, Target]] = {}  # refused claims, by source, oldest first
         self.dirty: set[TargetKey] = set()
         self.on_dirty = on_dirty
 
@@ -117,23 +123,48 @@ class DesiredState:
     def get(self, key: TargetKey) -> Target | None:
         return self.targets.get(key)
 
+    def holder(self, key: TargetKey) -> str | None:
+        """The source holding ``key``, or None."""
+        target = self.targets.get(key)
+        return None if target is None else target.source
+
     def set_target(self, target: Target) -> bool:
-        """Replace a target's whole desired state; True if that changed anything."""
-        if self.targets.get(target.key) == target:
+        """Replace a target's whole desired state; True if that changed what is published.
+
+        A claim on a Service that another source holds changes nothing published: it waits.
+        """
+        held = self.targets.get(target.key)
+        if held is not None and held.source != target.source:
+            self.waiting.setdefault(target.key, {})[target.source] = target
+            return False
+        if held == target:
             return False
         self.targets[target.key] = target
         self._mark(target.key)
         return True
 
-    def remove_target(self, key: TargetKey) -> bool:
-        if self.targets.pop(key, None) is None:
+    def remove_target(self, key: TargetKey, source: str = "") -> bool:
+        """``source`` gives up ``key``; True if that changed what is published. The oldest waiting
+        claim, if any, takes the Service over."""
+        waiting = self.waiting.get(key, {})
+        waiting.pop(source, None)
+        held = self.targets.get(key)
+        if held is None or held.source != source:
             return False
+        del self.targets[key]
+        if waiting:
+            successor = waiting.pop(next(iter(waiting)))
+            self.targets[key] = successor
+        if not waiting:
+            self.waiting.pop(key, None)
         self._mark(key)
         return True
 
-    def set_ready(self, key: TargetKey, group_id: str, address: str, ready: bool) -> bool:
-        """Flip one endpoint's readiness (serving follows ready); True if that changed anything."""
-        target = self.targets.get(key)
+    def set_ready(self, key: TargetKey, group_id: str, address: str, ready: bool, source: str = "") -> bool:
+        """Flip one endpoint's readiness (serving follows ready) in ``source``'s claim on ``key``;
+        True if that changed what is published."""
+        held = self.targets.get(key)
+        target = held if held is not None and held.source == source else self.waiting.get(key, {}).get(source)
         group = target.groups.get(group_id) if target else None
         endpoint = group.endpoints.get(address) if group else None
         if target is None or group is None or endpoint is None:
@@ -142,9 +173,12 @@ class DesiredState:
             return False
         endpoints = {**group.endpoints, address: replace(endpoint, ready=ready, serving=ready)}
         groups = {**target.groups, group_id: replace(group, endpoints=endpoints)}
-        self.targets[key] = replace(target, groups=groups)
-        self._mark(key)
-        return True
+        if target is held:
+            self.targets[key] = replace(target, groups=groups)
+            self._mark(key)
+            return True
+        self.waiting[key][source] = replace(target, groups=groups)
+        return False
 
     def take_dirty(self) -> set[TargetKey]:
         taken, self.dirty = self.dirty, set()

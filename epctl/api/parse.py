@@ -113,22 +113,49 @@ def _enabled(block: Any) -> bool:
     return isinstance(block, dict) and block.get("enable", True) is not False
 
 
+# Bounds (also in the CRD schema, for objects stored before it had them): an EndpointSlice carries at
+# most 100 ports, and 100 ports x 1,000 hosts keeps a ClusterEndpoint and its status far below the
+# API server's object size limit (1.5 MiB).
+MAX_PORTS = 100
+MAX_HOSTS = 1000
+
+# Cloud instance-metadata services (AWS/GCP/Azure/OpenStack, AWS ECS, AWS IPv6, Alibaba). A probe that can
+# reach one, with its answer echoed in status and Events, leaks credentials: never an endpoint.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200"))
+
+
 def host_error(host: Any, allow_loopback: bool) -> str | None:
-    """Why ``host`` cannot be an endpoint, or None. DNS names are allowed (resolved at probe time)."""
+    """Why ``host`` cannot be an endpoint, or None. DNS names are allowed here; every address they
+    resolve to is checked again with :func:`address_error` before it is probed or published."""
     if not isinstance(host, str) or not host:
         return f"must be an IP address or DNS name, got {host!r}"
     try:
-        ip = ipaddress.ip_address(host)
+        ipaddress.ip_address(host)
     except ValueError:
         if HOSTNAME.match(host) and not host.replace(".", "").isdigit():
             return None
         return f"must be an IP address or DNS name, got {host!r}"
+    return address_error(host, allow_loopback)
+
+
+def address_error(address: str, allow_loopback: bool) -> str | None:
+    """Why the IP ``address`` cannot be an endpoint, or None. An IPv4-mapped IPv6 address
+    (``::ffff:a.b.c.d``) is judged as the IPv4 address it reaches."""
+    ip = ipaddress.ip_address(address)
+    mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return f"{address} is a cloud metadata service address, which is never an endpoint"
     if ip.is_unspecified or ip.is_multicast:
-        return f"{host} is not a unicast address"
+        return f"{address} is not a unicast address"
     if ip.is_link_local:
-        return f"{host} is link-local, which EndpointSlices may not contain"
+        return f"{address} is link-local, which EndpointSlices may not contain"
     if ip.is_loopback and not allow_loopback:
-        return f"{host} is a loopback address, which EndpointSlices may not contain"
+        return f"{address} is a loopback address, which EndpointSlices may not contain"
+    if mapped:
+        return f"{address} is an IPv4-mapped IPv6 address; write {ip} instead"
     return None
 
 
@@ -241,6 +268,9 @@ def _port(errors: _Errors, raw: Any, path: str, default_period: int, allow_loopb
     if not isinstance(hosts_raw, list):
         errors.add(f"{path}.hosts", "must be a list of IP addresses or DNS names")
         hosts_raw = []
+    if len(hosts_raw) > MAX_HOSTS:
+        errors.add(f"{path}.hosts", f"must have at most {MAX_HOSTS} items, got {len(hosts_raw)}")
+        hosts_raw = []
     hosts: list[str] = []
     for i, host in enumerate(hosts_raw):
         problem = host_error(host, allow_loopback)
@@ -300,6 +330,9 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
     raw_ports = spec.get("ports")
     if not isinstance(raw_ports, list) or not raw_ports:
         errors.add("spec.ports", "must list at least one port")
+        raw_ports = []
+    elif len(raw_ports) > MAX_PORTS:
+        errors.add("spec.ports", f"must have at most {MAX_PORTS} items, got {len(raw_ports)}")
         raw_ports = []
     ports: list[PortSpec] = []
     names: dict[str, int] = {}

@@ -55,6 +55,10 @@ def slim(obj: Obj) -> Obj:
     return obj
 
 
+def uid_of(obj: Obj | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("uid") or "")
+
+
 def object_key(obj: Obj) -> str:
     meta = obj.get("metadata", {})
     namespace = meta.get("namespace")
@@ -224,8 +228,13 @@ class Informer:
                 log.exception("informer sync callback failed", extra={"informer": self.name})
 
     def _replace(self, items: dict[str, Obj]) -> None:
-        """Make the cache equal to a fresh list and tell subscribers what changed."""
-        for key in [k for k in self.cache if k not in items]:
+        """Make the cache equal to a fresh list and tell subscribers what changed.
+
+        An object's identity is its uid: one that was deleted and re-created under the same name
+        while we were not watching arrives here as the same key with another uid, and is delivered
+        as what it is, a DELETED of the old object followed by an ADDED of the new one.
+        """
+        for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self.cache[k])]:
             self._dispatch(InformerEvent("DELETED", self.cache.pop(key), None))
         for key, obj in items.items():
             old = self.cache.get(key)
@@ -277,6 +286,11 @@ class Informer:
         slim(obj)
         key = object_key(obj)
         old = self.cache.get(key)
+        if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):
+            # a stream never does this, but a cache that missed a deletion would: same rule as a relist
+            self.cache.pop(key)
+            self._dispatch(InformerEvent("DELETED", old, None))
+            old = None
         if type_ == "DELETED":
             self.cache.pop(key, None)
         else:

@@ -39,6 +39,21 @@ def conditions_with_times(previous: list[Obj] | None, current: list[Obj], stamp:
     return out
 
 
+def merge_patch(current: Any, desired: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``current`` into ``desired``: keys that must go are
+    sent as null. A plain ``{"status": desired}`` would leave every key we stopped writing in place
+    (``status.discovery`` after discovery was removed from the spec)."""
+    if not isinstance(desired, dict) or not isinstance(current, dict):
+        return desired
+    patch: Obj = {key: None for key in current if key not in desired}
+    for key, value in desired.items():
+        if key not in current:
+            patch[key] = value
+        elif current[key] != value:
+            patch[key] = merge_patch(current[key], value)
+    return patch
+
+
 class StatusWriter:
     """Debounced ``PATCH .../status`` per object, skipped when the object already has that status."""
 
@@ -119,8 +134,9 @@ class StatusWriter:
             self._last[key] = status
             return
         try:
+            current = (self.current(namespace, name) or {}).get("status") or {}
             await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
-                                      body={"status": status}, content_type=MERGE_PATCH)
+                                      body={"status": merge_patch(current, status)}, content_type=MERGE_PATCH)
             self._last[key] = status
             self.writes += 1
             self._backoff.pop(key, None)

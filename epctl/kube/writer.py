@@ -65,6 +65,14 @@ class _Written:
     obj: Obj | None  # None: we deleted it
 
 
+def _earlier_self(ref: Obj, owner: Obj | None) -> bool:
+    """``ref`` names an earlier incarnation of ``owner`` (same kind and name, another uid): the object
+    was deleted and re-created, and garbage collection has not yet removed what the old one owned."""
+    return (owner is not None and ref.get("kind") == owner.get("kind") and ref.get("name") == owner.get("name")
+            and ref.get("apiVersion", "").split("/")[0] == owner.get("apiVersion", "").split("/")[0]
+            and ref.get("uid") != owner.get("uid"))
+
+
 def _rv(obj: Obj | None) -> int:
     try:
         return int((obj or {}).get("metadata", {}).get("resourceVersion", "0"))
@@ -117,11 +125,11 @@ class Writer:
         meta = event.obj.get("metadata", {})
         slot = (meta.get("namespace", ""), meta.get("name", ""))
         written = self._written.get(slot)
-        if written is not None:
-            if event.type == "DELETED" and written.obj is None:
-                del self._written[slot]
-                return
-            if _rv(event.obj) == written.rv and event.type != "DELETED":
+        if written is not None and _rv(event.obj) >= written.rv:
+            # The informer has caught up with our write: from here its cache is the truth, and the
+            # record must go, or a later deletion by someone else would be papered over by it.
+            del self._written[slot]
+            if _rv(event.obj) == written.rv and (event.type == "DELETED") == (written.obj is None):
                 return  # the echo of our own write
         service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
         key = (slot[0], service or "")
@@ -404,8 +412,11 @@ class Writer:
                     raise Permanent(err.message) from err
                 raise  # 409 AlreadyExists: our cache was behind; retried once the informer has it
         owner_uid = (target.owner or {}).get("uid")
-        owned = any(ref.get("uid") == owner_uid for ref in existing["metadata"].get("ownerReferences") or [])
-        if not owned and not target.adopt:
+        all_refs = existing["metadata"].get("ownerReferences") or []
+        refs = [ref for ref in all_refs if not _earlier_self(ref, target.owner)]
+        owned = any(ref.get("uid") == owner_uid for ref in refs)
+        inherited = len(refs) != len(all_refs)
+        if not owned and not target.adopt and not inherited:
             raise ServiceConflict(f'Service "{target.name}" already exists and is not managed by epctl; set the '
                                   'annotation epctl.io/adopt: "true" on the ClusterEndpoint to take it over')
         is_headless = existing.get("spec", {}).get("clusterIP") == "None"
@@ -419,14 +430,14 @@ class Writer:
         current_ports = [{"name": p.get("name", ""), "port": p.get("port"), "targetPort": p.get("targetPort"),
                           "protocol": p.get("protocol", "TCP")} for p in existing.get("spec", {}).get("ports") or []]
         want_ports = desired["spec"]["ports"]
-        refs = existing["metadata"].get("ownerReferences") or []
         patch: Obj = {}
         if current_ports != want_ports or existing.get("spec", {}).get("selector"):
             patch["spec"] = {"ports": want_ports, "selector": None}
         if (existing["metadata"].get("labels") or {}).get(SERVICE_MANAGED_LABEL) != "epctl":
             patch.setdefault("metadata", {})["labels"] = {SERVICE_MANAGED_LABEL: "epctl"}
-        if not owned and target.owner:
-            patch.setdefault("metadata", {})["ownerReferences"] = [*refs, target.owner]
+        if (not owned or inherited) and target.owner:
+            patch.setdefault("metadata", {})["ownerReferences"] = [*(r for r in refs if r.get("uid") != owner_uid),
+                                                                   target.owner]
         if patch:
             try:
                 await self.client.request("PATCH", SERVICES.path(target.namespace, target.name), body=patch,

@@ -10,12 +10,20 @@ import asyncio
 import ipaddress
 import socket
 
+from epctl.api.parse import address_error
 
-async def resolve(host: str) -> tuple[list[str], str | None]:
-    """Return (addresses, error). Addresses keep the resolver's order, without duplicates."""
+
+async def resolve(host: str, allow_loopback: bool = False) -> tuple[list[str], str | None]:
+    """Return (addresses, error). Addresses keep the resolver's order, without duplicates.
+
+    Every address a name resolves to passes the same guard as an address written in the spec: a
+    name is no way around it (``localhost``, a record pointing at a metadata service). Refused
+    addresses are left out and named in ``error``; the rest are returned.
+    """
     try:
         ipaddress.ip_address(host)
-        return [host], None
+        problem = address_error(host, allow_loopback)
+        return ([], problem) if problem else ([host], None)
     except ValueError:
         pass
     loop = asyncio.get_running_loop()
@@ -25,8 +33,11 @@ async def resolve(host: str) -> tuple[list[str], str | None]:
         reason = err.strerror if isinstance(err, socket.gaierror) and err.strerror else str(err)
         return [], f"dns lookup failed: {reason.lower()}"
     addresses: list[str] = []
-    for info in infos:
-        address = str(info[4][0]).split("%", 1)[0]
-        if address not in addresses:
+    refused: list[str] = []
+    for address in dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos):
+        problem = address_error(address, allow_loopback)
+        if problem:
+            refused.append(problem)
+        else:
             addresses.append(address)
-    return addresses, None
+    return addresses, (f"{host} resolves to refused addresses: {'; '.join(refused)}" if refused else None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,8 @@ Obj = dict[str, Any]
 
 CLUSTERENDPOINTS = Resource("epctl.io", "v1beta1", "clusterendpoints", "ClusterEndpoint")
 ADOPT_ANNOTATION = "epctl.io/adopt"
+SOURCE = "ClusterEndpoint"  # our claim on a Service in the DesiredState
+MAX_UNHEALTHY_LISTED = 20  # per port in status (the CRD's maxItems); the rest are counted
 
 
 def _stamp(at: float | None = None) -> str:
@@ -82,7 +85,7 @@ class _Entry:
     obj: Obj
     spec: ClusterEndpointSpec | None = None  # the last valid spec (kept while the current one is invalid)
     errors: list[str] = field(default_factory=list)
-    applied: tuple[int, str] | None = None  # (generation, adopt annotation) last applied
+    applied: tuple[str, int, str] | None = None  # (uid, generation, adopt annotation) last applied
     addresses: dict[str, list[str]] = field(default_factory=dict)  # host -> addresses
     sync: tuple[bool, str, str] = (False, "Pending", "not written yet")
     # OpenStack discovery: address -> server name; None until adopted from our slices or answered
@@ -90,13 +93,16 @@ class _Entry:
     discovery_sync: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
     discovery_counts: Obj | None = None  # {servers, addresses, poller} as last published
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
+    conflict: str | None = None  # why another front-end has this Service (we wait for it)
 
 
 class ClusterEndpointSource:
     def __init__(self, state: DesiredState, scheduler: Scheduler, informer: Informer, slices: Informer,
                  status: StatusWriter, events: EventRecorder, *, allow_loopback: bool = False,
-                 resolve_interval: float = 30.0, discovery: OpenStackSource | None = None) -> None:
+                 resolve_interval: float = 30.0, discovery: OpenStackSource | None = None,
+                 services: Informer | None = None, mirrored: Callable[[Obj], TargetKey | None] | None = None) -> None:
         self.state, self.scheduler, self.informer, self.slices = state, scheduler, informer, slices
+        self.services, self.mirrored = services, mirrored
         self.status, self.events = status, events
         self.discovery = discovery
         self.allow_loopback = allow_loopback
@@ -108,6 +114,8 @@ class ClusterEndpointSource:
         self._started = False  # events before start() are ignored: start() replays the synced cache
         self._unpublished: dict[TargetKey, float] = {}  # first transition not yet written, per target
         informer.subscribe(self._on_event)
+        if services is not None:
+            services.subscribe(self._on_service)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -158,21 +166,20 @@ class ClusterEndpointSource:
         meta = event.obj.get("metadata", {})
         key: TargetKey = (meta.get("namespace", "default"), meta.get("name", ""))
         if event.type == "DELETED":
-            self._entries.pop(key, None)
-            if self.discovery is not None:
-                self.discovery.unwatch(key)
-            self.scheduler.remove_target(f"{key[0]}/{key[1]}")
-            self._health = {k: v for k, v in self._health.items() if k.target != f"{key[0]}/{key[1]}"}
-            self.state.remove_target(key)
-            self.status.forget(*key)
+            if key in self._entries:
+                self._forget(key)
             return
         entry = self._entries.get(key)
+        if entry is not None and entry.obj["metadata"].get("uid") != meta.get("uid"):
+            self._forget(key)  # another object under the same name: a delete and an add
+            entry = None
         if entry is None:
             discovery_sync, counts = _adopted_discovery(event.obj)
             entry = self._entries[key] = _Entry(event.obj, sync=_adopted_sync(event.obj),
                                                 discovery_sync=discovery_sync, discovery_counts=counts)
         entry.obj = event.obj
-        marker = (int(meta.get("generation") or 0), (meta.get("annotations") or {}).get(ADOPT_ANNOTATION, ""))
+        marker = (str(meta.get("uid") or ""), int(meta.get("generation") or 0),
+                  (meta.get("annotations") or {}).get(ADOPT_ANNOTATION, ""))
         if entry.applied == marker:
             return  # our own status write, or a metadata-only change that does not concern us
         entry.applied = marker
@@ -188,6 +195,16 @@ class ClusterEndpointSource:
         entry.spec = spec
         self._spawn(self._apply(key))
         self._follow_discovery(key, spec)
+
+    def _forget(self, key: TargetKey) -> None:
+        """The ClusterEndpoint ``key`` is gone: its checks, desired state and pending status go too."""
+        self._entries.pop(key, None)
+        if self.discovery is not None:
+            self.discovery.unwatch(key)
+        self.scheduler.remove_target(f"{key[0]}/{key[1]}")
+        self._health = {k: v for k, v in self._health.items() if k.target != f"{key[0]}/{key[1]}"}
+        self.state.remove_target(key, SOURCE)
+        self.status.forget(*key)
 
     # --- OpenStack discovery ----------------------------------------------------------------------
 
@@ -245,16 +262,19 @@ class ClusterEndpointSource:
             return
         spec = entry.spec
         hosts = sorted({h for p in spec.ports for h in p.hosts})
-        resolved = await asyncio.gather(*(resolve(h) for h in hosts))
+        resolved = await asyncio.gather(*(resolve(h, self.allow_loopback) for h in hosts))
         entry = self._entries.get(key)
         if entry is None or entry.spec is not spec:
             return  # changed while resolving; the newer application wins
         for host, (addresses, error) in zip(hosts, resolved, strict=True):
-            if error:  # keep the last good answer: a DNS blip must not drop endpoints
-                log.warning("host did not resolve", extra={"host": host, "error": error})
-                entry.addresses.setdefault(host, [])
-            else:
+            if error:
+                log.warning("host did not resolve to usable addresses", extra={
+                    "clusterendpoint": "/".join(key), "host": host, "error": error})
+                self.events.record(entry.obj, "Warning", "HostNotResolved", error)
+            if addresses or not error:
                 entry.addresses[host] = addresses
+            else:  # keep the last good answer: a DNS blip must not drop endpoints
+                entry.addresses.setdefault(host, [])
         entry.resolved = spec
         self._materialise(key, entry)
 
@@ -278,8 +298,44 @@ class ClusterEndpointSource:
         service = ServiceSpec(tuple(ServicePort(p.name, p.port, p.target_port, p.protocol) for p in spec.ports),
                               headless=spec.cluster_ip == "None")
         adopt = (meta.get("annotations") or {}).get(ADOPT_ANNOTATION) == "true"
-        self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt))
+        conflict = self._mirror_conflict(key, entry)
+        if conflict is None:
+            self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt, SOURCE))
+            holder = self.state.holder(key)
+            if holder != SOURCE:
+                conflict = (f'Service "{key[1]}" is already managed by epctl ({holder}); it is handed over '
+                            "when that claim ends")
+        else:
+            self.state.remove_target(key, SOURCE)
+        entry.conflict = conflict
+        if conflict is not None:
+            self.failed(key, "ServiceConflict", conflict, True, force=True)
         self._write_status(key)
+
+    def _mirror_conflict(self, key: TargetKey, entry: _Entry) -> str | None:
+        """Why a mirror, not this ClusterEndpoint, has the Service ``key``: it carries a mirror
+        annotation and is not (yet) ours. Decided from the objects, so a restart keeps the holder."""
+        service = self.services.get(*key) if self.services is not None else None
+        if service is None or self.mirrored is None:
+            return None
+        source = self.mirrored(service)
+        uid = entry.obj["metadata"].get("uid")
+        if source is None or any(ref.get("uid") == uid for ref in service["metadata"].get("ownerReferences") or []):
+            return None
+        return (f'Service "{key[1]}" mirrors {source[0]}/{source[1]} (annotation epctl.io/mirror-from or '
+                "endpoint-copier); remove that annotation to hand the Service over to this ClusterEndpoint")
+
+    def _on_service(self, event: InformerEvent) -> None:
+        """A Service changed: a mirror annotation may have come or gone (explicit hand-over)."""
+        if not self._started:
+            return
+        meta = event.obj.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        entry = self._entries.get(key)
+        if entry is None or entry.spec is None or entry.resolved is not entry.spec:
+            return
+        if (self._mirror_conflict(key, entry) is None) != (entry.conflict is None):
+            self._materialise(key, entry)
 
     @staticmethod
     def _previous_health(entry: _Entry, port_name: str, address: str) -> _Health:
@@ -300,8 +356,8 @@ class ClusterEndpointSource:
                     continue
                 names = [h for p in entry.spec.ports for h in p.hosts if entry.addresses.get(h) != [h]]
                 for host in set(names):
-                    addresses, error = await resolve(host)
-                    if not error and addresses != entry.addresses.get(host):
+                    addresses, error = await resolve(host, self.allow_loopback)
+                    if (addresses or not error) and addresses != entry.addresses.get(host):
                         self._spawn(self._apply(key))
                         break
 
@@ -313,7 +369,7 @@ class ClusterEndpointSource:
         self._health[transition.key] = _Health(transition.reason, _stamp(transition.at))
         self._unpublished.setdefault(key, time.monotonic())
         group_id = f"{transition.key.port}/{family(transition.key.address)}"
-        self.state.set_ready(key, group_id, transition.key.address, transition.healthy)
+        self.state.set_ready(key, group_id, transition.key.address, transition.healthy, SOURCE)
         entry = self._entries.get(key)
         if entry is None:
             return
@@ -327,6 +383,8 @@ class ClusterEndpointSource:
         self._write_status(key)
 
     def synced(self, key: TargetKey) -> None:
+        if self.state.holder(key) != SOURCE:
+            return  # the writer reports on a Service another front-end holds
         since = self._unpublished.pop(key, None)
         if since is not None:
             CONVERGENCE.observe(time.monotonic() - since)
@@ -335,9 +393,9 @@ class ClusterEndpointSource:
             entry.sync = (True, "Synced", "Service and EndpointSlices are up to date")
             self._write_status(key)
 
-    def failed(self, key: TargetKey, reason: str, message: str, permanent: bool) -> None:
+    def failed(self, key: TargetKey, reason: str, message: str, permanent: bool, force: bool = False) -> None:
         entry = self._entries.get(key)
-        if entry is None:
+        if entry is None or (not force and self.state.holder(key) != SOURCE):
             return
         if entry.sync != (False, reason, message):
             entry.sync = (False, reason, message)
@@ -382,8 +440,11 @@ class ClusterEndpointSource:
             healthy += ready
             total += len(addresses)
             per_port_ready.append(ready)
+            listed = unhealthy[:MAX_UNHEALTHY_LISTED]  # bounded: status must stay far below the size limit
             ports_status.append({"name": label, "ready": ready, "total": len(addresses),
-                                 **({"unhealthy": unhealthy} if unhealthy else {})})
+                                 **({"unhealthy": listed} if listed else {}),
+                                 **({"unhealthyNotListed": len(unhealthy) - len(listed)}
+                                    if len(unhealthy) > len(listed) else {})})
         if unknown:
             phase = "Pending"
         elif total and healthy == total:

@@ -43,6 +43,7 @@ MIRROR_ANNOTATION = "epctl.io/mirror-from"
 SEED_ENABLED = "endpoint-copier/enabled"
 SEED_NAME = "endpoint-copier/default-service-name"
 SEED_NAMESPACE = "endpoint-copier/default-service-namespace"
+SOURCE = "mirror"  # our claim on a Service in the DesiredState
 
 
 def mirror_source(service: Obj, flag_pairs: dict[TargetKey, TargetKey] | None = None) -> TargetKey | None:
@@ -143,14 +144,24 @@ class MirrorSource:
         mirrors: dict[TargetKey, TargetKey] = {}
         for service in self.services.cache.values():
             meta = service["metadata"]
-            if any(ref.get("kind") == "ClusterEndpoint" for ref in meta.get("ownerReferences") or []):
-                continue  # a ClusterEndpoint's Service: its endpoints come from the ClusterEndpoint
             source = mirror_source(service, self.flag_pairs)
-            if source is not None:
-                mirrors[(meta.get("namespace", ""), meta["name"])] = source
+            if source is None:
+                continue
+            key = (meta.get("namespace", ""), meta["name"])
+            owner = next((ref for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "ClusterEndpoint"),
+                         None)
+            if owner is not None:  # a ClusterEndpoint's Service: its endpoints come from the ClusterEndpoint
+                self._refuse(key, {"apiVersion": "v1", "kind": "Service", **service}, "MirrorRefused",
+                             f'this Service belongs to ClusterEndpoint "{owner.get("name")}", which keeps its '
+                             "endpoints; delete the ClusterEndpoint (or the mirror annotation)")
+                continue
+            mirrors[key] = source
         for gone in set(self.mirrors) - set(mirrors):
-            self.state.remove_target(gone)  # the writer deletes our slices of a known target
-            self._refused.pop(gone, None)
+            self.state.remove_target(gone, SOURCE)  # the writer deletes our slices of a known target
+        for gone in set(self._refused) - set(mirrors):
+            current = self.services.get(*gone)
+            if current is None or mirror_source(current, self.flag_pairs) is None:
+                del self._refused[gone]  # no longer asks to be mirrored: a new refusal is news again
         self.mirrors = mirrors
         self._watch_sources()
         for target in mirrors:
@@ -212,13 +223,13 @@ class MirrorSource:
         if service.get("spec", {}).get("selector"):
             self._refuse(target, service, "MirrorRefused", "this Service has a selector, so Kubernetes manages its "
                          "EndpointSlices; mirroring needs a selector-less Service")
-            self.state.remove_target(target)
+            self.state.remove_target(target, SOURCE)
             return
         if source in self.mirrors or target in self.mirrors.values():
             chain = "cycle" if self.mirrors.get(source) == target else "chain"
             self._refuse(target, service, "MirrorRefused", f"mirror {chain}: {target[0]}/{target[1]} mirrors "
                          f"{source[0]}/{source[1]}, which is itself part of a mirror; chains and cycles are refused")
-            self.state.remove_target(target)
+            self.state.remove_target(target, SOURCE)
             return
         entry = self._informers.get(source[0])
         if entry is None or not entry[1].synced.is_set():
@@ -226,7 +237,7 @@ class MirrorSource:
         if self.services.get(*source) is None:
             self._refuse(target, service, "SourceNotFound", f"source Service {source[0]}/{source[1]} does not "
                          "exist; the mirrored endpoints were removed")
-            self.state.set_target(Target(target[0], target[1], {}, None, owner))
+            self.state.set_target(Target(target[0], target[1], {}, None, owner, source=SOURCE))
             return
         slices = [o for o in entry[1].cache.values()
                   if (o["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == source[1]]
@@ -236,4 +247,4 @@ class MirrorSource:
                          f" name no port of {source[0]}/{source[1]}; nothing is written for them")
         else:
             self._refused.pop(target, None)
-        self.state.set_target(Target(target[0], target[1], plan.groups, None, owner))
+        self.state.set_target(Target(target[0], target[1], plan.groups, None, owner, source=SOURCE))

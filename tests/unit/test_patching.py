@@ -76,3 +76,14 @@ def test_server_side_apply_ownership_conflicts_force_and_removal() -> None:
     assert managers[("editor", "Update")] == {("spec", "b")}
     assert fields_from_v1(fields_to_v1({("spec", "a"), ("metadata", "labels", "x")})) == {
         ("spec", "a"), ("metadata", "labels", "x")}
+
+
+def test_status_merge_patch_removes_the_keys_we_no_longer_write() -> None:
+    from epctl.kube.status import merge_patch
+    from epctl.testing.patching import json_merge_patch as apply_merge_patch
+    current = {"phase": "Healthy", "discovery": {"servers": 2, "poller": "p"}, "ports": [{"name": "a"}],
+               "conditions": [{"type": "Ready"}]}
+    desired = {"phase": "Degraded", "ports": [{"name": "a", "unhealthy": []}], "conditions": [{"type": "Ready"}]}
+    patch = merge_patch(current, desired)
+    assert patch == {"phase": "Degraded", "discovery": None, "ports": [{"name": "a", "unhealthy": []}]}
+    assert apply_merge_patch(current, patch) == desired

@@ -132,3 +132,34 @@ def test_parser_accepts_exactly_the_valid_ports(port: dict[str, Any]) -> None:
              and all(h in ("10.0.0.1", "2001:db8::1", "db") for h in port["hosts"])
              and port["httpGet"]["scheme"] in ("http", "HTTPS", None))
     assert (spec is not None) == valid, errors
+
+
+def test_address_guard_unwraps_mapped_addresses_and_refuses_metadata_services() -> None:
+    from epctl.api.parse import address_error, host_error
+    for address in ("169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                    "169.254.170.2"):
+        assert "metadata" in (address_error(address, allow_loopback=True) or ""), address
+    assert "loopback" in (host_error("::ffff:127.0.0.1", allow_loopback=False) or "")
+    assert "write 10.0.0.1 instead" in (host_error("::ffff:10.0.0.1", allow_loopback=False) or "")
+    assert host_error("10.0.0.1", allow_loopback=False) is None
+    assert host_error("db.example.com", allow_loopback=False) is None  # names: checked once resolved
+
+
+async def test_every_resolved_address_is_checked() -> None:
+    from epctl.probe.resolve import resolve
+    addresses, error = await resolve("localhost", allow_loopback=False)
+    assert addresses == [] and error and "loopback" in error
+    addresses, error = await resolve("localhost", allow_loopback=True)
+    assert "127.0.0.1" in addresses
+    assert (await resolve("::ffff:169.254.169.254", allow_loopback=True))[0] == []
+
+
+def test_ports_and_hosts_are_bounded_like_the_crd() -> None:
+    many_hosts = {"name": "a", "port": 80, "hosts": [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1001)]}
+    spec, errors = parse_cluster_endpoint({"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint",
+                                           "metadata": {"name": "x"}, "spec": {"ports": [many_hosts]}})
+    assert spec is None and any("spec.ports[0].hosts" in str(e) and "at most 1000" in str(e) for e in errors)
+    ports = [{"name": f"p{i}", "port": 1000 + i, "hosts": ["10.0.0.1"]} for i in range(101)]
+    spec, errors = parse_cluster_endpoint({"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint",
+                                           "metadata": {"name": "x"}, "spec": {"ports": ports}})
+    assert spec is None and any("at most 100" in str(e) for e in errors)

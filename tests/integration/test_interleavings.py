@@ -1,0 +1,163 @@
+"""Regression tests for interleavings the happy-path suite did not cover (each failed before its fix)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from epctl.kube.client import KubeClient
+from epctl.testing.backends import HTTPBackend, TCPBackend
+from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import (
+    CLUSTERENDPOINTS,
+    ENDPOINTSLICES,
+    SERVICES,
+    cep,
+    cep_of,
+    endpoints_of,
+    install_crd,
+    running_controller,
+    service_of,
+    slices_of,
+)
+
+
+def _tcp_port(backend: TCPBackend, **extra: Any) -> dict[str, Any]:
+    return {"name": "db", "port": 5432, "targetPort": backend.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+            "periodSeconds": 1, **extra}
+
+
+async def test_delete_and_recreate_while_the_watch_is_down_is_a_delete_and_an_add(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """After a 410 relist, a ClusterEndpoint recreated under the same name (same generation, new uid)
+    must be treated as a new object: its Service, slices and status follow the new uid."""
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [_tcp_port(db)]))
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.1"): True}, message="first incarnation")
+        api.stall_watches()  # the controller sees nothing from here on...
+        await client.request("DELETE", CLUSTERENDPOINTS.path("default", "db"))
+        await eventually(lambda: service_of(api, "db") is None, message="GC removed the old Service")
+        created = await client.request("POST", CLUSTERENDPOINTS.path("default"),
+                                       body=cep("db", [_tcp_port(db, port=6432)]))
+        uid = created["metadata"]["uid"]
+        api.compact()
+        api.drop_watches()  # ...until it reconnects, gets 410 and relists: one MODIFIED for "db"
+        mark = len(api.request_log)
+
+        def owned_by_new() -> bool:
+            svc = service_of(api, "db")
+            slices = slices_of(api, "db")
+            return (svc is not None and svc["metadata"]["ownerReferences"][0]["uid"] == uid
+                    and [p["port"] for p in svc["spec"]["ports"]] == [6432]
+                    and bool(slices) and all(s["metadata"]["ownerReferences"][0]["uid"] == uid for s in slices)
+                    and endpoints_of(api, "db") == {("db", "127.0.0.1"): True})
+
+        await eventually(owned_by_new, timeout=15, message="Service and slices of the new incarnation")
+        await eventually(lambda: (cep_of(api, "db") or {}).get("status", {}).get("phase") == "Healthy",
+                         message="status of the new incarnation")
+        creates = [r for r in api.writes("services", mark) if r.verb == "create"]
+        assert len(creates) == 1, f"the Service was created {len(creates)} times (hot loop)"
+
+
+async def test_a_slice_deleted_by_someone_else_is_recreated(api: KubeAPIServer, client: KubeClient) -> None:
+    """Right after our own write (its echo seen), an external deletion must be repaired."""
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client) as controller:
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [_tcp_port(db)]))
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.1"): True}, message="published")
+        await db.stop()  # a health flip: our own update of the slice, and its echo
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.1"): False}, message="flip written")
+        name = slices_of(api, "db")[0]["metadata"]["name"]
+        await eventually(lambda: controller.slices.get("default", name) is not None and
+                         controller.slices.get("default", name)["endpoints"][0]["conditions"]["ready"] is False,
+                         message="echo of the flip seen by the informer")
+        await controller.writer.wait_idle(5)
+        await client.request("DELETE", ENDPOINTSLICES.path("default", name))
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.1"): False},
+                         message="the deleted slice is re-created")
+
+
+async def test_a_clusterendpoint_cannot_take_a_mirrored_service_silently(api: KubeAPIServer,
+                                                                        client: KubeClient) -> None:
+    """A mirror target claimed by a ClusterEndpoint: the second claimant is refused with an Event and
+    the mirror keeps its endpoints; removing the mirror annotation hands the Service over."""
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client):
+        await client.request("POST", SERVICES.path("default"), body={
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "origin"},
+            "spec": {"ports": [{"name": "db", "port": 5432}]}})
+        await client.request("POST", ENDPOINTSLICES.path("default"), body={
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
+            "addressType": "IPv4", "ports": [{"name": "db", "port": db.port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": True}}]})
+        await client.request("POST", SERVICES.path("default"), body={
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "annotations": {"epctl.io/mirror-from": "default/origin"}},
+            "spec": {"ports": [{"name": "db", "port": 5432}]}})
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.2"): True}, message="mirrored")
+        claim = cep("db", [_tcp_port(db)])
+        claim["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=claim)
+
+        def refused() -> bool:
+            conditions = {c["type"]: c for c in (cep_of(api, "db") or {}).get("status", {}).get("conditions", [])}
+            return conditions.get("Synced", {}).get("reason") == "ServiceConflict"
+
+        await eventually(refused, message="the ClusterEndpoint is told the Service is mirrored")
+        events = api.store.objects[("", "events")].values()
+        assert any(e["reason"] == "ServiceConflict" and e["involvedObject"]["kind"] == "ClusterEndpoint"
+                   for e in events)
+        assert endpoints_of(api, "db") == {("db", "127.0.0.2"): True}, "the mirror keeps its endpoints"
+        svc = await client.request("GET", SERVICES.path("default", "db"))
+        del svc["metadata"]["annotations"]["epctl.io/mirror-from"]
+        await client.request("PUT", SERVICES.path("default", "db"), body=svc)  # hand-over, explicit
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.1"): True}, timeout=15,
+                         message="the ClusterEndpoint took the Service over")
+        await eventually(lambda: not refused(), message="conflict cleared")
+
+
+async def test_names_and_mapped_addresses_do_not_bypass_the_address_guard(api: KubeAPIServer,
+                                                                         client: KubeClient) -> None:
+    """``localhost`` (a name) and ``::ffff:127.0.0.1`` (IPv4-mapped) reach loopback: neither is probed,
+    published or echoed back; the user is told why."""
+    await install_crd(client)
+    async with HTTPBackend() as web, running_controller(api, client, allow_loopback_hosts=False):
+        http = {"name": "meta", "port": 80, "targetPort": web.port, "periodSeconds": 1,
+                "httpGet": {"path": "/latest/meta-data/iam/", "httpHeaders": [{"name": "Host", "value": "x"}]}}
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("named", [
+            {**http, "hosts": ["localhost"]}]))
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("mapped", [
+            {**http, "hosts": ["::ffff:127.0.0.1"]}]))
+
+        def reasons(name: str) -> set[str]:
+            return {e["reason"] for e in api.store.objects[("", "events")].values()
+                    if e["involvedObject"]["name"] == name}
+
+        await eventually(lambda: "HostNotResolved" in reasons("named"), message="refusal of the name's address")
+        await eventually(lambda: "InvalidSpec" in reasons("mapped"), message="refusal of the mapped address")
+        await eventually(lambda: (cep_of(api, "named") or {}).get("status", {}).get("total") == 0,
+                         message="status written, with no endpoint")
+        message = next(e["message"] for e in api.store.objects[("", "events")].values()
+                       if e["reason"] == "HostNotResolved")
+        assert "loopback" in message
+        assert web.requests == [], "nothing was sent to the refused address"
+        assert endpoints_of(api, "named") == {} and endpoints_of(api, "mapped") == {}
+
+
+async def test_status_keys_we_stop_writing_disappear(api: KubeAPIServer, client: KubeClient) -> None:
+    """Status is ours: a key the controller no longer computes (``discovery`` after discovery was
+    removed from the spec, here planted) is gone after the next status write."""
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [_tcp_port(db)]))
+        await eventually(lambda: (cep_of(api, "db") or {}).get("status", {}).get("phase") == "Healthy",
+                         message="status written")
+        await client.request("PATCH", CLUSTERENDPOINTS.path("default", "db", "status"),
+                             body={"status": {"discovery": {"servers": 3, "addresses": 3, "poller": "gone"}}},
+                             content_type="application/merge-patch+json")
+        await db.stop()
+        await eventually(lambda: (cep_of(api, "db") or {}).get("status", {}).get("phase") == "Unhealthy",
+                         message="next status write")
+        assert "discovery" not in cep_of(api, "db")["status"]  # type: ignore[index]
