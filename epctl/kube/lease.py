@@ -89,26 +89,43 @@ class LeaderElector:
         return True
 
     async def run(self, on_started: Callable[[], Awaitable[None]], on_stopped: Callable[[], Awaitable[None]]) -> None:
-        """Campaign forever; call ``on_started``/``on_stopped`` as leadership comes and goes."""
-        last_renew = 0.0
+        """Campaign forever; call ``on_started``/``on_stopped`` as leadership comes and goes.
+
+        Why two leaders cannot overlap: a renewal counts from the moment its attempt *started*
+        (``sent``), which is no later than the server's write of it, and a standby counts the lease
+        duration from when it *saw* that write, later still. The leader steps down at
+        ``sent + renew_deadline``: no attempt and no sleep runs past that deadline, so the check
+        happens on time (give or take event-loop lag), while a standby can take over no earlier
+        than ``sent + lease_duration``. ``lease_duration - renew_deadline`` (5 s by default) is
+        the margin for loop lag and for writes already on the wire when the leader stepped down.
+        """
+        deadline = 0.0  # the leader steps down at this monotonic time unless it renews first
         while True:
+            sent = time.monotonic()
+            budget = self.retry_period
+            if self.is_leader:
+                budget = max(0.0, min(budget, deadline - sent))
             try:
-                ok = await asyncio.wait_for(self._try(), self.retry_period)
+                ok = budget > 0 and await asyncio.wait_for(self._try(), budget)
             except (ApiError, TimeoutError) as err:
                 log.warning("leader election: %s", err, extra={"lease": f"{self.namespace}/{self.name}"})
                 ok = False
+            except Exception:  # a bug must not leave us "leader" with nobody renewing
+                log.exception("leader election attempt failed", extra={"lease": f"{self.namespace}/{self.name}"})
+                ok = False
             if ok:
-                last_renew = time.monotonic()
+                deadline = sent + self.renew_deadline
                 if not self.is_leader:
                     self.is_leader = True
                     log.info("became leader", extra={"identity": self.identity})
                     await on_started()
-            elif self.is_leader and (time.monotonic() - last_renew >= self.renew_deadline
-                                     or self._held_by_other()):
+            elif self.is_leader and (time.monotonic() >= deadline or self._held_by_other()):
                 self.is_leader = False
                 log.warning("lost leadership", extra={"identity": self.identity})
                 await on_stopped()
             delay = self.retry_period if self.is_leader else self.retry_period * random.uniform(1.0, 1.2)
+            if self.is_leader:
+                delay = max(0.0, min(delay, deadline - time.monotonic()))
             await asyncio.sleep(delay)
 
     def _held_by_other(self) -> bool:

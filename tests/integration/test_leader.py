@@ -131,3 +131,31 @@ def test_settings_are_validated() -> None:
     except ValueError:
         return
     raise AssertionError("renew deadline above the lease duration must be refused")
+
+
+async def test_step_down_counts_from_when_the_last_renewal_was_sent(api: KubeAPIServer) -> None:
+    """A partition that makes requests hang (not fail fast): the leader still steps down at
+    renew_deadline after its last renewal reached the server, well before a standby may take over."""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    client = await KubeClient.connect(api.kubeconfig_path, user_agent="epctl/slow")
+    timing = {"lease_duration": 4.0, "renew_deadline": 2.0, "retry_period": 1.0}
+    controller = Controller(client, ControllerSettings(
+        metrics_addr=None, allow_loopback_hosts=True, leader_elect=True, identity="slow", **timing))  # type: ignore[arg-type]
+    await controller.start()
+    try:
+        await eventually(lambda: controller.leading, message="leads")
+        mark = len(api.request_log)
+        await eventually(lambda: any(r.resource == "leases" and r.verb == "update" for r in api.request_log[mark:]),
+                         message="a renewal")
+        api.inject_fault(FaultRule(user_agent="epctl/slow", code=503, delay=30.0, count=10**6))
+        await eventually(lambda: not controller.leading, timeout=10, message="steps down")
+        stepped_down = time.monotonic()
+        last_renewal = max(r.time for r in api.request_log
+                           if r.resource == "leases" and r.verb == "update" and r.code == 200)
+        assert stepped_down - last_renewal < timing["renew_deadline"] + 0.5 < timing["lease_duration"]
+    finally:
+        api.faults.clear()
+        await controller.stop()
+        await client.close()
+        await setup.close()
