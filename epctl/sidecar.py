@@ -96,6 +96,7 @@ class Sidecar:
             self.informer = Informer(client, ENDPOINTSLICES, namespace,
                                      label_selector=f"kubernetes.io/service-name={service}", name="endpointslices")
         self.informer.subscribe(self._on_event)
+        self.informer.on_synced(self.render)  # after a relist, once, from the whole new list
         self.health_grace = health_grace
         self.body = b""
         self.slices_body = b""
@@ -108,7 +109,7 @@ class Sidecar:
     # --- state ------------------------------------------------------------------------------------
 
     def _on_event(self, event: InformerEvent) -> None:
-        if self.informer.synced.is_set():
+        if self.informer.synced.is_set() and not self.informer.relisting:
             self.render()
 
     def render(self) -> None:

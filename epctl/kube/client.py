@@ -22,7 +22,14 @@ from urllib.parse import quote
 import aiohttp
 
 from epctl import __version__
-from epctl.kube.config import ClusterConfig, load_incluster, load_kubeconfig
+from epctl.kube.config import (
+    ClusterConfig,
+    api_proxy,
+    load_client_cert_chain,
+    load_incluster,
+    load_kubeconfig,
+    refuse_cleartext_credentials,
+)
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -106,8 +113,7 @@ class KubeClient:
     def __init__(self, config: ClusterConfig, *, pool_size: int = 64,
                  on_response: Callable[[str, int], None] | None = None, user_agent: str | None = None) -> None:
         context = ssl.create_default_context(cafile=config.ca_file, cadata=config.ca_data)
-        if config.cert_file:
-            context.load_cert_chain(config.cert_file, config.key_file)
+        load_client_cert_chain(context, config)
         if config.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -127,6 +133,10 @@ class KubeClient:
         writer's concurrency, or requests queue behind long-lived watch streams.
         """
         config = load_kubeconfig(kubeconfig, context) if kubeconfig else load_incluster()
+        refuse_cleartext_credentials(config)
+        proxy = api_proxy(config.server)
+        if proxy:  # as kubectl does, HTTPS_PROXY/NO_PROXY apply; say so, it changes who sees the traffic
+            log.info("API server requests go through a proxy", extra={"server": config.server, "proxy": proxy})
         if config.insecure and not allow_insecure:
             raise TLSVerificationRequired(
                 "the kubeconfig sets insecure-skip-tls-verify; epctl always verifies the API server's "

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,8 @@ class ClusterConfig:
     ca_data: str | None = None  # PEM
     cert_file: str | None = None
     key_file: str | None = None
+    cert_data: bytes | None = None  # PEM from client-certificate-data (kept in memory, see client_cert_chain)
+    key_data: bytes | None = None  # PEM from client-key-data
     token: str | None = None
     token_file: str | None = None
     insecure: bool = False
@@ -69,12 +74,47 @@ def load_incluster(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
     return ClusterConfig(server=f"https://{host}:{port}", ca_file=f"{root}/ca.crt", token_file=f"{root}/token")
 
 
-def _data_file(data: str, suffix: str) -> str:
-    """Client keys must be files for ssl.load_cert_chain: write them private, once."""
-    fd, path = tempfile.mkstemp(prefix="epctl-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64decode(data))
-    return path
+def load_client_cert_chain(context: ssl.SSLContext, config: ClusterConfig) -> None:
+    """Load the client certificate into ``context``. ``ssl`` reads only files, so embedded key data is
+    written to a private (0700) directory for the moment of loading and removed at once: no private
+    key is left behind in /tmp."""
+    if config.cert_data is None and config.key_data is None:
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        return
+    with tempfile.TemporaryDirectory(prefix="epctl-tls-") as private:
+        cert_file, key_file = config.cert_file, config.key_file
+        for data, name in ((config.cert_data, "client.crt"), (config.key_data, "client.key")):
+            if data is None:
+                continue
+            path = os.path.join(private, name)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+                f.write(data)
+            cert_file, key_file = (path, key_file) if name == "client.crt" else (cert_file, path)
+        if cert_file is None:
+            raise ConfigError("kubeconfig has a client key but no client certificate")
+        context.load_cert_chain(cert_file, key_file)
+
+
+def api_proxy(server: str) -> str | None:
+    """The proxy that requests to ``server`` go through (HTTPS_PROXY/HTTP_PROXY, unless NO_PROXY
+    covers the host: what aiohttp's ``trust_env`` and kubectl both honour), without its credentials."""
+    parts = urllib.parse.urlsplit(server)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxy_parts = urllib.parse.urlsplit(proxy)
+    return proxy_parts._replace(netloc=proxy_parts.netloc.rpartition("@")[2]).geturl()
+
+
+def refuse_cleartext_credentials(config: ClusterConfig) -> None:
+    """Credentials never travel over plain http (kubectl would send them; we refuse). A plain-http
+    server without credentials (``kubectl proxy``) is fine."""
+    if not config.server.startswith("http://"):
+        return
+    if config.token or config.token_file or config.token_provider or config.cert_file or config.cert_data:
+        raise ConfigError(f"the API server {config.server} is plain http and the kubeconfig has credentials; "
+                          "epctl does not send a token or client key in clear: use an https server")
 
 
 def _named(items: list[Any], name: str | None, kind: str) -> dict[str, Any]:
@@ -111,9 +151,9 @@ def load_kubeconfig(path: str, context: str | None = None) -> ClusterConfig:
         token=user.get("token"), token_file=local(user.get("tokenFile")),
         cert_file=local(user.get("client-certificate")), key_file=local(user.get("client-key")))
     if user.get("client-certificate-data"):
-        config.cert_file = _data_file(user["client-certificate-data"], ".crt")
+        config.cert_data = base64.b64decode(user["client-certificate-data"])
     if user.get("client-key-data"):
-        config.key_file = _data_file(user["client-key-data"], ".key")
+        config.key_data = base64.b64decode(user["client-key-data"])
     if user.get("exec") or user.get("auth-provider"):
         config.token_provider = _plugin_tokens(path, context)
     return config

@@ -98,6 +98,9 @@ class Informer:
         self.resource_version = ""
         self.watching = False
         self.watch_lost_at: float | None = None  # monotonic time the last live watch ended (None: live)
+        # True while a (re)list's differences are being delivered one object at a time: a subscriber
+        # that renders the whole cache waits for the on_synced callback instead of showing a half state
+        self.relisting = False
         self._callbacks: list[Callable[[InformerEvent], None]] = []
         self._synced_callbacks: list[Callable[[], None]] = []
         self._queues: list[asyncio.Queue[InformerEvent]] = []
@@ -234,15 +237,19 @@ class Informer:
         while we were not watching arrives here as the same key with another uid, and is delivered
         as what it is, a DELETED of the old object followed by an ADDED of the new one.
         """
-        for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self.cache[k])]:
-            self._dispatch(InformerEvent("DELETED", self.cache.pop(key), None))
-        for key, obj in items.items():
-            old = self.cache.get(key)
-            self.cache[key] = obj
-            if old is None:
-                self._dispatch(InformerEvent("ADDED", obj))
-            elif old.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
-                self._dispatch(InformerEvent("MODIFIED", obj, old))
+        self.relisting = True
+        try:
+            for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self.cache[k])]:
+                self._dispatch(InformerEvent("DELETED", self.cache.pop(key), None))
+            for key, obj in items.items():
+                old = self.cache.get(key)
+                self.cache[key] = obj
+                if old is None:
+                    self._dispatch(InformerEvent("ADDED", obj))
+                elif old.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
+                    self._dispatch(InformerEvent("MODIFIED", obj, old))
+        finally:
+            self.relisting = False
 
     async def _watch(self) -> None:
         query = {**self._query(), "watch": "true", "allowWatchBookmarks": "true",

@@ -65,3 +65,36 @@ def test_kubeconfig_errors_name_the_problem(tmp_path: Path) -> None:
     path = write(tmp_path / "kc", {"current-context": "nope", "contexts": []})
     with pytest.raises(ConfigError, match="no context named 'nope'"):
         load_kubeconfig(path)
+
+
+async def test_embedded_client_key_is_not_left_on_disk(api: KubeAPIServer, tmp_path: Path) -> None:
+    import base64
+    import glob
+    import tempfile
+
+    from epctl.testing.tls import serving_certs
+    pair = serving_certs()  # any certificate and its key will do: the test server does not ask for one
+    config = api.kubeconfig()
+    config["users"][0]["user"]["client-certificate-data"] = base64.b64encode(pair.cert_pem).decode()
+    config["users"][0]["user"]["client-key-data"] = base64.b64encode(pair.key_pem).decode()
+    pattern = f"{tempfile.gettempdir()}/epctl-*"
+    before = set(glob.glob(pattern))
+    async with await KubeClient.connect(write(tmp_path / "kc", config)) as client:
+        await client.request("GET", NAMESPACES.path())
+        assert set(glob.glob(pattern)) == before, "no key material written to the temp directory stays there"
+
+
+def test_credentials_are_never_sent_over_plain_http(api: KubeAPIServer, tmp_path: Path) -> None:
+    import asyncio
+    config = api.kubeconfig()
+    config["clusters"][0]["cluster"]["server"] = api.url.replace("https://", "http://")
+    with pytest.raises(ConfigError, match="plain http"):
+        asyncio.run(KubeClient.connect(write(tmp_path / "kc", config)))
+
+
+def test_the_proxy_in_effect_is_named_without_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epctl.kube.config import api_proxy
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "10.96.0.1")
+    assert api_proxy("https://api.example:6443") == "http://proxy.example:3128"
+    assert api_proxy("https://10.96.0.1:443") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -147,3 +148,24 @@ async def test_sidecar_command_with_seed_environment(api: KubeAPIServer, client:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_a_relist_never_serves_a_half_updated_state(
+        api: KubeAPIServer, client: KubeClient, sidecar: tuple[Sidecar, str]) -> None:
+    """Slices replaced while the watch was down arrive in one relist, one object at a time: what the
+    sidecar serves (and wakes long-polls with) goes from the old state straight to the new one, never
+    through the empty state between the old slice's deletion and the new one's addition."""
+    side, base = sidecar
+    await client.request("POST", ENDPOINTSLICES.path("default"), body=slice_body("web-1", "web", {"10.0.0.1": True}))
+    await eventually(_ok(f"{base}/endpoints"), message="first state")
+    served: list[Any] = []
+    side.informer.subscribe(lambda _event: served.append(json.loads(side.body)["subsets"]))  # after the sidecar's
+    side.informer.on_synced(lambda: served.append(json.loads(side.body)["subsets"]))
+    api.stall_watches()
+    await client.request("DELETE", ENDPOINTSLICES.path("default", "web-1"))
+    await client.request("POST", ENDPOINTSLICES.path("default"), body=slice_body("web-2", "web", {"10.0.0.2": True}))
+    api.compact()
+    api.drop_watches()
+    await eventually(lambda: served and served[-1] and served[-1][0]["addresses"] == [{"ip": "10.0.0.2"}],
+                     message="the new state")
+    assert all(subsets for subsets in served), f"an empty state was served during the relist: {served}"
