@@ -60,7 +60,12 @@ async def test_every_overlay_builds(kubectl: Kubectl) -> None:
     overlays = ROOT / "manifests" / "overlays"
     built = {o.name: list(yaml.safe_load_all((await kubectl("kustomize", str(o))).stdout))
              for o in sorted(overlays.iterdir())}
-    assert sorted(built) == ["dev", "monitoring", "namespaced", "openstack"]
+    assert sorted(built) == ["dev", "egress-policy", "monitoring", "namespaced", "openstack"]
+    policy = next(d for d in built["egress-policy"] if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    controller = next(d for d in built["egress-policy"] if d["kind"] == "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= controller["spec"]["template"]["metadata"][
+        "labels"].items(), "the policy selects the controller's pods"
     role = next(d for d in built["namespaced"] if d["kind"] == "Role")
     assert role["metadata"]["namespace"] == "epctl-system"
     assert not any(d["kind"].startswith("Cluster") and d["kind"] != "CustomResourceDefinition"

@@ -1,0 +1,514 @@
+"""A stateful fuzzer of the whole controller: random walks, invariants after every step, shrinking.
+
+The suite tests the sequences we thought of; bugs live in the interleavings we did not. A walk drives
+the real controller (in-process) against the test API server and real TCP backends on 127.0.0.1-3
+with random steps: ClusterEndpoints created, edited, deleted, deleted and re-created (also while the
+watch is down, so the controller learns of it from a 410 relist), adoption on and off, a mirrored
+Service claimed by a ClusterEndpoint and handed over, backends up and down, our slices and Services
+deleted or edited by someone else, dropped watches, forced compaction, bursts of 409/429/500 on the
+next writes, and controller restarts.
+
+After each step the system must quiesce into the state derived from the API objects and the
+backends' health alone (see :func:`violations`), and an idle system must write nothing. A step is
+data (a dict) whose random choices are fixed when it is generated, so a failing walk replays exactly
+and can be shrunk by dropping steps.
+
+    python -m tests.fuzz.controller_fuzz --seeds 20 --steps 40      # soak: prints the figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from epctl.app import Controller, ControllerSettings
+from epctl.kube.client import ENDPOINTSLICES, SERVICES, ApiError, KubeClient
+from epctl.testing.backends import TCPBackend, free_port
+from epctl.testing.kubeapi import FaultRule, KubeAPIServer
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd
+
+Obj = dict[str, Any]
+Step = dict[str, Any]
+
+ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+NAMES = ("c0", "c1", "m")  # "m" is also the mirror target a ClusterEndpoint may claim
+HOSTILE = ("::ffff:169.254.169.254", "::ffff:127.0.0.1", "fd00:ec2::254", "100.100.100.200")
+MIRROR = "epctl.io/mirror-from"
+MANAGED = ("endpointslice.kubernetes.io/managed-by", "controller.epctl.io")
+ORIGIN_ENDPOINTS = {("db", "10.1.0.1"): True}  # what the mirror source Service publishes
+QUIESCE_TIMEOUT = 25.0
+IDLE_WINDOW = 0.6
+CONTROLLER_AGENT = "epctl/fuzzed"  # faults are injected into the controller's requests only
+
+
+class InvariantViolation(AssertionError):
+    """The system did not reach the state its objects and backends call for (or kept writing)."""
+
+
+# --- steps (pure: generated from a seeded Random) --------------------------------------------------
+
+def random_spec(rng: random.Random, port: int) -> Obj:
+    ports = []
+    for i in range(rng.randint(1, 2)):
+        ports.append({"name": f"p{i}", "port": 8000 + i + rng.choice((0, 10)), "targetPort": port,
+                      "hosts": sorted(rng.sample(ADDRESSES, rng.randint(1, 3))), "tcpSocket": {},
+                      "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1})
+    return {"ports": ports}
+
+
+def random_step(rng: random.Random, port: int) -> Step:
+    kind = rng.choices(
+        ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
+         "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile"),
+        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1))[0]
+    step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
+    if kind in ("apply", "recreate", "recreate_relist"):
+        step["spec"] = random_spec(rng, port)
+        step["adopt"] = rng.random() < 0.5
+    elif kind == "backend":
+        step["address"] = rng.choice(ADDRESSES)
+        step["up"] = rng.random() < 0.5
+    elif kind == "faults":
+        step["rule"] = {"verb": rng.choice(("create", "update", "patch", "delete")),
+                        "resource": rng.choice(("endpointslices", "services", "clusterendpoints")),
+                        "code": rng.choice((409, 429, 500)), "count": rng.randint(1, 3)}
+        step["then"] = random_step(rng, port)  # the burst hits whatever the next change writes
+        while step["then"]["kind"] == "faults":
+            step["then"] = random_step(rng, port)
+    elif kind == "hostile":
+        step["host"] = rng.choice(HOSTILE)
+    return step
+
+
+def describe(step: Step) -> str:
+    extra = {k: v for k, v in step.items() if k not in ("kind", "name", "pick", "spec", "then")}
+    text = f"{step['kind']} {step['name']} {extra}" if extra else f"{step['kind']} {step['name']}"
+    if "spec" in step:
+        text += " " + ", ".join(f"{p['name']}:{p['port']}->{p['hosts']}" for p in step["spec"]["ports"])
+    if "then" in step:
+        text += " then " + describe(step["then"])
+    return text
+
+
+# --- the expected state (pure: from the API objects and the backends' health) ----------------------
+
+def _owned_by(obj: Obj | None, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj or {}).get("metadata", {}).get("ownerReferences") or [])
+
+
+def _endpoints(slices: list[Obj]) -> dict[tuple[str, str], bool]:
+    return {((s.get("ports") or [{}])[0].get("name", ""), e["addresses"][0]): bool(e["conditions"].get("ready"))
+            for s in slices for e in s.get("endpoints") or []}
+
+
+def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, bool]) -> list[str]:
+    """What differs between the API state and the state the objects and backends call for.
+
+    For each name: a ClusterEndpoint holds its Service unless the Service carries a mirror annotation
+    and is not the ClusterEndpoint's (then the mirror holds it and the ClusterEndpoint waits), or the
+    Service exists, is someone else's, and adoption was not asked for (then nobody writes it).
+    """
+    ceps = {k[1]: o for k, o in objects["clusterendpoints"].items() if k[0] == "default"}
+    services = {k[1]: o for k, o in objects["services"].items() if k[0] == "default"}
+    ours = [o for o in objects["endpointslices"].values()
+            if (o["metadata"].get("labels") or {}).get(MANAGED[0]) == MANAGED[1]]
+    problems: list[str] = []
+    covered: set[str] = set()
+    live_uids = {o["metadata"]["uid"] for kind in objects.values() for o in kind.values()}
+    for obj in ours:
+        if not any(ref.get("uid") in live_uids for ref in obj["metadata"].get("ownerReferences") or []):
+            problems.append(f"slice {obj['metadata']['name']} is owned by nothing that exists")
+    for name in (*NAMES, "h"):
+        item, svc = ceps.get(name), services.get(name)
+        slices = [o for o in ours if o["metadata"]["labels"].get("kubernetes.io/service-name") == name]
+        got = _endpoints(slices)
+        covered.add(name)
+        annotated = bool(svc and MIRROR in (svc["metadata"].get("annotations") or {}))
+        uid = item["metadata"]["uid"] if item else ""
+        owned = bool(item and _owned_by(svc, uid))
+        adopt = bool(item and (item["metadata"].get("annotations") or {}).get("epctl.io/adopt") == "true")
+        if name == "h":
+            if item is not None:
+                reasons = {c["type"]: c.get("reason") for c in (item.get("status") or {}).get("conditions") or []}
+                if reasons.get("Ready") != "InvalidSpec":
+                    problems.append(f"h (host {item['spec']['ports'][0]['hosts']}) is not refused: {reasons}")
+            if got or (svc is not None and item is not None):
+                problems.append("h: a refused ClusterEndpoint got a Service or endpoints")
+            continue
+        holds = item is not None and not (annotated and not owned) and (svc is None or owned or adopt)
+        if item is not None:
+            problems += _check_status(name, item, up, synced=holds)
+        if holds:
+            assert item is not None
+            problems += _check_clusterendpoint(name, item, svc, slices, got, up)
+        elif annotated and svc is not None:
+            if got != ORIGIN_ENDPOINTS:
+                problems.append(f"{name}: mirror publishes {got}, expected {ORIGIN_ENDPOINTS}")
+            if any(not _owned_by(s, svc["metadata"]["uid"]) for s in slices):
+                problems.append(f"{name}: a mirrored slice is not owned by its Service")
+        elif got:
+            problems.append(f"{name}: nobody should write this Service, yet it has endpoints {got}")
+    for obj in ours:
+        service = obj["metadata"]["labels"].get("kubernetes.io/service-name")
+        if service not in covered:
+            problems.append(f"slice {obj['metadata']['name']} belongs to no managed Service ({service})")
+    return problems
+
+
+def _check_clusterendpoint(name: str, item: Obj, svc: Obj | None, slices: list[Obj],
+                           got: dict[tuple[str, str], bool], up: dict[str, bool]) -> list[str]:
+    uid = item["metadata"]["uid"]
+    ports = item["spec"]["ports"]
+    want = {(p["name"], h): up[h] for p in ports for h in p["hosts"]}
+    problems = []
+    if svc is None or not _owned_by(svc, uid):
+        problems.append(f"{name}: Service missing or not owned by the live ClusterEndpoint")
+    elif [(p["name"], p["port"]) for p in svc["spec"]["ports"]] != [(p["name"], p["port"]) for p in ports]:
+        problems.append(f"{name}: Service ports {svc['spec']['ports']} differ from the spec")
+    if got != want:
+        problems.append(f"{name}: published {got}, expected {want}")
+    if any(not _owned_by(s, uid) for s in slices):
+        problems.append(f"{name}: a slice is not owned by the live ClusterEndpoint")
+    return problems
+
+
+def _check_status(name: str, item: Obj, up: dict[str, bool], synced: bool) -> list[str]:
+    """Every ClusterEndpoint's status settles: phase from its hosts' health (it probes even while
+    another front-end holds its Service), Synced True or, if it does not hold it, ServiceConflict."""
+    want = [up[h] for p in item["spec"]["ports"] for h in p["hosts"]]
+    status = item.get("status") or {}
+    phase = "Healthy" if all(want) else ("Degraded" if any(want) else "Unhealthy")
+    sync = {c["type"]: c for c in status.get("conditions") or []}.get("Synced", {})
+    got = (status.get("phase"), status.get("observedGeneration"), sync.get("status"),
+           sync.get("reason") if sync.get("status") == "False" else None)
+    expected = (phase, item["metadata"].get("generation"), "True" if synced else "False",
+                None if synced else "ServiceConflict")
+    return [] if got == expected else [f"{name}: status (phase, generation, Synced, reason) is {got}, "
+                                       f"expected {expected}"]
+
+
+# --- the world: API server, backends, controller ---------------------------------------------------
+
+@dataclass
+class Stats:
+    walks: int = 0
+    steps: int = 0
+    faults: int = 0
+    checks: int = 0
+    restarts: int = 0
+    relists: int = 0
+    seconds: float = 0.0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+class World:
+    def __init__(self, api: KubeAPIServer, client: KubeClient, port: int) -> None:
+        self.api, self.client, self.port = api, client, port
+        self.backends = {a: TCPBackend(port, host=a) for a in ADDRESSES}
+        self.up = dict.fromkeys(ADDRESSES, True)
+        self.controller: Controller | None = None
+        self.controller_client: KubeClient | None = None
+
+    async def start(self) -> None:
+        for backend in self.backends.values():
+            await backend.start()
+        await install_crd(self.client)
+        await self.client.request("POST", SERVICES.path("default"), body={
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "origin"},
+            "spec": {"ports": [{"name": "db", "port": 5432}]}})
+        await self.client.request("POST", ENDPOINTSLICES.path("default"), body={
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
+            "addressType": "IPv4", "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}]})
+        await self.start_controller()
+
+    async def start_controller(self) -> None:
+        self.controller_client = await KubeClient.connect(self.api.kubeconfig_path, user_agent=CONTROLLER_AGENT)
+        self.controller = Controller(self.controller_client, ControllerSettings(
+            batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True, metrics_addr=None,
+            resolve_interval=3600))
+        await self.controller.start()
+
+    async def stop_controller(self) -> None:
+        if self.controller is not None:
+            await self.controller.stop()
+            self.controller = None
+        if self.controller_client is not None:
+            await self.controller_client.close()
+            self.controller_client = None
+
+    async def stop(self) -> None:
+        await self.stop_controller()
+        for backend in self.backends.values():
+            await backend.stop()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def objects(self) -> dict[str, dict[tuple[str, str], Obj]]:
+        store = self.api.store.objects
+        return {"clusterendpoints": dict(store[("epctl.io", "clusterendpoints")]),
+                "services": dict(store[("", "services")]),
+                "endpointslices": dict(store[("discovery.k8s.io", "endpointslices")])}
+
+    def _get(self, plural: str, name: str) -> Obj | None:
+        kind = {"clusterendpoints": ("epctl.io", "clusterendpoints"), "services": ("", "services")}[plural]
+        obj = self.api.store.objects[kind].get(("default", name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    # --- steps ----------------------------------------------------------------------------------
+
+    async def run(self, step: Step, stats: Stats) -> None:
+        stats.kinds[step["kind"]] = stats.kinds.get(step["kind"], 0) + 1
+        await getattr(self, f"_{step['kind']}")(step, stats)
+
+    async def _try(self, method: str, path: str, body: Obj | None = None, **kw: Any) -> None:
+        try:
+            await self.client.request(method, path, body=body, **kw)
+        except ApiError as err:
+            if err.code not in (404, 409):
+                raise
+
+    def _body(self, step: Step, name: str | None = None) -> Obj:
+        body = cep(name or step["name"], step["spec"]["ports"])
+        if step.get("adopt"):
+            body["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
+        return body
+
+    async def _apply(self, step: Step, stats: Stats) -> None:
+        current = self._get("clusterendpoints", step["name"])
+        if current is None:
+            await self._try("POST", CLUSTERENDPOINTS.path("default"), self._body(step))
+            return
+        current["spec"] = step["spec"]
+        annotations = current["metadata"].setdefault("annotations", {})
+        if step["adopt"]:
+            annotations["epctl.io/adopt"] = "true"
+        else:
+            annotations.pop("epctl.io/adopt", None)
+        await self._try("PUT", CLUSTERENDPOINTS.path("default", step["name"]), current)
+
+    async def _delete(self, step: Step, stats: Stats) -> None:
+        await self._try("DELETE", CLUSTERENDPOINTS.path("default", step["name"]))
+
+    def _recreated(self, step: Step, old: Obj | None) -> Obj:
+        """The new object: a new spec, the old one's annotations (re-applying a manifest keeps them)."""
+        body = self._body(step)
+        if old is not None:
+            body["metadata"]["annotations"] = (old["metadata"].get("annotations") or {})
+        return body
+
+    async def _recreate(self, step: Step, stats: Stats) -> None:
+        old = self._get("clusterendpoints", step["name"])
+        await self._delete(step, stats)
+        await self._try("POST", CLUSTERENDPOINTS.path("default"), self._recreated(step, old))
+
+    async def _recreate_relist(self, step: Step, stats: Stats) -> None:
+        """Delete and re-create while the controller sees nothing; it learns of both from one relist."""
+        old = self._get("clusterendpoints", step["name"])
+        self.api.stall_watches()
+        await self._delete(step, stats)
+        if old is not None:  # let garbage collection finish, as it would during a long outage
+            await eventually(lambda: not any(_owned_by(o, old["metadata"]["uid"])
+                                             for kind in self.objects().values() for o in kind.values()),
+                             message="GC of the old incarnation's objects")
+        await self._try("POST", CLUSTERENDPOINTS.path("default"), self._recreated(step, old))
+        await self._compact(step, stats)
+
+    async def _backend(self, step: Step, stats: Stats) -> None:
+        self.up[step["address"]] = step["up"]
+        await self.backends[step["address"]].set_mode("accepting" if step["up"] else "closed")
+
+    def _ours(self) -> list[Obj]:
+        return sorted((o for o in self.objects()["endpointslices"].values()
+                       if (o["metadata"].get("labels") or {}).get(MANAGED[0]) == MANAGED[1]),
+                      key=lambda o: o["metadata"]["name"])
+
+    async def _delete_slice(self, step: Step, stats: Stats) -> None:
+        ours = self._ours()
+        if ours:
+            victim = ours[step["pick"] % len(ours)]
+            await self._try("DELETE", ENDPOINTSLICES.path("default", victim["metadata"]["name"]))
+
+    async def _edit_slice(self, step: Step, stats: Stats) -> None:
+        ours = [o for o in self._ours() if o.get("endpoints")]
+        if ours:
+            victim = copy.deepcopy(ours[step["pick"] % len(ours)])
+            conditions = victim["endpoints"][0]["conditions"]
+            conditions["ready"] = conditions["serving"] = not conditions.get("ready")
+            await self._try("PUT", ENDPOINTSLICES.path("default", victim["metadata"]["name"]), victim)
+
+    async def _delete_service(self, step: Step, stats: Stats) -> None:
+        await self._try("DELETE", SERVICES.path("default", step["name"]))
+
+    async def _annotate(self, step: Step, stats: Stats) -> None:
+        svc = self._get("services", "m")
+        if svc is None:
+            await self._try("POST", SERVICES.path("default"), {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "m", "annotations": {MIRROR: "default/origin"}},
+                "spec": {"ports": [{"name": "db", "port": 5432}]}})
+            return
+        svc["metadata"].setdefault("annotations", {})[MIRROR] = "default/origin"
+        await self._try("PUT", SERVICES.path("default", "m"), svc)
+
+    async def _unannotate(self, step: Step, stats: Stats) -> None:
+        svc = self._get("services", "m")
+        if svc is not None and MIRROR in (svc["metadata"].get("annotations") or {}):
+            del svc["metadata"]["annotations"][MIRROR]
+            await self._try("PUT", SERVICES.path("default", "m"), svc)
+
+    async def _drop_watches(self, step: Step, stats: Stats) -> None:
+        self.api.drop_watches()
+
+    async def _compact(self, step: Step, stats: Stats) -> None:
+        stats.relists += 1
+        self.api.compact()
+        self.api.drop_watches()
+
+    async def _faults(self, step: Step, stats: Stats) -> None:
+        stats.faults += step["rule"]["count"]
+        self.api.inject_fault(FaultRule(**step["rule"], user_agent=CONTROLLER_AGENT))
+        await self.run(step["then"], stats)
+
+    async def _restart(self, step: Step, stats: Stats) -> None:
+        stats.restarts += 1
+        await self.stop_controller()
+        await self.start_controller()
+
+    async def _hostile(self, step: Step, stats: Stats) -> None:
+        body = cep("h", [{"name": "p0", "port": 8000, "targetPort": self.port, "hosts": [step["host"]],
+                          "tcpSocket": {}, "periodSeconds": 1}])
+        await self._try("DELETE", CLUSTERENDPOINTS.path("default", "h"))
+        await self._try("POST", CLUSTERENDPOINTS.path("default"), body)
+
+    # --- invariants -----------------------------------------------------------------------------
+
+    async def quiesce(self, stats: Stats) -> None:
+        """Wait for the state the objects and backends call for; then an idle window writes nothing."""
+        self.api.faults.clear()  # a burst lasts one step
+        try:
+            await eventually(lambda: not violations(self.objects(), self.up), timeout=QUIESCE_TIMEOUT, interval=0.05)
+        except AssertionError:
+            raise InvariantViolation("did not converge: " + "; ".join(violations(self.objects(), self.up))) from None
+        stats.checks += 1
+        mark = len(self.api.request_log)
+        await asyncio.sleep(IDLE_WINDOW)  # a measurement window, not synchronisation: nothing may happen in it
+        writes = [f"{r.verb} {r.resource}/{r.name}" for r in self.api.writes(since=mark)
+                  if r.resource not in ("events", "leases") and r.user_agent == CONTROLLER_AGENT]
+        if writes:
+            raise InvariantViolation(f"an idle system wrote: {writes}")
+        stats.checks += 1
+
+
+# --- walks, shrinking, reporting -------------------------------------------------------------------
+
+@dataclass
+class Failure:
+    seed: int
+    steps: list[Step]
+    failed_at: int
+    error: str
+
+
+async def run_walk(steps: list[Step], port: int, stats: Stats) -> Failure | None:
+    """Run ``steps`` in a fresh world; the first violation, or None."""
+    started = time.monotonic()
+    async with KubeAPIServer(allow_loopback=True, bookmark_interval=0.5) as api:
+        client = await KubeClient.connect(api.kubeconfig_path)
+        world = World(api, client, port)
+        done = 0
+        try:
+            await world.start()
+            await world.quiesce(stats)
+            for step in steps:
+                await world.run(step, stats)
+                stats.steps += 1
+                await world.quiesce(stats)
+                done += 1
+        except InvariantViolation as err:
+            return Failure(0, steps, done, str(err))
+        finally:
+            await world.stop()
+            await client.close()
+            stats.walks += 1
+            stats.seconds += time.monotonic() - started
+    return None
+
+
+def generate(seed: int, count: int, port: int) -> list[Step]:
+    rng = random.Random(seed)
+    return [random_step(rng, port) for _ in range(count)]
+
+
+async def shrink(failure: Failure, port: int, budget: float) -> Failure:
+    """Drop runs of steps while the walk still fails: halves first, then quarters, down to single
+    steps (delta debugging), bounded by ``budget`` seconds. Any failure counts as the same failure."""
+    deadline = time.monotonic() + budget
+    best = Failure(failure.seed, failure.steps[:failure.failed_at + 1], failure.failed_at, failure.error)
+    chunk = max(1, len(best.steps) // 2)
+    while time.monotonic() < deadline:
+        start = len(best.steps) - 1 - chunk  # the failing step itself stays
+        while start >= 0 and time.monotonic() < deadline:
+            candidate = best.steps[:start] + best.steps[start + chunk:]
+            result = await run_walk(candidate, port, Stats())
+            if result is not None:
+                best = Failure(failure.seed, candidate[:result.failed_at + 1], result.failed_at, result.error)
+            start = min(start, len(best.steps) - 1) - chunk
+        if chunk == 1:
+            break
+        chunk //= 2
+    return best
+
+
+def report(failure: Failure) -> str:
+    lines = [f"seed {failure.seed}: invariant violated after step {failure.failed_at + 1}: {failure.error}",
+             "steps (replay with run_walk):"]
+    lines += [f"  {n + 1}. {describe(s)}" for n, s in enumerate(failure.steps[:failure.failed_at + 1])]
+    return "\n".join(lines)
+
+
+async def fuzz(seeds: list[int], steps: int, *, shrink_budget: float = 0.0, stats: Stats | None = None
+               ) -> Failure | None:
+    stats = stats or Stats()
+    port = free_port()
+    for seed in seeds:
+        failure = await run_walk(generate(seed, steps, port), port, stats)
+        if failure is not None:
+            failure.seed = seed
+            return await shrink(failure, port, shrink_budget) if shrink_budget else failure
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="soak the controller with random walks")
+    parser.add_argument("--seeds", type=int, default=10, help="how many random seeds")
+    parser.add_argument("--first-seed", type=int, default=None, help="default: random")
+    parser.add_argument("--steps", type=int, default=40, help="steps per walk")
+    parser.add_argument("--shrink-seconds", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the controller's warnings are expected here: faults, refusals
+    first = args.first_seed if args.first_seed is not None else random.randrange(1 << 30)
+    stats = Stats()
+    failure = asyncio.run(fuzz(list(range(first, first + args.seeds)), args.steps,
+                               shrink_budget=args.shrink_seconds, stats=stats))
+    print(f"walks {stats.walks}  steps {stats.steps}  seeds {first}..{first + args.seeds - 1}  "
+          f"faults injected {stats.faults}  relists forced {stats.relists}  restarts {stats.restarts}  "
+          f"invariant checks passed {stats.checks}  time {stats.seconds:.0f} s")
+    print("steps by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items())))
+    if failure is not None:
+        print(report(failure), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

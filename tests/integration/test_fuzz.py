@@ -1,0 +1,28 @@
+"""The stateful fuzzer in CI: a fixed seed plus a few random ones, each a bounded random walk.
+
+A failure prints the seed and the (shrunk) steps; replay it with
+``python -m tests.fuzz.controller_fuzz --first-seed SEED --seeds 1 --steps N``.
+Longer soaks: ``python -m tests.fuzz.controller_fuzz --seeds 50 --steps 60`` (README, reliability).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.fuzz.controller_fuzz import Stats, fuzz, report
+
+FIXED_SEED = 1
+RANDOM_SEEDS = 2
+
+
+@pytest.mark.timeout(600)
+async def test_random_walks_keep_every_invariant() -> None:
+    seeds = [FIXED_SEED] + [random.randrange(1 << 30) for _ in range(RANDOM_SEEDS)]
+    stats = Stats()
+    failure = await fuzz(seeds[:1], 25, shrink_budget=120, stats=stats)
+    if failure is None:
+        failure = await fuzz(seeds[1:], 12, shrink_budget=120, stats=stats)
+    assert failure is None, report(failure)
+    assert stats.steps == 25 + 12 * RANDOM_SEEDS and stats.checks >= 2 * stats.steps
