@@ -15,7 +15,9 @@ import platform
 from dataclasses import dataclass
 
 from epctl import __version__
+from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE
 from epctl.health import HealthServer
+from epctl.kube.client import ENDPOINTS as V1_ENDPOINTS
 from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
@@ -57,6 +59,7 @@ class ControllerSettings:
     max_concurrent_probes: int = 1000
     write_concurrency: int = 8
     allow_loopback_hosts: bool = False
+    manage_endpoints: bool = True  # also own the v1 Endpoints of every managed Service (epctl.endpoints)
     resolve_interval: float = 30.0
     metrics_addr: str | None = ":8080"
     sync_timeout: float = 120.0
@@ -83,6 +86,9 @@ class Controller:
         self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
                                metrics=informer_metrics, name="endpointslices")
         self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services")
+        self.endpoints = (Informer(client, V1_ENDPOINTS, ns, label_selector=f"{MANAGED_LABEL}={MANAGED_VALUE}",
+                                   metrics=informer_metrics, name="endpoints")
+                          if settings.manage_endpoints else None)
         self.state = DesiredState()
         self.events = EventRecorder(client)
         self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay)
@@ -101,7 +107,7 @@ class Controller:
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
-                             metrics=PrometheusWriterMetrics())
+                             metrics=PrometheusWriterMetrics(), endpoints=self.endpoints)
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
@@ -116,7 +122,7 @@ class Controller:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.ceps, self.slices, self.services]
+        return [self.ceps, self.slices, self.services, *([self.endpoints] if self.endpoints else [])]
 
     def ready(self) -> tuple[bool, str]:
         waiting = [i.name for i in self.informers if not i.synced.is_set()]

@@ -30,6 +30,11 @@ def _kube(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--context", default=None, help="kubeconfig context (default: current-context)")
 
 
+MANAGE_ENDPOINTS_HELP = ("also write each managed Service's v1 Endpoints (ready -> addresses, failing -> "
+                         "notReadyAddresses, skip-mirror): replaces a left-over Endpoints that Kubernetes would "
+                         "otherwise mirror into stale slices, and serves consumers that still read Endpoints")
+
+
 def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--namespace", default=None, help="watch one namespace (default: all)")
     add_flag(parser, "--metrics-addr", default=":8080", help="address of /metrics, /healthz and /readyz")
@@ -43,6 +48,7 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
     add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
+    add_flag(parser, "--manage-endpoints", default=True, boolean=True, help=MANAGE_ENDPOINTS_HELP)
     add_flag(parser, "--per-target-metrics", default=False, boolean=True,
              help="also export per-check probe series (one per ClusterEndpoint, port and address)")
     add_flag(parser, "--openstack-timeout", default=10.0, type=float,
@@ -114,6 +120,7 @@ def _manager_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--openstack-timeout", default=10.0, type=float, help="seconds an OpenStack API request may take")
     add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
              help="accept 127.0.0.0/8 addresses (development only)")
+    add_flag(parser, "--manage-endpoints", default=True, boolean=True, help=MANAGE_ENDPOINTS_HELP)
 
 
 def _run_manager(args: argparse.Namespace) -> int:
@@ -148,7 +155,7 @@ def _run_manager(args: argparse.Namespace) -> int:
                                success_threshold=args.probe_success_threshold,
                                failure_threshold=args.probe_failure_threshold),
             metrics_addr=args.metrics_addr or None, allow_loopback_hosts=args.allow_loopback_hosts,
-            openstack_timeout=args.openstack_timeout)
+            openstack_timeout=args.openstack_timeout, manage_endpoints=args.manage_endpoints)
         seed_query(settings)  # bad filters fail here, before anything connects
         config = (cluster_config(args.k8s_api_server, args.k8s_api_token, args.k8s_ca_file,
                                  args.insecure_skip_tls_verify)
@@ -281,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespace=args.namespace, batch_delay=args.batch_delay, max_batch_delay=args.max_batch_delay,
             max_endpoints_per_slice=args.max_endpoints_per_slice, max_concurrent_probes=args.max_concurrent_probes,
             write_concurrency=args.write_concurrency, allow_loopback_hosts=args.allow_loopback_hosts,
+            manage_endpoints=args.manage_endpoints,
             resolve_interval=args.resolve_interval, metrics_addr=args.metrics_addr or None,
             mirror_pairs={(args.managed_endpoint_namespace, args.managed_endpoint_name):
                           (args.default_endpoint_namespace, args.default_endpoint_name)}

@@ -17,6 +17,7 @@ from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.openstack import FakeOpenStack
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import endpoints_of, slices_of
+from tests.integration.test_endpoints_ownership import v1_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,9 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
         cloud.add_server("db-2", fixed=["127.0.0.3"], metadata={"role": "replica"})
         cloud.add_server("db-off", fixed=["127.0.0.5"], metadata={"role": "primary"}, status="SHUTOFF")
         cloud.add_server("web-1", fixed=["127.0.0.4"], metadata={"role": "primary"})
+        await client.request("POST", "/api/v1/namespaces/default/endpoints", body={  # kube-endpoint-manager's
+            "metadata": {"name": "legacy-db"}, "subsets": [{"addresses": [{"ip": "127.0.0.9"}],  # stale VM list
+                                                            "ports": [{"name": "pg", "port": port}]}]})
         env = seed_env(api, cloud, ca_file, FILTER_NAME="db", FILTER_METADATA="role:prim")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "epctl.cli", "manager", "--probe", "tcp", "--probe-period", "1",
@@ -59,7 +63,11 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
                 "apiVersion": "v1", "kind": "Service", "metadata": {"name": "legacy-db"},
                 "spec": {"ports": [{"name": "pg", "port": 5432, "targetPort": port}]}})
             await eventually(lambda: endpoints_of(api, "legacy-db") == {("pg", "127.0.0.2"): True}, timeout=20,
-                             message="the Service appeared and got the matching ACTIVE VM")
+                             message="the Service appeared and got the matching ACTIVE VM; the stale VM of the "
+                                     "old Endpoints (mirrored by the cluster) is gone")
+            await eventually(lambda: [a["ip"] for s in (v1_endpoints(api, "legacy-db") or {}).get("subsets", [])
+                                      for a in s.get("addresses", [])] == ["127.0.0.2"],
+                             message="the old Endpoints object taken over")
             owner = slices_of(api, "legacy-db")[0]["metadata"]["ownerReferences"][0]
             assert (owner["kind"], owner["uid"]) == ("Service", service["metadata"]["uid"])
             assert slices_of(api, "legacy-db")[0]["ports"][0]["port"] == port
@@ -82,6 +90,11 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
             await eventually(lambda: b"ServerError" in logs, timeout=20, message="outage logged")
             assert endpoints_of(api, "legacy-db") == expected
             assert proc.returncode is None  # the seed crashed here
+
+            await client.request("PATCH", SERVICES.path("default", "legacy-db"), content_type=MERGE_PATCH, body={
+                "spec": {"selector": {"app": "db"}}})  # now Kubernetes' own controllers manage it
+            await eventually(lambda: not slices_of(api, "legacy-db") and v1_endpoints(api, "legacy-db") is None,
+                             timeout=20, message="a Service with a selector is let go: our slices and Endpoints")
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

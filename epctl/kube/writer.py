@@ -25,8 +25,9 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from epctl.endpoints import MANAGED_LABEL, desired_endpoints, endpoints_update, is_ours
 from epctl.kube.backoff import Backoff
-from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
+from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, Plan, plan_slices
 from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
@@ -34,7 +35,7 @@ from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-SERVICE_MANAGED_LABEL = "app.kubernetes.io/managed-by"
+SERVICE_MANAGED_LABEL = MANAGED_LABEL
 
 
 class SyncReporter(Protocol):
@@ -85,8 +86,9 @@ class Writer:
                  batch_delay: float = 0.1, max_batch_delay: float = 1.0, concurrency: int = 8,
                  max_per_slice: int = 100, reporter: SyncReporter | None = None,
                  metrics: WriterMetrics | None = None, backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0) -> None:
+                 backoff_max: float = 60.0, endpoints: Informer | None = None) -> None:
         self.client, self.state, self.slices, self.services = client, state, slices, services
+        self.endpoints = endpoints  # our v1 Endpoints (label-selected); None: Endpoints are not managed
         self.batch_delay, self.max_batch_delay = batch_delay, max_batch_delay
         self.max_per_slice = max_per_slice
         self.reporter, self.metrics = reporter, metrics
@@ -99,6 +101,7 @@ class Writer:
         self._in_flight: set[TargetKey] = set()
         self._known: set[TargetKey] = set()
         self._written: dict[tuple[str, str], _Written] = {}
+        self._written_endpoints: dict[tuple[str, str], _Written] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -107,6 +110,8 @@ class Writer:
         self.paused = False  # a standby (not leader) plans nothing and writes nothing
         slices.subscribe(self._on_slice_event)
         services.subscribe(self._on_service_event)
+        if endpoints is not None:
+            endpoints.subscribe(self._on_endpoints_event)
 
     # --- inputs -----------------------------------------------------------------------------------
 
@@ -121,20 +126,32 @@ class Writer:
         self._idle.clear()
         self._wakeup.set()
 
+    @staticmethod
+    def _own_echo(records: dict[tuple[str, str], _Written], slot: tuple[str, str], event: InformerEvent) -> bool:
+        """Forget our record of ``slot`` once the informer has caught up with it; True if ``event`` is
+        the echo of our own write. Until then the record stands in for the cache; after, the cache is
+        the truth, or a later deletion by someone else would be papered over by the record."""
+        written = records.get(slot)
+        if written is None or _rv(event.obj) < written.rv:
+            return False
+        del records[slot]
+        return _rv(event.obj) == written.rv and (event.type == "DELETED") == (written.obj is None)
+
     def _on_slice_event(self, event: InformerEvent) -> None:
         meta = event.obj.get("metadata", {})
         slot = (meta.get("namespace", ""), meta.get("name", ""))
-        written = self._written.get(slot)
-        if written is not None and _rv(event.obj) >= written.rv:
-            # The informer has caught up with our write: from here its cache is the truth, and the
-            # record must go, or a later deletion by someone else would be papered over by it.
-            del self._written[slot]
-            if _rv(event.obj) == written.rv and (event.type == "DELETED") == (written.obj is None):
-                return  # the echo of our own write
+        if self._own_echo(self._written, slot, event):
+            return
         service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
         key = (slot[0], service or "")
         if service and key in self._known:
             self.notify(key)  # someone else changed one of our slices: re-plan (a no-op costs nothing)
+
+    def _on_endpoints_event(self, event: InformerEvent) -> None:
+        meta = event.obj.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if not self._own_echo(self._written_endpoints, key, event) and key in self._known:
+            self.notify(key)  # someone else changed or deleted our Endpoints: repair
 
     def _on_service_event(self, event: InformerEvent) -> None:
         """A Service of one of our targets changed or went away: re-check it (repairs drift, and a
@@ -292,16 +309,77 @@ class Writer:
             plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
                                owner_references=owners)
             if plan.empty:
-                return
+                break
             try:
                 await self._execute(key, plan)
-                return
+                break
             except ApiError as err:
                 if err.code in (404, 409):
                     fresh = True  # our view was stale: re-read from the API and plan again
                     continue
                 raise
-        raise ApiError(409, "Conflict", f"{key[0]}/{key[1]}: slices kept changing under us; will retry")
+        else:
+            raise ApiError(409, "Conflict", f"{key[0]}/{key[1]}: slices kept changing under us; will retry")
+        if self.endpoints is not None:
+            await self._sync_endpoints(key, target)
+
+    # --- the v1 Endpoints ------------------------------------------------------------------------------
+
+    def _observed_endpoints(self, key: TargetKey) -> Obj | None:
+        """Our Endpoints of ``key``: the informer cache, or our own newer write while it catches up."""
+        assert self.endpoints is not None
+        cached = self.endpoints.get(*key)
+        written = self._written_endpoints.get(key)
+        if written is not None and (cached is None or _rv(cached) < written.rv):
+            return written.obj
+        return cached
+
+    async def _sync_endpoints(self, key: TargetKey, target: Target | None) -> None:
+        """Create, update (adopting a hand-made or left-over object) or delete the Endpoints of ``key``;
+        nothing when it is already right."""
+        namespace, name = key
+        observed = self._observed_endpoints(key)
+        if target is None:
+            if is_ours(observed):
+                assert observed is not None
+                try:
+                    gone = await self.client.request("DELETE", ENDPOINTS.path(namespace, name), body={
+                        "preconditions": {"uid": observed["metadata"].get("uid")}})
+                    self._record_endpoints(key, _rv(gone) or _rv(observed), None, "endpoints_delete")
+                except ApiError as err:
+                    if err.code not in (404, 409):
+                        self._raise(err)
+            return
+        desired = desired_endpoints(target)
+        for _attempt in range(3):
+            try:
+                if observed is None:
+                    written = await self.client.request("POST", ENDPOINTS.path(namespace), body=desired)
+                    self._record_endpoints(key, _rv(written), written, "endpoints_create")
+                    return
+                body = endpoints_update(observed, desired)
+                if body is None:
+                    return
+                written = await self.client.request("PUT", ENDPOINTS.path(namespace, name), body=body)
+                self._record_endpoints(key, _rv(written), written, "endpoints_update")
+                return
+            except ApiError as err:
+                self._count("endpoints", err)
+                if err.code not in (404, 409):
+                    self._raise(err)
+                # someone else's object of that name (a seed tool's, hand-made) or a stale view: read it
+                try:
+                    observed = await self.client.request("GET", ENDPOINTS.path(namespace, name))
+                except ApiError as read_err:
+                    if read_err.code != 404:
+                        raise
+                    observed = None
+        raise ApiError(409, "Conflict", f"{namespace}/{name}: Endpoints kept changing under us; will retry")
+
+    def _record_endpoints(self, key: TargetKey, rv: int, obj: Obj | None, operation: str) -> None:
+        self._written_endpoints[key] = _Written(key[1], rv, obj)
+        if self.metrics:
+            self.metrics.write(operation, "success")
 
     def _observed(self, key: TargetKey) -> list[Obj]:
         """Our slices of this Service: the informer cache overlaid with our own newer writes."""

@@ -36,8 +36,9 @@ from epctl.api.spec import (
     TCPProbe,
     UDPProbe,
 )
+from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE
 from epctl.health import HealthServer
-from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
+from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.config import SERVICE_ACCOUNT, ClusterConfig
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
@@ -83,6 +84,7 @@ class ManagerSettings:
     timing: ProbeTiming = field(default_factory=ProbeTiming)
     metrics_addr: str | None = ":8080"
     allow_loopback_hosts: bool = False
+    manage_endpoints: bool = True  # also own the Service's v1 Endpoints (replaces the seed's stale one)
     batch_delay: float = 0.1
     max_batch_delay: float = 1.0
     max_endpoints_per_slice: int = 100
@@ -195,6 +197,10 @@ class Manager:
         self.slices = Informer(client, ENDPOINTSLICES, settings.namespace,
                                label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY},{SERVICE_NAME_LABEL}={settings.service}",
                                metrics=informer_metrics, name="endpointslices")
+        self.endpoints = (Informer(client, ENDPOINTS, settings.namespace, metrics=informer_metrics, name="endpoints",
+                                   field_selector=f"metadata.name={settings.service}",
+                                   label_selector=f"{MANAGED_LABEL}={MANAGED_VALUE}")
+                          if settings.manage_endpoints else None)
         self.state = DesiredState()
         self.events = EventRecorder(client)
         self.scheduler = Scheduler(self._on_transition, metrics=PrometheusProbeMetrics())
@@ -203,7 +209,7 @@ class Manager:
                                          retry_max=settings.openstack_retry_max, metrics=PrometheusDiscoveryMetrics())
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, max_per_slice=settings.max_endpoints_per_slice,
-                             reporter=self, metrics=PrometheusWriterMetrics())
+                             reporter=self, metrics=PrometheusWriterMetrics(), endpoints=self.endpoints)
         self.state.on_dirty = self.writer.notify
         self.health = HealthServer(settings.metrics_addr, self.healthy, self.ready) if settings.metrics_addr else None
         self.discovered: dict[str, str] | None = None  # address -> server name; None until known
@@ -212,10 +218,14 @@ class Manager:
         self._core: list[asyncio.Task[None]] = []
         self._nagger: asyncio.Task[None] | None = None
 
+    @property
+    def informers(self) -> list[Informer]:
+        return [self.services, self.slices, *([self.endpoints] if self.endpoints else [])]
+
     # --- health ------------------------------------------------------------------------------------
 
     def ready(self) -> tuple[bool, str]:
-        if not (self.services.synced.is_set() and self.slices.synced.is_set()):
+        if not all(i.synced.is_set() for i in self.informers):
             return False, "waiting for informers"
         if self.service_problem:
             return False, self.service_problem
@@ -229,8 +239,8 @@ class Manager:
     async def start(self) -> None:
         if self.health:
             await self.health.start()
-        self._core = [self.services.start(), self.slices.start()]
-        await asyncio.gather(self.services.synced.wait(), self.slices.synced.wait())
+        self._core = [i.start() for i in self.informers]
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
         self.services.subscribe(lambda _event: self._materialise())
         self.discovery.watch_credentials(self.key, self.credentials, self.query, self.settings.sync_period,
                                          self._on_discovery, seed_network_metadata=True)
@@ -250,7 +260,7 @@ class Manager:
         await self.events.drain(flush_timeout * 0.1)
         await self.writer.stop()
         await self.events.stop()
-        for informer in (self.services, self.slices):
+        for informer in self.informers:
             await informer.stop()
         if self.health:
             await self.health.stop()

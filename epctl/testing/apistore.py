@@ -92,6 +92,8 @@ class ObjectStore:
         self._snapshots: dict[str, tuple[int, list[Obj]]] = {}
         self._snapshot_ids = itertools.count(1)
         self._gc_scheduled = False
+        # controllers emulated beside the store (epctl.testing.kcm) hear of every committed change
+        self.listeners: list[Callable[[ResourceType, Obj], None]] = []
         self._ip_counter = itertools.count(10)
         self._node_ports = itertools.count(30000)
         for rt in builtin_types():
@@ -182,6 +184,8 @@ class ObjectStore:
             self.compacted_rv = self.history.popleft().rv
         for watcher in list(self.watchers):
             self._deliver(watcher, event)
+        for listener in self.listeners:
+            listener(rt, obj)
 
     def _deliver(self, watcher: Watcher, event: Event) -> None:
         if watcher.storage_key != event.storage_key or watcher.stalled:

@@ -36,6 +36,7 @@ from epctl.testing import apierrors
 from epctl.testing.apierrors import StatusError
 from epctl.testing.apistore import ObjectStore
 from epctl.testing.builtins import ALL_VERBS, ResourceType
+from epctl.testing.kcm import EndpointSliceMirroring
 from epctl.testing.openapi import openapi_v3_document, openapi_v3_index
 from epctl.testing.selectors import make_filter
 from epctl.testing.tables import render_table
@@ -121,9 +122,11 @@ class KubeAPIServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, allow_loopback: bool = False,
                  history_window: int = 10_000, bookmark_interval: float = 60.0, token: str | None = None,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None, controllers: bool = True) -> None:
         self.host, self.port = host, port
         self.store = ObjectStore(allow_loopback=allow_loopback, history_window=history_window)
+        # what kube-controller-manager does to our objects in every cluster (GC is in the store)
+        self.mirroring = EndpointSliceMirroring(self.store) if controllers else None
         self.bookmark_interval = bookmark_interval
         self.token = token or "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=32))
         self.request_log: list[RequestRecord] = []

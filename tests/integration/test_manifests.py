@@ -129,6 +129,16 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
             await setup.request("PATCH", SERVICES.path("default", "dst"), content_type=MERGE_PATCH,
                                 body={"metadata": {"annotations": {"epctl.io/mirror-from": None}}})
             await eventually(lambda: not slices_of(api, "dst"), message="mirror removed")
+            await setup.request("POST", SERVICES.path("default"), body={  # a seed tool's leftovers...
+                "metadata": {"name": "legacy"}, "spec": {"ports": [{"name": "pg", "port": 5432}]}})
+            await setup.request("POST", "/api/v1/namespaces/default/endpoints", body={
+                "metadata": {"name": "legacy"}, "subsets": [{"addresses": [{"ip": "127.0.0.9"}],
+                                                             "ports": [{"name": "pg", "port": db.port}]}]})
+            adopting = cep("legacy", [{"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"]}])
+            adopting["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
+            await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=adopting)  # ...taken over
+            await eventually(lambda: endpoints_of(api, "legacy") == {("pg", "127.0.0.1"): True},
+                             message="legacy Endpoints taken over")
             async with FakeOpenStack() as cloud:  # spec.discovery.openstack reads its Secret
                 cloud.add_server("vm-1", fixed=["10.0.0.7"])
                 await setup.request("POST", SECRETS.path("default"), body={
