@@ -300,7 +300,14 @@ class Writer:
         if target is not None:
             self._known.add(key)
             if target.service is not None:
-                await self._ensure_service(target, target.service)
+                try:
+                    await self._ensure_service(target, target.service)
+                except ServiceConflict:
+                    # Not ours to write: then nothing of ours may be published for it either (slices a
+                    # mirror wrote before handing the Service over, for instance). The next change retries.
+                    await self._sync(key, None)
+                    self._known.add(key)
+                    raise
         groups = list(target.groups.values()) if target else []
         owners = [target.owner] if target and target.owner else []
         fresh = False

@@ -74,6 +74,24 @@ def _adopted_discovery(obj: Obj) -> tuple[tuple[bool, str, str], Obj | None]:
             counts if isinstance(counts, dict) else None)
 
 
+def _reported_readiness(obj: Obj) -> dict[tuple[str, str], bool]:
+    """(port, address) -> ready as this ClusterEndpoint's status reports it for its current
+    generation: listed as unhealthy -> False; every other address of a port whose list is complete
+    -> True (which addresses those are, the caller knows). Empty when the status is stale."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj.get("metadata", {}).get("generation") or status.get("phase") in (
+            None, "Pending"):  # Pending: some addresses were not decided yet
+        return {}
+    out: dict[tuple[str, str], bool] = {}
+    for port in status.get("ports") or []:
+        unhealthy = {item.get("address") for item in port.get("unhealthy") or []}
+        for address in unhealthy:
+            out[(port.get("name", ""), str(address))] = False
+        if not port.get("unhealthyNotListed"):
+            out[(port.get("name", ""), "*")] = True  # any other address of this port was ready
+    return out
+
+
 @dataclass
 class _Health:
     reason: str = ""
@@ -93,7 +111,7 @@ class _Entry:
     discovery_sync: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
     discovery_counts: Obj | None = None  # {servers, addresses, poller} as last published
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
-    conflict: str | None = None  # why another front-end has this Service (we wait for it)
+    mirror_blocked: bool = False  # the Service carries a mirror annotation and is not ours: we wait
 
 
 class ClusterEndpointSource:
@@ -289,7 +307,7 @@ class ClusterEndpointSource:
 
         groups, stale = build_groups(
             key, spec.ports, lambda port: {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered,
-            self.scheduler, self.slices.cache, adopted_unhealthy)
+            self.scheduler, self.slices.cache, adopted_unhealthy, reported=_reported_readiness(entry.obj))
         for check_key in stale:
             self._health.pop(check_key, None)
         meta = entry.obj["metadata"]
@@ -299,6 +317,7 @@ class ClusterEndpointSource:
                               headless=spec.cluster_ip == "None")
         adopt = (meta.get("annotations") or {}).get(ADOPT_ANNOTATION) == "true"
         conflict = self._mirror_conflict(key, entry)
+        entry.mirror_blocked = conflict is not None
         if conflict is None:
             self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt, SOURCE))
             holder = self.state.holder(key)
@@ -307,7 +326,6 @@ class ClusterEndpointSource:
                             "when that claim ends")
         else:
             self.state.remove_target(key, SOURCE)
-        entry.conflict = conflict
         if conflict is not None:
             self.failed(key, "ServiceConflict", conflict, True, force=True)
         self._write_status(key)
@@ -334,7 +352,7 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is None or entry.spec is None or entry.resolved is not entry.spec:
             return
-        if (self._mirror_conflict(key, entry) is None) != (entry.conflict is None):
+        if (self._mirror_conflict(key, entry) is not None) != entry.mirror_blocked:
             self._materialise(key, entry)
 
     @staticmethod

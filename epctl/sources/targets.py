@@ -77,10 +77,17 @@ def discovered_endpoints(servers: Iterable[DiscoveredServer], allow_loopback: bo
 def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[[PortSpec], Iterable[str]],
                  scheduler: Scheduler, slices: Mapping[str, Obj] | Iterable[Obj],
                  on_adopted_unhealthy: Callable[[CheckKey], None] | None = None,
+                 reported: Mapping[tuple[str, str], bool] | None = None,
                  ) -> tuple[dict[str, PortGroup], list[CheckKey]]:
-    """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed)."""
+    """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed).
+
+    A new check starts from the readiness our slices publish for it, else from ``reported``
+    ((port label, address or "*" for any other address of the port) -> ready, e.g. what a
+    ClusterEndpoint's own status says), so a restart flips nothing even for a target whose slices
+    are not ours (yet)."""
     target_name = f"{key[0]}/{key[1]}"
-    published = published_readiness(slices.values() if isinstance(slices, Mapping) else slices, key)
+    published = {**(reported or {}),
+                 **published_readiness(slices.values() if isinstance(slices, Mapping) else slices, key)}
     groups: dict[str, PortGroup] = {}
     wanted: set[CheckKey] = set()
     for port in ports:
@@ -90,7 +97,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
             if port.probe is not None:
                 check_key = CheckKey(target_name, label, address)
                 wanted.add(check_key)
-                initial = published.get((label, address))
+                initial = published.get((label, address), published.get((label, "*")))
                 if initial is False and on_adopted_unhealthy is not None:
                     on_adopted_unhealthy(check_key)
                 scheduler.upsert(Check(check_key, port.probe, port.probe_port, port.timing), initial=initial)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epctl.app import Controller, ControllerSettings
-from epctl.kube.client import ENDPOINTSLICES, SERVICES, ApiError, KubeClient
+from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, SERVICES, ApiError, KubeClient
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
@@ -43,6 +43,9 @@ NAMES = ("c0", "c1", "m")  # "m" is also the mirror target a ClusterEndpoint may
 HOSTILE = ("::ffff:169.254.169.254", "::ffff:127.0.0.1", "fd00:ec2::254", "100.100.100.200")
 MIRROR = "epctl.io/mirror-from"
 MANAGED = ("endpointslice.kubernetes.io/managed-by", "controller.epctl.io")
+MANAGED_ENDPOINTS = ("app.kubernetes.io/managed-by", "epctl")
+MIRRORED_BY = "endpointslicemirroring-controller.k8s.io"
+SKIP = "endpointslice.kubernetes.io/skip-mirror"
 ORIGIN_ENDPOINTS = {("db", "10.1.0.1"): True}  # what the mirror source Service publishes
 QUIESCE_TIMEOUT = 25.0
 IDLE_WINDOW = 0.6
@@ -67,8 +70,9 @@ def random_spec(rng: random.Random, port: int) -> Obj:
 def random_step(rng: random.Random, port: int) -> Step:
     kind = rng.choices(
         ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
-         "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile"),
-        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1))[0]
+         "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile",
+         "legacy_endpoints"),
+        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2))[0]
     step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
     if kind in ("apply", "recreate", "recreate_relist"):
         step["spec"] = random_spec(rng, port)
@@ -109,6 +113,31 @@ def _endpoints(slices: list[Obj]) -> dict[tuple[str, str], bool]:
             for s in slices for e in s.get("endpoints") or []}
 
 
+def _flat(endpoints: Obj | None) -> dict[tuple[str, str], bool]:
+    """(port name, ip) -> ready, as a v1 Endpoints object says."""
+    return {(port.get("name", ""), address["ip"]): ready
+            for subset in (endpoints or {}).get("subsets") or [] for port in subset.get("ports") or []
+            for field, ready in (("addresses", True), ("notReadyAddresses", False))
+            for address in subset.get(field) or []}
+
+
+def _check_endpoints(name: str, endpoints: Obj | None, owner_uid: str, want: dict[tuple[str, str], bool],
+                     mirrored: list[Obj]) -> list[str]:
+    """The v1 Endpoints of a Service epctl holds: ours, skip-mirror, owned, saying what the slices say;
+    and no slice mirrored from an older Endpoints object beside ours."""
+    problems = []
+    labels = (endpoints or {}).get("metadata", {}).get("labels") or {}
+    if endpoints is None or labels.get(MANAGED_ENDPOINTS[0]) != MANAGED_ENDPOINTS[1] or labels.get(SKIP) != "true":
+        problems.append(f"{name}: Endpoints missing or not ours: {labels}")
+    elif not _owned_by(endpoints, owner_uid):
+        problems.append(f"{name}: Endpoints not owned by the holder")
+    elif _flat(endpoints) != want:
+        problems.append(f"{name}: Endpoints say {_flat(endpoints)}, expected {want}")
+    if mirrored:
+        problems.append(f"{name}: slices mirrored from an old Endpoints object are still there")
+    return problems
+
+
 def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, bool]) -> list[str]:
     """What differs between the API state and the state the objects and backends call for.
 
@@ -120,6 +149,7 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
     services = {k[1]: o for k, o in objects["services"].items() if k[0] == "default"}
     ours = [o for o in objects["endpointslices"].values()
             if (o["metadata"].get("labels") or {}).get(MANAGED[0]) == MANAGED[1]]
+    endpoints = {k[1]: o for k, o in objects["endpoints"].items() if k[0] == "default"}
     problems: list[str] = []
     covered: set[str] = set()
     live_uids = {o["metadata"]["uid"] for kind in objects.values() for o in kind.values()}
@@ -129,6 +159,11 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
     for name in (*NAMES, "h"):
         item, svc = ceps.get(name), services.get(name)
         slices = [o for o in ours if o["metadata"]["labels"].get("kubernetes.io/service-name") == name]
+        mirrored = [o for o in objects["endpointslices"].values()
+                    if (o["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == name
+                    and o["metadata"]["labels"].get(MANAGED[0]) == MIRRORED_BY]
+        ours_endpoints = (endpoints.get(name, {}).get("metadata", {}).get("labels") or {}).get(
+            MANAGED_ENDPOINTS[0]) == MANAGED_ENDPOINTS[1]
         got = _endpoints(slices)
         covered.add(name)
         annotated = bool(svc and MIRROR in (svc["metadata"].get("annotations") or {}))
@@ -145,17 +180,25 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
             continue
         holds = item is not None and not (annotated and not owned) and (svc is None or owned or adopt)
         if item is not None:
-            problems += _check_status(name, item, up, synced=holds)
+            problems += _check_status(name, item, up, synced=holds,
+                                      conflict="mirrors" if annotated else "not managed by epctl")
         if holds:
             assert item is not None
             problems += _check_clusterendpoint(name, item, svc, slices, got, up)
+            want = {(p["name"], h): up[h] for p in item["spec"]["ports"] for h in p["hosts"]}
+            problems += _check_endpoints(name, endpoints.get(name), uid, want, mirrored)
         elif annotated and svc is not None:
             if got != ORIGIN_ENDPOINTS:
                 problems.append(f"{name}: mirror publishes {got}, expected {ORIGIN_ENDPOINTS}")
             if any(not _owned_by(s, svc["metadata"]["uid"]) for s in slices):
                 problems.append(f"{name}: a mirrored slice is not owned by its Service")
-        elif got:
-            problems.append(f"{name}: nobody should write this Service, yet it has endpoints {got}")
+            problems += _check_endpoints(name, endpoints.get(name), svc["metadata"]["uid"], ORIGIN_ENDPOINTS,
+                                         mirrored)
+        else:
+            if got:
+                problems.append(f"{name}: nobody should write this Service, yet it has endpoints {got}")
+            if ours_endpoints:
+                problems.append(f"{name}: nobody should write this Service, yet epctl's Endpoints are there")
     for obj in ours:
         service = obj["metadata"]["labels"].get("kubernetes.io/service-name")
         if service not in covered:
@@ -180,19 +223,22 @@ def _check_clusterendpoint(name: str, item: Obj, svc: Obj | None, slices: list[O
     return problems
 
 
-def _check_status(name: str, item: Obj, up: dict[str, bool], synced: bool) -> list[str]:
+def _check_status(name: str, item: Obj, up: dict[str, bool], synced: bool, conflict: str) -> list[str]:
     """Every ClusterEndpoint's status settles: phase from its hosts' health (it probes even while
-    another front-end holds its Service), Synced True or, if it does not hold it, ServiceConflict."""
+    another front-end holds its Service), Synced True or, if it does not hold it, ServiceConflict
+    with the message naming why (``conflict`` is a part of it)."""
     want = [up[h] for p in item["spec"]["ports"] for h in p["hosts"]]
     status = item.get("status") or {}
     phase = "Healthy" if all(want) else ("Degraded" if any(want) else "Unhealthy")
     sync = {c["type"]: c for c in status.get("conditions") or []}.get("Synced", {})
-    got = (status.get("phase"), status.get("observedGeneration"), sync.get("status"),
-           sync.get("reason") if sync.get("status") == "False" else None)
-    expected = (phase, item["metadata"].get("generation"), "True" if synced else "False",
+    got = (status.get("phase"), status.get("healthy"), status.get("total"), status.get("observedGeneration"),
+           sync.get("status"), sync.get("reason") if sync.get("status") == "False" else None)
+    if not synced and conflict not in sync.get("message", ""):
+        return [f"{name}: Synced message {sync.get('message')!r} does not say {conflict!r}"]
+    expected = (phase, sum(want), len(want), item["metadata"].get("generation"), "True" if synced else "False",
                 None if synced else "ServiceConflict")
-    return [] if got == expected else [f"{name}: status (phase, generation, Synced, reason) is {got}, "
-                                       f"expected {expected}"]
+    return [] if got == expected else [f"{name}: status (phase, healthy, total, generation, Synced, reason) is "
+                                       f"{got}, expected {expected}"]
 
 
 # --- the world: API server, backends, controller ---------------------------------------------------
@@ -257,6 +303,7 @@ class World:
         store = self.api.store.objects
         return {"clusterendpoints": dict(store[("epctl.io", "clusterendpoints")]),
                 "services": dict(store[("", "services")]),
+                "endpoints": dict(store[("", "endpoints")]),
                 "endpointslices": dict(store[("discovery.k8s.io", "endpointslices")])}
 
     def _get(self, plural: str, name: str) -> Obj | None:
@@ -365,6 +412,18 @@ class World:
         if svc is not None and MIRROR in (svc["metadata"].get("annotations") or {}):
             del svc["metadata"]["annotations"][MIRROR]
             await self._try("PUT", SERVICES.path("default", "m"), svc)
+
+    async def _legacy_endpoints(self, step: Step, stats: Stats) -> None:
+        """What endpoints-operator or kube-endpoint-manager would leave (or a person would write): a
+        hand-made Endpoints object with a host that is not there any more. Over an existing one too."""
+        body: Obj = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": step["name"]},
+                     "subsets": [{"addresses": [{"ip": "10.9.9.9"}], "ports": [{"name": "p0", "port": self.port}]}]}
+        current = self.api.store.objects[("", "endpoints")].get(("default", step["name"]))
+        if current is None:
+            await self._try("POST", ENDPOINTS.path("default"), body)
+        else:
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            await self._try("PUT", ENDPOINTS.path("default", step["name"]), body)
 
     async def _drop_watches(self, step: Step, stats: Stats) -> None:
         self.api.drop_watches()

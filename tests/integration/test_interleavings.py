@@ -161,3 +161,54 @@ async def test_status_keys_we_stop_writing_disappear(api: KubeAPIServer, client:
         await eventually(lambda: (cep_of(api, "db") or {}).get("status", {}).get("phase") == "Unhealthy",
                          message="next status write")
         assert "discovery" not in cep_of(api, "db")["status"]  # type: ignore[index]
+
+
+async def test_a_waiting_clusterendpoint_and_a_mirror_hand_a_service_back_and_forth(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """Found by the fuzzer's soak: a ClusterEndpoint without ``adopt`` waits on a mirrored Service.
+    Un-annotating must leave nobody publishing (the mirror's slices and Endpoints go; the Service is
+    foreign to the ClusterEndpoint); annotating again gives it back to the mirror; a restart then flips
+    nothing, not even the waiting ClusterEndpoint's status (it has no slices to adopt readiness from)."""
+    await install_crd(client)
+    await client.request("POST", SERVICES.path("default"), body={
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "origin"},
+        "spec": {"ports": [{"name": "db", "port": 5432}]}})
+    await client.request("POST", ENDPOINTSLICES.path("default"), body={
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
+        "addressType": "IPv4", "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}]})
+    await client.request("POST", SERVICES.path("default"), body={
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "m", "annotations": {"epctl.io/mirror-from": "default/origin"}},
+        "spec": {"ports": [{"name": "db", "port": 5432}]}})
+
+    def synced_message() -> str:
+        conditions = (cep_of(api, "m") or {}).get("status", {}).get("conditions", [])
+        return next((c["message"] for c in conditions if c["type"] == "Synced"), "")
+
+    async def set_annotation(value: str | None) -> None:
+        await client.request("PATCH", SERVICES.path("default", "m"), content_type="application/merge-patch+json",
+                             body={"metadata": {"annotations": {"epctl.io/mirror-from": value}}})
+
+    async with TCPBackend() as db:
+        async with running_controller(api, client):
+            await eventually(lambda: endpoints_of(api, "m") == {("db", "10.1.0.1"): True}, message="mirrored")
+            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("m", [_tcp_port(db)]))
+            await eventually(lambda: "mirrors default/origin" in synced_message(), message="waits on the mirror")
+            await set_annotation(None)
+            await eventually(lambda: endpoints_of(api, "m") == {} and "not managed by epctl" in synced_message(),
+                             message="nobody publishes for a Service nobody in epctl may write")
+            await set_annotation("default/origin")
+            await eventually(lambda: endpoints_of(api, "m") == {("db", "10.1.0.1"): True}
+                             and "mirrors default/origin" in synced_message(), message="back to the mirror")
+            await eventually(lambda: (cep_of(api, "m") or {}).get("status", {}).get("phase") == "Healthy",
+                             message="the waiting ClusterEndpoint's own health")
+        mark = len(api.request_log)
+        async with running_controller(api, client) as again:
+            check = next(iter(again.scheduler.keys()))
+            runs = again.scheduler.state(check).runs  # type: ignore[union-attr]
+            await eventually(lambda: again.scheduler.state(check).runs >= runs + 2,  # type: ignore[union-attr]
+                             message="probed twice after the restart")
+            await again.status.flush()
+        assert [r for r in api.writes("clusterendpoints", mark)] == [], "the restart flipped the status"
