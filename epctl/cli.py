@@ -206,6 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(check, "--duration", default=0.0, type=float, help="with --watch: stop after this many seconds "
              "(0: run until interrupted)")
 
+    importer = sub.add_parser("import", help="convert what the old tools left (endpoints-operator ClusterEndpoints, "
+                              "Service + Endpoints pairs) into epctl ClusterEndpoints",
+                              description="Read manifests (-f) or the cluster and print the epctl ClusterEndpoints "
+                              "that take over what endpoints-operator / kube-endpoints or hand-written Service + "
+                              "Endpoints pairs left behind (with epctl.io/adopt), plus what could not be converted "
+                              "and why. Writes nothing unless --apply, which also removes endpoints-operator's "
+                              "finalizer from the old objects. Exit 0: all converted, 1: some not, 2: bad input.")
+    _common(importer)
+    _kube(importer)
+    importer.add_argument("-f", "--filename", action="append", default=[], dest="files", metavar="FILE",
+                          help="manifest file (multi-document YAML); '-' reads stdin; repeatable (default: read "
+                          "the cluster)")
+    importer.add_argument("-n", "--namespace", default=None, help="only this namespace (default: all)")
+    importer.add_argument("--apply", action="store_true", help="create the ClusterEndpoints in the cluster and "
+                          "remove the old objects' finalizers")
+    add_flag(importer, "--allow-loopback", default=False, boolean=True,
+             help="accept 127.0.0.0/8 hosts (development clusters such as epctl dev-apiserver)")
+
     controller = sub.add_parser("controller", help="run the ClusterEndpoint controller",
                                 description="Watch ClusterEndpoints; own their Services and EndpointSlices; probe "
                                 "every host; report health in status and Events.")
@@ -280,6 +298,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         code: int = run_async(run_check(args.files, watch=args.watch, output=args.output,
                                         allow_loopback=args.allow_loopback, duration=args.duration), interrupted=0)
+        return code
+    if args.command == "import":
+        from epctl.importer import run_import
+        from epctl.kube.config import ConfigError
+
+        try:
+            code = run_async(run_import(args.files, kubeconfig=args.kubeconfig, context=args.context,
+                                        namespace=args.namespace, apply_changes=args.apply,
+                                        allow_loopback=args.allow_loopback))
+        except (ConfigError, OSError) as err:
+            print(f"epctl import: {err}", file=sys.stderr)
+            return 2
         return code
     if args.command == "controller":
         from epctl.app import ControllerSettings, run_controller

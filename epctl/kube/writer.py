@@ -521,8 +521,10 @@ class Writer:
         if (existing["metadata"].get("labels") or {}).get(SERVICE_MANAGED_LABEL) != "epctl":
             patch.setdefault("metadata", {})["labels"] = {SERVICE_MANAGED_LABEL: "epctl"}
         if (not owned or inherited) and target.owner:
-            patch.setdefault("metadata", {})["ownerReferences"] = [*(r for r in refs if r.get("uid") != owner_uid),
-                                                                   target.owner]
+            # adopting takes control: a previous controller reference (the ClusterEndpoint of the tool we
+            # replace, say) goes, or the API server refuses two; other owners stay
+            patch.setdefault("metadata", {})["ownerReferences"] = [
+                *(r for r in refs if r.get("uid") != owner_uid and r.get("controller") is not True), target.owner]
         if patch:
             try:
                 await self.client.request("PATCH", SERVICES.path(target.namespace, target.name), body=patch,

@@ -112,6 +112,7 @@ class _Entry:
     discovery_counts: Obj | None = None  # {servers, addresses, poller} as last published
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
     mirror_blocked: bool = False  # the Service carries a mirror annotation and is not ours: we wait
+    undecided: bool = False  # not published yet and some check has no first result yet
 
 
 class ClusterEndpointSource:
@@ -310,6 +311,13 @@ class ClusterEndpointSource:
             self.scheduler, self.slices.cache, adopted_unhealthy, reported=_reported_readiness(entry.obj))
         for check_key in stale:
             self._health.pop(check_key, None)
+        entry.undecided = self.state.holder(key) != SOURCE and self._undecided(key, spec, entry)
+        if entry.undecided:
+            # Not published yet: publish once every check has its first result, not before. Publishing
+            # undecided hosts as not ready would empty an adopted Service (and our Endpoints would
+            # take the old ones' mirrored slices away) until the first probes answer.
+            self._write_status(key)
+            return
         meta = entry.obj["metadata"]
         owner = {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta.get("uid", ""),
                  "controller": True, "blockOwnerDeletion": True}
@@ -329,6 +337,18 @@ class ClusterEndpointSource:
         if conflict is not None:
             self.failed(key, "ServiceConflict", conflict, True, force=True)
         self._write_status(key)
+
+    def _undecided(self, key: TargetKey, spec: ClusterEndpointSpec, entry: _Entry) -> bool:
+        target = f"{key[0]}/{key[1]}"
+        discovered = set(self._discovered(key, entry))
+        for port in spec.ports:
+            if port.probe is None:
+                continue
+            for address in {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered:
+                state = self.scheduler.state(CheckKey(target, port.label, address))
+                if state is None or state.healthy is None:
+                    return True
+        return False
 
     def _mirror_conflict(self, key: TargetKey, entry: _Entry) -> str | None:
         """Why a mirror, not this ClusterEndpoint, has the Service ``key``: it carries a mirror
@@ -391,6 +411,8 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is None:
             return
+        if entry.undecided and entry.spec is not None and entry.resolved is entry.spec:
+            self._materialise(key, entry)  # publishes once the last first result is in
         if transition.healthy:
             if transition.previous is False:  # a first healthy decision is not news
                 self.events.record(entry.obj, "Normal", "EndpointHealthy",

@@ -115,11 +115,18 @@ def validate_metadata(obj: Obj) -> list[FieldCause]:
         if not _qualified_key_ok(key):
             causes.append(FieldCause("metadata.annotations", f'Invalid value: "{key}": name part must '
                                      "consist of alphanumeric characters, '-', '_' or '.'"))
+    controllers = []
     for i, ref in enumerate(meta.get("ownerReferences") or []):
         for req in ("apiVersion", "kind", "name", "uid"):
             if not ref.get(req):
                 causes.append(FieldCause(f"metadata.ownerReferences[{i}].{req}", "Required value",
                                          "FieldValueRequired"))
+        if ref.get("controller") is True:
+            controllers.append(f"{ref.get('kind')}/{ref.get('name')}")
+    if len(controllers) > 1:
+        causes.append(FieldCause("metadata.ownerReferences", "Invalid value: Only one reference can have "
+                                 f'Controller set to true. Found "true" in references for {controllers[0]} and '
+                                 f"{controllers[1]}"))
     return causes
 
 

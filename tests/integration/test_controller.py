@@ -49,8 +49,12 @@ async def test_create_makes_service_and_slices_with_probed_conditions(api: KubeA
             assert obj["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
             port = obj["ports"][0]
             assert port["port"] in (db.port, web.port, dead.port)  # the hosts' port: what kube-proxy dials
+        def synced() -> bool:
+            conditions = (cep_of(api, "shop") or {}).get("status", {}).get("conditions", [])
+            return any(c["type"] == "Synced" and c["status"] == "True" for c in conditions)
+
         status = await eventually(lambda: (cep_of(api, "shop") or {}).get("status", {}).get("phase") == "Degraded"
-                                  and cep_of(api, "shop"), message="status written")
+                                  and synced() and cep_of(api, "shop"), message="status written")
         assert status["status"]["healthy"] == 2 and status["status"]["total"] == 3
         dead_port = next(p for p in status["status"]["ports"] if p["name"] == "dead")
         assert dead_port["unhealthy"][0]["reason"] == "connection refused"

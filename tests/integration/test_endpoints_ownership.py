@@ -85,6 +85,12 @@ async def test_adopting_clusterendpoint_replaces_the_legacy_endpoints_and_its_mi
     async with TCPBackend(port, host="127.0.0.2"), running_controller(api, client) as controller:
         await legacy_service(client, "wp", ["127.0.0.2", "127.0.0.9"], port)
         await eventually(lambda: managers(api, "wp") == {MIRRORING}, message="the cluster mirrors the old object")
+        routable: list[set[str]] = []  # after every committed change: the ready addresses of all wp slices
+
+        def observe(_rt: Any, _obj: Obj) -> None:
+            routable.append({a for (_, a), ready in endpoints_of(api, "wp").items() if ready})
+
+        api.store.listeners.append(observe)
         body = cep("wp", [{"name": "wp", "port": 80, "targetPort": port, "hosts": ["127.0.0.2", "127.0.0.9"],
                            "tcpSocket": {}, "periodSeconds": 1, "failureThreshold": 1}])
         body["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
@@ -93,6 +99,8 @@ async def test_adopting_clusterendpoint_replaces_the_legacy_endpoints_and_its_mi
         await eventually(lambda: endpoints_of(api, "wp") == truth and managers(api, "wp") == {"controller.epctl.io"},
                          timeout=15, message="one set of slices, epctl's, with the dead host not ready")
         await eventually(lambda: addresses(api, "wp") == truth, message="Endpoints agree")
+        assert routable and all("127.0.0.2" in ready for ready in routable), \
+            "there was a moment when the healthy host was not routable"
         endpoints = v1_endpoints(api, "wp")
         assert endpoints is not None
         assert endpoints["metadata"]["labels"][SKIP_MIRROR_LABEL] == "true"
