@@ -132,3 +132,42 @@ def test_seed_filter_semantics() -> None:
     assert not re.fullmatch(value, "xhttp://x:80")  # re.match: anchored at the start
     assert parse_probe("http:/healthz").path == "/healthz"  # type: ignore[union-attr]
     assert parse_probe("none") is None
+
+
+async def test_manager_leaves_the_seeds_endpoints_alone_until_the_cloud_answers(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """Switching from kube-endpoint-manager: its Service and Endpoints exist; epctl manager starts while
+    OpenStack fails. The old Endpoints (mirrored by the cluster) must keep routing until the first
+    answer; then epctl's truth replaces them, with no empty moment."""
+    from epctl.sources.manager import Manager, ManagerSettings, seed_query
+    from epctl.sources.openstack_auth import credentials_from_env
+    from tests.integration.test_endpoints_ownership import managers
+
+    async with FakeOpenStack() as cloud:
+        cloud.add_server("db-1", fixed=["10.0.0.2"])
+        await client.request("POST", SERVICES.path("default"), body={
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "legacy-db"},
+            "spec": {"ports": [{"name": "pg", "port": 5432}]}})
+        await client.request("POST", "/api/v1/namespaces/default/endpoints", body={
+            "metadata": {"name": "legacy-db"}, "subsets": [{"addresses": [{"ip": "10.0.0.2"}, {"ip": "10.0.0.9"}],
+                                                            "ports": [{"name": "pg", "port": 5432}]}]})
+        await eventually(lambda: len(endpoints_of(api, "legacy-db")) == 2, message="mirrored by the cluster")
+        routable: list[set[str]] = []
+        api.store.listeners.append(lambda _rt, _obj: routable.append(
+            {a for (_, a), ready in endpoints_of(api, "legacy-db").items() if ready}))
+        cloud.fail_next(3, 503, service="compute")
+        settings = ManagerSettings(namespace="default", service="legacy-db", sync_period=0.3, metrics_addr=None,
+                                   openstack_retry_base=0.2)
+        seed_query(settings)
+        credentials = credentials_from_env({"OS_AUTH_URL": cloud.auth_url, "OS_USERNAME": "demo",
+                                            "OS_PASSWORD": cloud.credentials.password, "OS_PROJECT": "demo"})
+        manager = Manager(client, settings, credentials)
+        await manager.start()
+        try:
+            await eventually(lambda: endpoints_of(api, "legacy-db") == {("pg", "10.0.0.2"): True}
+                             and managers(api, "legacy-db") == {"controller.epctl.io"}, timeout=20,
+                             message="the cloud's truth, in epctl's slices only")
+        finally:
+            await manager.stop()
+        assert cloud.calls("compute") >= 4, "the first answers failed"
+        assert routable and all(ready for ready in routable), "the Service was empty for a moment"

@@ -51,7 +51,7 @@ from epctl.metrics import (
     PrometheusWriterMetrics,
     api_request,
 )
-from epctl.probe.scheduler import Scheduler, Transition
+from epctl.probe.scheduler import CheckKey, Scheduler, Transition
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.openstack_auth import Credentials, credentials_from_env
@@ -301,12 +301,26 @@ class Manager:
         for problem in problems:
             log.warning(problem, extra={"service": "/".join(self.key)})
         if self.discovered is None:  # before the first answer: what our slices already publish
-            self.discovered = published_addresses(self.slices.cache.values(), self.key)
+            published = published_addresses(self.slices.cache.values(), self.key)
+            if not published:
+                return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
+            self.discovered = published
         addresses = set(self.discovered)
         groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler, self.slices.cache)
+        if self.state.get(self.key) is None and self._undecided(ports, addresses):
+            return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
                  "uid": service["metadata"].get("uid", ""), "controller": True, "blockOwnerDeletion": True}
         self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner))
+
+    def _undecided(self, ports: list[PortSpec], addresses: set[str]) -> bool:
+        target = f"{self.key[0]}/{self.key[1]}"
+        for port in ports:
+            for address in addresses if port.probe is not None else ():
+                state = self.scheduler.state(CheckKey(target, port.label, address))
+                if state is None or state.healthy is None:
+                    return True
+        return False
 
     def _on_discovery(self, update: DiscoveryUpdate) -> None:
         state = (update.ok, update.reason, update.message)
@@ -327,6 +341,8 @@ class Manager:
 
     def _on_transition(self, transition: Transition) -> None:
         group_id = f"{transition.key.port}/{family(transition.key.address)}"
+        if self.state.get(self.key) is None:
+            self._materialise()  # not published yet: maybe every check is decided now
         self.state.set_ready(self.key, group_id, transition.key.address, transition.healthy)
         log.info("endpoint %s", "healthy" if transition.healthy else "unhealthy",
                  extra={"address": transition.key.address, "port": transition.key.port, "reason": transition.reason})
