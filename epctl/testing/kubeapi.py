@@ -37,6 +37,7 @@ from epctl.testing.apierrors import StatusError
 from epctl.testing.apistore import ObjectStore
 from epctl.testing.builtins import ALL_VERBS, ResourceType
 from epctl.testing.kcm import EndpointSliceMirroring
+from epctl.testing.protobuf import ProtobufError, decode_object
 from epctl.testing.openapi import openapi_v3_document, openapi_v3_index
 from epctl.testing.selectors import make_filter
 from epctl.testing.tables import render_table
@@ -380,11 +381,13 @@ class KubeAPIServer:
     # --- verbs ----------------------------------------------------------------------------------------
 
     async def _body(self, request: web.Request, yaml_ok: bool = False) -> Any:
-        if "protobuf" in request.headers.get("Content-Type", ""):
-            # kubectl's typed generators (``kubectl create configmap``...) send protobuf; we only speak JSON.
-            raise StatusError(415, "UnsupportedMediaType", "the test API server accepts JSON and YAML bodies "
-                              "only, not application/vnd.kubernetes.protobuf (use kubectl apply)")
         raw = await request.read()
+        if "protobuf" in request.headers.get("Content-Type", ""):
+            # kubectl's typed generators (``kubectl create configmap``...) always send protobuf
+            try:
+                return decode_object(raw)
+            except ProtobufError as err:
+                raise StatusError(415, "UnsupportedMediaType", str(err)) from None
         if not raw:
             return None
         try:

@@ -90,9 +90,7 @@ def _columns(rt: ResourceType) -> list[tuple[Obj, Any]]:
                 cols.append((definition, age[1]))
             else:
                 cols.append((definition, _path_cell(col["jsonPath"])))
-        if not any(c["jsonPath"] == ".metadata.creationTimestamp" for c in rt.printer_columns):
-            cols.append(age)
-        return cols
+        return cols  # exactly the declared columns: kube-apiserver adds Age only to a CRD that declares none
     extra = BUILTIN_COLUMNS.get(rt.kind, [])
     return [name] + [({"name": n, "type": "string", "format": "", "description": n, "priority": 0}, f)
                      for n, f in extra] + [age]

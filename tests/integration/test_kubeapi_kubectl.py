@@ -134,3 +134,41 @@ async def test_apply_kustomize_directory_and_builtin_validation(kubectl: Kubectl
     result = await kubectl("apply", "-f", "-", stdin=bad, check=False)
     assert "spec.ports[0].port: Invalid value: 0" in result.stderr
     assert "spec.ports[1].name: Required value" in result.stderr
+
+
+async def test_printer_columns_are_exactly_what_the_crd_declares(kubectl: Kubectl) -> None:
+    """As kube-apiserver: declared columns and nothing more (no AGE unless declared); none declared: NAME, AGE."""
+    crd = (DATA / "widget-crd.yaml").read_text()
+    without_age = crd.replace("    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}\n", "")
+    assert without_age != crd
+    await kubectl("apply", "-f", "-", stdin=without_age)
+    await kubectl("wait", "--for=condition=established", "crd/widgets.example.io", "--timeout=10s")
+    await kubectl("apply", "-f", "-", stdin=WIDGET % ("w1", 3))
+    assert (await kubectl("get", "wd")).stdout.splitlines()[0].split() == ["NAME", "SIZE", "PHASE"]
+    no_columns = "\n".join(line for line in without_age.splitlines()
+                           if "additionalPrinterColumns" not in line and "{name: Size" not in line
+                           and "{name: Phase" not in line) + "\n"
+    await kubectl("apply", "-f", "-", stdin=no_columns)
+    await eventually(lambda: _header(kubectl), message="default columns once the CRD has none")
+
+
+async def _header(kubectl: Kubectl) -> bool:
+    return (await kubectl("get", "wd")).stdout.splitlines()[0].split() == ["NAME", "AGE"]
+
+
+async def test_kubectl_create_generators_send_protobuf_and_it_is_understood(kubectl: Kubectl,
+                                                                            api: KubeAPIServer) -> None:
+    """kubectl's typed generators always send protobuf bodies (and accept a JSON answer)."""
+    await kubectl("create", "namespace", "team-a")
+    await kubectl("create", "configmap", "settings", "-n", "team-a", "--from-literal=mode=fast",
+                  "--from-literal=level=3")
+    await kubectl("create", "secret", "generic", "creds", "-n", "team-a", "--from-literal=password=s3cret")
+    await kubectl("create", "serviceaccount", "robot", "-n", "team-a")
+    store = api.store.objects
+    assert ("", "team-a") in store[("", "namespaces")]
+    assert store[("", "configmaps")][("team-a", "settings")]["data"] == {"mode": "fast", "level": "3"}
+    secret = store[("", "secrets")][("team-a", "creds")]
+    assert secret["data"] == {"password": "czNjcmV0"} and secret["type"] == "Opaque"
+    assert ("team-a", "robot") in store[("", "serviceaccounts")]
+    got = (await kubectl("get", "configmap", "settings", "-n", "team-a", "-o", "json")).json()
+    assert got["data"]["mode"] == "fast"
