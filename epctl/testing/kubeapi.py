@@ -37,8 +37,8 @@ from epctl.testing.apierrors import StatusError
 from epctl.testing.apistore import ObjectStore
 from epctl.testing.builtins import ALL_VERBS, ResourceType
 from epctl.testing.kcm import EndpointSliceMirroring
-from epctl.testing.protobuf import ProtobufError, decode_object
 from epctl.testing.openapi import openapi_v3_document, openapi_v3_index
+from epctl.testing.protobuf import ProtobufError, decode_object
 from epctl.testing.selectors import make_filter
 from epctl.testing.tables import render_table
 from epctl.testing.tls import serving_certs
