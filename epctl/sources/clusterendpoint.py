@@ -342,8 +342,8 @@ class ClusterEndpointSource:
         target = f"{key[0]}/{key[1]}"
         discovered = set(self._discovered(key, entry))
         for port in spec.ports:
-            if port.probe is None:
-                continue
+            if port.probe is None or port.timing.initial_delay_seconds:
+                continue  # an initial delay means "not ready until then" (kubelet): nothing to wait for
             for address in {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered:
                 state = self.scheduler.state(CheckKey(target, port.label, address))
                 if state is None or state.healthy is None:

@@ -316,7 +316,7 @@ class Manager:
     def _undecided(self, ports: list[PortSpec], addresses: set[str]) -> bool:
         target = f"{self.key[0]}/{self.key[1]}"
         for port in ports:
-            for address in addresses if port.probe is not None else ():
+            for address in addresses if port.probe is not None and not port.timing.initial_delay_seconds else ():
                 state = self.scheduler.state(CheckKey(target, port.label, address))
                 if state is None or state.healthy is None:
                     return True

@@ -305,3 +305,15 @@ async def test_flush_returns_only_after_the_writes(api: KubeAPIServer, client: K
         assert slices_of(api, "quick") == []  # still inside the (long) batch delay
         assert await controller.writer.flush(10.0)
         assert [e["addresses"] for s in slices_of(api, "quick") for e in s["endpoints"]] == [["10.0.0.1"]]
+
+
+async def test_an_initial_delay_publishes_at_once_not_ready(api: KubeAPIServer, client: KubeClient) -> None:
+    """A first publication waits for first probe results, but not for an initialDelaySeconds: during it
+    the host is not ready (kubelet semantics), and the Service exists."""
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("slow", [
+            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+             "periodSeconds": 1, "initialDelaySeconds": 300}]))
+        await eventually(lambda: endpoints_of(api, "slow") == {("pg", "127.0.0.1"): False}, message="published")
+        assert service_of(api, "slow") is not None
