@@ -113,8 +113,9 @@ class StatusWriter:
             now = time.monotonic()
             due = [] if self.paused else [k for k, (_, at) in self._pending.items() if at <= now]
             for key in due:
-                status, _ = self._pending.pop(key)
-                await self._write(key, status)
+                item = self._pending.pop(key, None)  # set() or forget() may have dropped it meanwhile
+                if item is not None:
+                    await self._write(key, item[0])
             if not self._pending:
                 self._idle.set()
             self._wakeup.clear()

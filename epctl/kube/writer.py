@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from epctl.endpoints import MANAGED_LABEL, desired_endpoints, endpoints_update, is_ours
+from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE, desired_endpoints, endpoints_update, is_ours
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
@@ -35,7 +35,6 @@ from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-SERVICE_MANAGED_LABEL = MANAGED_LABEL
 
 
 class SyncReporter(Protocol):
@@ -306,7 +305,6 @@ class Writer:
                     # Not ours to write: then nothing of ours may be published for it either (slices a
                     # mirror wrote before handing the Service over, for instance). The next change retries.
                     await self._sync(key, None)
-                    self._known.add(key)
                     raise
         groups = list(target.groups.values()) if target else []
         owners = [target.owner] if target and target.owner else []
@@ -474,7 +472,7 @@ class Writer:
         body: Obj = {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": target.name, "namespace": target.namespace,
-                         "labels": {SERVICE_MANAGED_LABEL: "epctl"}},
+                         "labels": {MANAGED_LABEL: MANAGED_VALUE}},
             "spec": {"ports": [{"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol}
                                for p in spec.ports]},
         }
@@ -518,8 +516,8 @@ class Writer:
         patch: Obj = {}
         if current_ports != want_ports or existing.get("spec", {}).get("selector"):
             patch["spec"] = {"ports": want_ports, "selector": None}
-        if (existing["metadata"].get("labels") or {}).get(SERVICE_MANAGED_LABEL) != "epctl":
-            patch.setdefault("metadata", {})["labels"] = {SERVICE_MANAGED_LABEL: "epctl"}
+        if (existing["metadata"].get("labels") or {}).get(MANAGED_LABEL) != MANAGED_VALUE:
+            patch.setdefault("metadata", {})["labels"] = {MANAGED_LABEL: MANAGED_VALUE}
         if (not owned or inherited) and target.owner:
             # adopting takes control: a previous controller reference (the ClusterEndpoint of the tool we
             # replace, say) goes, or the API server refuses two; other owners stay

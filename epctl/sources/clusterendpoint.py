@@ -411,8 +411,9 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is None:
             return
-        if entry.undecided and entry.spec is not None and entry.resolved is entry.spec:
-            self._materialise(key, entry)  # publishes once the last first result is in
+        if (entry.undecided and entry.spec is not None and entry.resolved is entry.spec
+                and not self._undecided(key, entry.spec, entry)):
+            self._materialise(key, entry)  # the last first result is in: publish
         if transition.healthy:
             if transition.previous is False:  # a first healthy decision is not news
                 self.events.record(entry.obj, "Normal", "EndpointHealthy",

@@ -5,13 +5,15 @@ the real controller (in-process) against the test API server and real TCP backen
 with random steps: ClusterEndpoints created, edited, deleted, deleted and re-created (also while the
 watch is down, so the controller learns of it from a 410 relist), adoption on and off, a mirrored
 Service claimed by a ClusterEndpoint and handed over, backends up and down, our slices and Services
-deleted or edited by someone else, dropped watches, forced compaction, bursts of 409/429/500 on the
-next writes, and controller restarts.
+deleted or edited by someone else, hand-written Endpoints objects (as the old tools leave them),
+dropped watches, forced compaction, bursts of 409/429/500 on the next writes, and, with two
+replicas under Lease leader election, replica restarts, leader hand-overs and a partitioned leader.
 
 After each step the system must quiesce into the state derived from the API objects and the
-backends' health alone (see :func:`violations`), and an idle system must write nothing. A step is
-data (a dict) whose random choices are fixed when it is generated, so a failing walk replays exactly
-and can be shrunk by dropping steps.
+backends' health alone (see :func:`violations`: Services, slices, v1 Endpoints, status), with one
+leader and at most one writer at any time (each replica's writes form one block in the request
+log), and an idle system must write nothing. A step is data (a dict) whose random choices are fixed
+when it is generated, so a failing walk replays exactly and can be shrunk by dropping steps.
 
     python -m tests.fuzz.controller_fuzz --seeds 20 --steps 40      # soak: prints the figures
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import itertools
 import logging
 import random
 import sys
@@ -49,7 +52,8 @@ SKIP = "endpointslice.kubernetes.io/skip-mirror"
 ORIGIN_ENDPOINTS = {("db", "10.1.0.1"): True}  # what the mirror source Service publishes
 QUIESCE_TIMEOUT = 25.0
 IDLE_WINDOW = 0.6
-CONTROLLER_AGENT = "epctl/fuzzed"  # faults are injected into the controller's requests only
+CONTROLLER_AGENT = "epctl/fuzzed"  # prefix of every replica's user agent: faults hit the controller only
+LEASE = {"lease_duration": 2.0, "renew_deadline": 1.2, "retry_period": 0.2}
 
 
 class InvariantViolation(AssertionError):
@@ -71,8 +75,8 @@ def random_step(rng: random.Random, port: int) -> Step:
     kind = rng.choices(
         ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
          "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile",
-         "legacy_endpoints"),
-        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2))[0]
+         "legacy_endpoints", "leader_change", "partition"),
+        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 1, 1))[0]
     step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
     if kind in ("apply", "recreate", "recreate_relist"):
         step["spec"] = random_spec(rng, port)
@@ -241,7 +245,14 @@ def _check_status(name: str, item: Obj, up: dict[str, bool], synced: bool, confl
                                        f"{got}, expected {expected}"]
 
 
-# --- the world: API server, backends, controller ---------------------------------------------------
+# --- the world: API server, backends, controller replicas ------------------------------------------
+
+@dataclass
+class Replica:
+    name: str
+    client: KubeClient
+    controller: Controller
+
 
 @dataclass
 class Stats:
@@ -260,8 +271,8 @@ class World:
         self.api, self.client, self.port = api, client, port
         self.backends = {a: TCPBackend(port, host=a) for a in ADDRESSES}
         self.up = dict.fromkeys(ADDRESSES, True)
-        self.controller: Controller | None = None
-        self.controller_client: KubeClient | None = None
+        self.replicas: list[Replica] = []  # two, with Lease leader election: one writes, one stands by
+        self._names = (f"r{n}" for n in itertools.count())
 
     async def start(self) -> None:
         for backend in self.backends.values():
@@ -275,25 +286,30 @@ class World:
             "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
             "addressType": "IPv4", "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}],
             "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}]})
-        await self.start_controller()
+        for _ in range(2):
+            await self.start_replica()
 
-    async def start_controller(self) -> None:
-        self.controller_client = await KubeClient.connect(self.api.kubeconfig_path, user_agent=CONTROLLER_AGENT)
-        self.controller = Controller(self.controller_client, ControllerSettings(
+    async def start_replica(self) -> None:
+        name = next(self._names)
+        client = await KubeClient.connect(self.api.kubeconfig_path, user_agent=f"{CONTROLLER_AGENT}/{name}")
+        controller = Controller(client, ControllerSettings(
             batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True, metrics_addr=None,
-            resolve_interval=3600))
-        await self.controller.start()
+            resolve_interval=3600, leader_elect=True, leader_election_namespace="default", identity=name,
+            **LEASE))  # type: ignore[arg-type]
+        await controller.start()
+        self.replicas.append(Replica(name, client, controller))
 
-    async def stop_controller(self) -> None:
-        if self.controller is not None:
-            await self.controller.stop()
-            self.controller = None
-        if self.controller_client is not None:
-            await self.controller_client.close()
-            self.controller_client = None
+    async def stop_replica(self, replica: Replica) -> None:
+        self.replicas.remove(replica)
+        await replica.controller.stop()
+        await replica.client.close()
+
+    def leader(self) -> Replica | None:
+        return next((r for r in self.replicas if r.controller.leading), None)
 
     async def stop(self) -> None:
-        await self.stop_controller()
+        for replica in list(self.replicas):
+            await self.stop_replica(replica)
         for backend in self.backends.values():
             await backend.stop()
 
@@ -439,9 +455,28 @@ class World:
         await self.run(step["then"], stats)
 
     async def _restart(self, step: Step, stats: Stats) -> None:
+        """A replica (leader or standby) stops and a new one starts."""
         stats.restarts += 1
-        await self.stop_controller()
-        await self.start_controller()
+        await self.stop_replica(self.replicas[step["pick"] % len(self.replicas)])
+        await self.start_replica()
+
+    async def _leader_change(self, step: Step, stats: Stats) -> None:
+        """The leader shuts down (releasing its Lease); the standby takes over; a new standby starts."""
+        stats.restarts += 1
+        leader = self.leader()
+        if leader is not None:
+            await self.stop_replica(leader)
+        await self.start_replica()
+
+    async def _partition(self, step: Step, stats: Stats) -> None:
+        """The leader loses the API server (every request fails) until it steps down; then it heals."""
+        leader = self.leader()
+        if leader is None:
+            return
+        rule = self.api.inject_fault(FaultRule(user_agent=f"{CONTROLLER_AGENT}/{leader.name}", code=503,
+                                               count=10**9))
+        await eventually(lambda: not leader.controller.leading, timeout=10, message="partitioned leader steps down")
+        self.api.faults.remove(rule)
 
     async def _hostile(self, step: Step, stats: Stats) -> None:
         body = cep("h", [{"name": "p0", "port": 8000, "targetPort": self.port, "hosts": [step["host"]],
@@ -451,18 +486,36 @@ class World:
 
     # --- invariants -----------------------------------------------------------------------------
 
+    def writers(self) -> list[str]:
+        """Problems with who wrote: at most one replica writes at any time. Each replica has its own
+        identity, so in the request log every identity's successful writes must form one block."""
+        seen: list[str] = []
+        for r in self.api.request_log:
+            if (r.is_write and r.code < 400 and r.user_agent.startswith(CONTROLLER_AGENT)
+                    and r.resource not in ("events", "leases")):
+                if not seen or seen[-1] != r.user_agent:
+                    if r.user_agent in seen:
+                        return [f"{r.user_agent} wrote {r.verb} {r.resource}/{r.name} after {seen[-1]} had written"]
+                    seen.append(r.user_agent)
+        return []
+
     async def quiesce(self, stats: Stats) -> None:
         """Wait for the state the objects and backends call for; then an idle window writes nothing."""
         self.api.faults.clear()  # a burst lasts one step
+
+        def problems() -> list[str]:
+            return (violations(self.objects(), self.up) + self.writers()
+                    + ([] if self.leader() is not None else ["no leader"]))
+
         try:
-            await eventually(lambda: not violations(self.objects(), self.up), timeout=QUIESCE_TIMEOUT, interval=0.05)
+            await eventually(lambda: not problems(), timeout=QUIESCE_TIMEOUT, interval=0.05)
         except AssertionError:
-            raise InvariantViolation("did not converge: " + "; ".join(violations(self.objects(), self.up))) from None
+            raise InvariantViolation("did not converge: " + "; ".join(problems())) from None
         stats.checks += 1
         mark = len(self.api.request_log)
         await asyncio.sleep(IDLE_WINDOW)  # a measurement window, not synchronisation: nothing may happen in it
         writes = [f"{r.verb} {r.resource}/{r.name}" for r in self.api.writes(since=mark)
-                  if r.resource not in ("events", "leases") and r.user_agent == CONTROLLER_AGENT]
+                  if r.resource not in ("events", "leases") and r.user_agent.startswith(CONTROLLER_AGENT)]
         if writes:
             raise InvariantViolation(f"an idle system wrote: {writes}")
         stats.checks += 1

@@ -212,3 +212,33 @@ async def test_a_waiting_clusterendpoint_and_a_mirror_hand_a_service_back_and_fo
                              message="probed twice after the restart")
             await again.status.flush()
         assert [r for r in api.writes("clusterendpoints", mark)] == [], "the restart flipped the status"
+
+
+async def test_status_writer_survives_a_due_status_dropped_while_another_is_written(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """Found by the 1 s benchmark: two statuses due; while the first is being written, the second is
+    dropped (its ClusterEndpoint deleted, or its object already says it). The writer must go on."""
+    from epctl.kube.informer import Informer
+    from epctl.kube.status import StatusWriter
+    from epctl.testing.kubeapi import FaultRule
+    await install_crd(client)
+    for name in ("a", "b"):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+            {"name": "p", "port": 80, "hosts": ["127.0.0.1"]}]))
+    ceps = Informer(client, CLUSTERENDPOINTS, "default")
+    ceps.start()
+    await ceps.wait_synced(10)
+    writer = StatusWriter(client, CLUSTERENDPOINTS, ceps.get, delay=0.0)
+    task = writer.start()
+    try:
+        slow = api.inject_fault(FaultRule(verb="patch", name="a", subresource="status", code=0, delay=0.5))
+        writer.set("default", "a", {"phase": "Healthy"})
+        writer.set("default", "b", {"phase": "Healthy"})
+        await eventually(lambda: slow.count == 0, message="the first write is in flight")
+        writer.forget("default", "b")  # b was deleted meanwhile: its status is not to be written
+        await writer.flush(5)
+        assert not task.done(), f"the status writer died: {task.exception() if task.done() else ''}"
+        assert (cep_of(api, "a") or {}).get("status") == {"phase": "Healthy"}
+    finally:
+        await writer.stop()
+        await ceps.stop()
