@@ -306,6 +306,22 @@ class Writer:
                     # mirror wrote before handing the Service over, for instance). The next change retries.
                     await self._sync(key, None)
                     raise
+        if self.endpoints is None:
+            await self._sync_slices(key, target)
+        elif is_ours(self._observed_endpoints(key)):
+            # Both ours already: independent writes, so one reconcile costs the slower of the two.
+            results = await asyncio.gather(self._sync_slices(key, target), self._sync_endpoints(key, target),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        else:
+            # Taking the Endpoints over (from a seed tool, a person): our slices first, so the slice that
+            # Kubernetes mirrored from the old Endpoints is only removed once ours are there.
+            await self._sync_slices(key, target)
+            await self._sync_endpoints(key, target)
+
+    async def _sync_slices(self, key: TargetKey, target: Target | None) -> None:
         groups = list(target.groups.values()) if target else []
         owners = [target.owner] if target and target.owner else []
         fresh = False
@@ -325,8 +341,6 @@ class Writer:
                 raise
         else:
             raise ApiError(409, "Conflict", f"{key[0]}/{key[1]}: slices kept changing under us; will retry")
-        if self.endpoints is not None:
-            await self._sync_endpoints(key, target)
 
     # --- the v1 Endpoints ------------------------------------------------------------------------------
 

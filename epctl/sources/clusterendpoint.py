@@ -159,6 +159,11 @@ class ClusterEndpointSource:
         """Start every check afresh from the readiness published in our slices (gaining leadership:
         the previous leader's results are the truth, so taking over flips nothing)."""
         for key, entry in list(self._entries.items()):
+            # the conditions the previous leader published are the truth now, not what this replica saw
+            # when it first met the object (a standby's entry.sync would still say "not written yet")
+            entry.sync = _adopted_sync(entry.obj)
+            entry.discovery_sync, counts = _adopted_discovery(entry.obj)
+            entry.discovery_counts = counts if counts is not None else entry.discovery_counts
             if entry.spec is None:
                 continue
             target = f"{key[0]}/{key[1]}"

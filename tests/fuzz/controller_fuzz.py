@@ -476,6 +476,8 @@ class World:
         rule = self.api.inject_fault(FaultRule(user_agent=f"{CONTROLLER_AGENT}/{leader.name}", code=503,
                                                count=10**9))
         await eventually(lambda: not leader.controller.leading, timeout=10, message="partitioned leader steps down")
+        await eventually(lambda: any(r.controller.leading for r in self.replicas if r is not leader), timeout=15,
+                         message="the standby takes over")  # only then does the partition heal
         self.api.faults.remove(rule)
 
     async def _hostile(self, step: Step, stats: Stats) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 
 from epctl.app import Controller, ControllerSettings
 from epctl.kube.client import KubeClient
+from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd, slices_of
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, cep_of, install_crd, slices_of
 
 TIMING = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
 WRITES = ("create", "update", "patch", "delete")
@@ -66,7 +67,7 @@ async def test_one_leader_writes_and_graceful_stop_hands_over_at_once(api: KubeA
             await add_cep(api, setup, "two")
             assert {ua for _, ua in writers(api, mark)} == {"epctl/b"}
     finally:
-        if a.leading:
+        if not stopped:
             await first.__aexit__(None, None, None)
         await setup.close()
 
@@ -158,4 +159,41 @@ async def test_step_down_counts_from_when_the_last_renewal_was_sent(api: KubeAPI
         api.faults.clear()
         await controller.stop()
         await client.close()
+        await setup.close()
+
+
+async def test_a_handover_writes_nothing_when_nothing_changed(api: KubeAPIServer) -> None:
+    """Found by the fuzzer: the standby had adopted the status conditions once, when it first saw the
+    ClusterEndpoint ("not written yet"); on taking over it republished that, then flipped it back."""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    first = replica(api, "a")
+    a = await first.__aenter__()
+    stopped = False
+    try:
+        await eventually(lambda: a.leading, message="a leads")
+        async with replica(api, "b") as b, TCPBackend() as db:  # b meets it before a has written its status
+            await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("one", [
+                {"name": "p", "port": 80, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+                 "periodSeconds": 1}]))
+            await eventually(lambda: ((cep_of(api, "one") or {}).get("status") or {}).get("phase") == "Healthy",
+                             message="status written by a")
+            await a.writer.flush()
+            await a.status.flush()
+            stopped = True
+            await first.__aexit__(None, None, None)  # graceful: a releases, b takes over
+            mark = len(api.request_log)
+            await eventually(lambda: b.leading, message="b takes over")
+            check = next(iter(b.scheduler.keys()), None)
+            if check is not None:
+                runs = b.scheduler.state(check).runs  # type: ignore[union-attr]
+                await eventually(lambda: b.scheduler.state(check).runs >= runs + 2,  # type: ignore[union-attr]
+                                 message="b probed")
+            await b.writer.flush()
+            await b.status.flush()
+            assert [(r.verb, r.resource) for r in api.writes(since=mark) if r.resource not in ("leases", "events")] \
+                == [], "the new leader rewrote what had not changed"
+    finally:
+        if not stopped:
+            await first.__aexit__(None, None, None)
         await setup.close()
