@@ -36,7 +36,7 @@ from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, SERVICES, ApiError, Kub
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd, source_service
 
 Obj = dict[str, Any]
 Step = dict[str, Any]
@@ -278,14 +278,7 @@ class World:
         for backend in self.backends.values():
             await backend.start()
         await install_crd(self.client)
-        await self.client.request("POST", SERVICES.path("default"), body={
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "origin"},
-            "spec": {"ports": [{"name": "db", "port": 5432}]}})
-        await self.client.request("POST", ENDPOINTSLICES.path("default"), body={
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
-            "addressType": "IPv4", "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}]})
+        await source_service(self.client, "origin", ("db", 5432, 5432), {"10.1.0.1": True})
         for _ in range(2):
             await self.start_replica()
 

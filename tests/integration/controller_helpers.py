@@ -33,6 +33,21 @@ async def running_controller(api: KubeAPIServer, client: KubeClient, **overrides
         await controller.stop()
 
 
+async def source_service(client: KubeClient, name: str, port: tuple[str, int, int],
+                         endpoints: dict[str, bool]) -> None:
+    """A Service (port name, Service port, endpoint port) with one hand-made EndpointSlice: what a mirror
+    follows. ``endpoints``: address -> ready."""
+    port_name, service_port, endpoint_port = port
+    await client.request("POST", SERVICES.path("default"), body={
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"ports": [{"name": port_name, "port": service_port}]}})
+    await client.request("POST", ENDPOINTSLICES.path("default"), body={
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{name}-1", "labels": {"kubernetes.io/service-name": name}}, "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": endpoint_port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": ready}} for a, ready in endpoints.items()]})
+
+
 def cep(name: str, ports: list[dict[str, Any]], namespace: str = "default", **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"ports": ports, **spec}}
@@ -61,4 +76,4 @@ def cep_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[st
 
 
 __all__ = ["CLUSTERENDPOINTS", "CRD", "ENDPOINTSLICES", "SERVICES", "cep", "cep_of", "endpoints_of", "install_crd",
-           "running_controller", "service_of", "slices_of"]
+           "running_controller", "service_of", "slices_of", "source_service"]

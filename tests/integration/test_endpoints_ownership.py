@@ -25,6 +25,7 @@ from tests.integration.controller_helpers import (
     install_crd,
     running_controller,
     slices_of,
+    source_service,
 )
 
 Obj = dict[str, Any]
@@ -138,15 +139,7 @@ async def test_endpoints_written_once_per_flip_and_not_on_restart(api: KubeAPISe
 
 async def test_mirror_target_with_a_hand_made_endpoints_object(api: KubeAPIServer, client: KubeClient) -> None:
     await install_crd(client)
-    await client.request("POST", SERVICES.path("default"), body={
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "src"},
-        "spec": {"ports": [{"name": "https", "port": 443}]}})
-    await client.request("POST", ENDPOINTSLICES.path("default"), body={
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "src-1", "labels": {"kubernetes.io/service-name": "src"}}, "addressType": "IPv4",
-        "ports": [{"name": "https", "port": 6443}],
-        "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
-                      {"addresses": ["10.0.0.2"], "conditions": {"ready": False}}]})
+    await source_service(client, "src", ("https", 443, 6443), {"10.0.0.1": True, "10.0.0.2": False})
     await legacy_service(client, "vip", ["10.0.0.66"], 6443, annotations={"epctl.io/mirror-from": "default/src"})
     async with running_controller(api, client):
         truth = {("https", "10.0.0.1"): True, ("https", "10.0.0.2"): False}

@@ -19,6 +19,7 @@ from tests.integration.controller_helpers import (
     running_controller,
     service_of,
     slices_of,
+    source_service,
 )
 
 
@@ -84,14 +85,7 @@ async def test_a_clusterendpoint_cannot_take_a_mirrored_service_silently(api: Ku
     the mirror keeps its endpoints; removing the mirror annotation hands the Service over."""
     await install_crd(client)
     async with TCPBackend() as db, running_controller(api, client):
-        await client.request("POST", SERVICES.path("default"), body={
-            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "origin"},
-            "spec": {"ports": [{"name": "db", "port": 5432}]}})
-        await client.request("POST", ENDPOINTSLICES.path("default"), body={
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
-            "addressType": "IPv4", "ports": [{"name": "db", "port": db.port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["127.0.0.2"], "conditions": {"ready": True}}]})
+        await source_service(client, "origin", ("db", 5432, db.port), {"127.0.0.2": True})
         await client.request("POST", SERVICES.path("default"), body={
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "db", "annotations": {"epctl.io/mirror-from": "default/origin"}},
@@ -170,14 +164,7 @@ async def test_a_waiting_clusterendpoint_and_a_mirror_hand_a_service_back_and_fo
     foreign to the ClusterEndpoint); annotating again gives it back to the mirror; a restart then flips
     nothing, not even the waiting ClusterEndpoint's status (it has no slices to adopt readiness from)."""
     await install_crd(client)
-    await client.request("POST", SERVICES.path("default"), body={
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "origin"},
-        "spec": {"ports": [{"name": "db", "port": 5432}]}})
-    await client.request("POST", ENDPOINTSLICES.path("default"), body={
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "origin-1", "labels": {"kubernetes.io/service-name": "origin"}},
-        "addressType": "IPv4", "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}]})
+    await source_service(client, "origin", ("db", 5432, 5432), {"10.1.0.1": True})
     await client.request("POST", SERVICES.path("default"), body={
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "m", "annotations": {"epctl.io/mirror-from": "default/origin"}},
