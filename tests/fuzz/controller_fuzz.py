@@ -11,8 +11,8 @@ replicas under Lease leader election, replica restarts, leader hand-overs and a 
 
 After each step the system must quiesce into the state derived from the API objects and the
 backends' health alone (see :func:`violations`: Services, slices, v1 Endpoints, status), with one
-leader and at most one writer at any time (each replica's writes form one block in the request
-log), and an idle system must write nothing. A step is data (a dict) whose random choices are fixed
+leader and at most one writer at any time (every write comes from the replica whose Lease write
+precedes it in the server's commit order), and an idle system must write nothing. A step is data (a dict) whose random choices are fixed
 when it is generated, so a failing walk replays exactly and can be shrunk by dropping steps.
 
     python -m tests.fuzz.controller_fuzz --seeds 20 --steps 40      # soak: prints the figures
@@ -482,16 +482,19 @@ class World:
     # --- invariants -----------------------------------------------------------------------------
 
     def writers(self) -> list[str]:
-        """Problems with who wrote: at most one replica writes at any time. Each replica has its own
-        identity, so in the request log every identity's successful writes must form one block."""
-        seen: list[str] = []
+        """Problems with who wrote: at most one replica writes at any time. Only the Lease holder renews
+        or acquires the Lease, so in the server's commit order (its request log) every write must come
+        from the replica whose successful Lease write is the latest before it; a deposed leader that
+        writes after another one acquired the Lease breaks this, a leader that later leads again not."""
+        holder = ""
         for r in self.api.request_log:
-            if (r.is_write and r.code < 400 and r.user_agent.startswith(CONTROLLER_AGENT)
-                    and r.resource not in ("events", "leases")):
-                if not seen or seen[-1] != r.user_agent:
-                    if r.user_agent in seen:
-                        return [f"{r.user_agent} wrote {r.verb} {r.resource}/{r.name} after {seen[-1]} had written"]
-                    seen.append(r.user_agent)
+            if not (r.is_write and r.code < 400 and r.user_agent.startswith(CONTROLLER_AGENT)):
+                continue
+            if r.resource == "leases":
+                holder = r.user_agent
+            elif r.resource != "events" and r.user_agent != holder:
+                return [f"{r.user_agent} wrote {r.verb} {r.resource}/{r.name} while {holder or 'nobody'} held the "
+                        "Lease"]
         return []
 
     async def quiesce(self, stats: Stats) -> None:
