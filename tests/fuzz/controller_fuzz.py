@@ -12,8 +12,9 @@ replicas under Lease leader election, replica restarts, leader hand-overs and a 
 After each step the system must quiesce into the state derived from the API objects and the
 backends' health alone (see :func:`violations`: Services, slices, v1 Endpoints, status), with one
 leader and at most one writer at any time (every write comes from the replica whose Lease write
-precedes it in the server's commit order), and an idle system must write nothing. A step is data (a dict) whose random choices are fixed
-when it is generated, so a failing walk replays exactly and can be shrunk by dropping steps.
+precedes it in the server's commit order), and an idle system must write nothing. A step is data
+(a dict) whose random choices are fixed when it is generated, so a failing walk replays exactly and
+can be shrunk by dropping steps.
 
     python -m tests.fuzz.controller_fuzz --seeds 20 --steps 40      # soak: prints the figures
 """
