@@ -15,15 +15,19 @@ def ensure_running(task: asyncio.Task[None] | None, factory: Callable[[], Corout
     return task
 
 
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` and wait until it has really finished (its cleanup ran)."""
+async def cancel_and_wait(task: asyncio.Task[Any] | None, resend: float = 0.5) -> None:
+    """Cancel ``task`` and wait until it has really finished (its cleanup ran).
+
+    The cancellation is sent again every ``resend`` seconds while the task runs: on Python 3.11
+    ``asyncio.wait_for`` swallows a cancellation that arrives as its timeout fires, and a loop around
+    it (the leader elector's) would then run on forever while we wait for it."""
     if task is None:
         return
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=resend)
+    if not task.cancelled():
+        task.result()  # an error the task ended with is still raised, as awaiting it would
 
 
 def core_health(tasks: list[asyncio.Task[None]]) -> tuple[bool, str]:

@@ -50,3 +50,27 @@ def test_readme_configuration_reference_matches_the_flags() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     published = readme.split("<!-- flags:begin -->\n", 1)[1].split("<!-- flags:end -->", 1)[0]
     assert published == flag_reference(), "README flag reference is stale: regenerate it (see README)"
+
+
+async def test_cancel_and_wait_resends_a_swallowed_cancellation() -> None:
+    """A task that swallows a cancellation (as asyncio.wait_for can on Python 3.11) still stops."""
+    import asyncio
+
+    from epctl.tasks import cancel_and_wait
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed >= 2:
+                    raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, resend=0.05), 5)
+    assert task.cancelled() and swallowed == 2
