@@ -22,7 +22,7 @@ import yaml
 
 from epctl.check import CheckInputError, load_documents
 from epctl.kube.client import ENDPOINTS, MERGE_PATCH, SERVICES, ApiError, KubeClient, Resource
-from epctl.migrate import OLD_API_VERSIONS, Conversion, convert_documents
+from epctl.migrate import OLD_API_VERSIONS, Conversion, convert_documents, is_old_clusterendpoint
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
 
 Obj = dict[str, Any]
@@ -109,9 +109,9 @@ async def apply(client: KubeClient, conversions: list[Conversion], documents: li
                 continue
             err.write(f"# ClusterEndpoint {namespace}/{conversion.result['metadata']['name']} exists; left as is\n")
     for doc in documents:
-        meta = doc.get("metadata") or {} if isinstance(doc, dict) else {}
-        if not (isinstance(doc, dict) and doc.get("apiVersion") in OLD_API_VERSIONS and meta.get("finalizers")):
+        if not is_old_clusterendpoint(doc) or not (doc.get("metadata") or {}).get("finalizers"):
             continue
+        meta = doc["metadata"]
         group, version = doc["apiVersion"].split("/")
         resource = Resource(group, version, "clusterendpoints", "ClusterEndpoint")
         namespace = meta.get("namespace") or default_namespace
