@@ -7,8 +7,9 @@ would publish in EndpointSlices.
 
 ``--once`` (the default) probes until every check has reached a threshold decision, at one probe
 per second instead of each port's period so the answer comes quickly, and exits 0 if everything is
-healthy, 1 if anything is not, 2 on invalid input. ``--watch`` keeps probing at the real periods and
-prints each transition.
+healthy, 1 if anything is not, 2 on invalid input, 130 when interrupted. ``--watch`` keeps probing
+at the real periods and prints each transition after the first table; ``--duration`` bounds the
+whole run, counted from the start. Documents of other kinds are skipped with a note.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, TextIO
 import yaml
 
 from epctl.api import ClusterEndpointSpec, PortSpec, parse_cluster_endpoint
+from epctl.api.spec import API_VERSION, KIND
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
 
@@ -45,34 +47,130 @@ class Row:
     error: str | None = None
 
 
+# Bounds on input (a manifest is small; an alias bomb or a stray 50 MB file must not hang or flood):
+# the API server refuses request bodies over 3 MiB, so no ClusterEndpoint document is bigger.
+MAX_INPUT_BYTES = 32 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 3 * 1024 * 1024
+MAX_EXPANDED_NODES = 100_000  # values after YAML aliases are expanded, per document
+MAX_ERRORS_SHOWN = 50  # per document
+
+
+def _expanded_size(root: Any) -> int:
+    """How many values ``root`` holds once YAML aliases are expanded (shared nodes count each time they
+    are reached), without expanding them; raises CheckInputError on a cycle or past the bound."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in visiting:
+            raise CheckInputError("document refers to itself through a YAML alias")
+        visiting.add(ident)
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1 + sum(size(child) for child in children)
+        visiting.discard(ident)
+        if total > MAX_EXPANDED_NODES:
+            raise CheckInputError(f"document expands to more than {MAX_EXPANDED_NODES:,} values through YAML "
+                                  "aliases (an alias bomb?)")
+        sizes[ident] = total
+        return total
+
+    return size(root)
+
+
+def _split_documents(text: str) -> list[str]:
+    """The YAML documents of ``text`` by their ``---`` separators (for the size bound only)."""
+    parts: list[str] = []
+    current: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.rstrip("\r\n") == "---" or line.startswith(("--- ", "---\t")):
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(line)
+    parts.append("".join(current))
+    return parts
+
+
+def _read(path: str, stdin: TextIO) -> str:
+    try:
+        if path == "-":
+            text = stdin.read(MAX_INPUT_BYTES + 1)
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(MAX_INPUT_BYTES + 1)
+    except OSError as err:
+        raise CheckInputError(f"{path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise CheckInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    if len(text) > MAX_INPUT_BYTES:
+        raise CheckInputError(f"{path}: larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB; not a manifest")
+    for index, part in enumerate(_split_documents(text)):
+        if len(part) > MAX_DOCUMENT_BYTES:
+            raise CheckInputError(f"{path}: document {index} is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} "
+                                  "MiB, the most the API server accepts")
+    return text
+
+
 def load_documents(paths: list[str], stdin: TextIO = sys.stdin) -> list[tuple[str, Any]]:
     """(label, document) for every non-empty YAML document in ``paths``."""
     documents = []
     for path in paths:
-        try:
-            text = stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-        except OSError as err:
-            raise CheckInputError(f"{path}: {err.strerror}") from err
+        text = _read(path, stdin)
+        label = "stdin" if path == "-" else path
         try:
             for index, doc in enumerate(yaml.safe_load_all(text)):
                 if doc is not None:
-                    documents.append((f"{'stdin' if path == '-' else path}[{index}]", doc))
+                    _expanded_size(doc)
+                    documents.append((f"{label}[{index}]", doc))
         except yaml.YAMLError as err:
-            raise CheckInputError(f"{path}: not valid YAML: {err}") from err
+            raise CheckInputError(f"{path}: not valid YAML: {_shorten(str(err), 500)}") from err
+        except RecursionError as err:
+            raise CheckInputError(f"{path}: document is nested too deeply") from err
     if not documents:
         raise CheckInputError("no documents found in the input")
     return documents
 
 
-def parse_all(documents: list[tuple[str, Any]], allow_loopback: bool) -> tuple[list[ClusterEndpointSpec], list[str]]:
-    specs, problems = [], []
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _kind_of(doc: Any) -> tuple[str, str]:
+    if not isinstance(doc, dict):
+        return "", ""
+    return str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
+
+
+def parse_all(documents: list[tuple[str, Any]], allow_loopback: bool
+              ) -> tuple[list[ClusterEndpointSpec], list[str], list[str]]:
+    """(specs, problems, notes). Documents of other kinds (a Namespace next to the ClusterEndpoints, the
+    whole output of ``kubectl kustomize``) are skipped with a note; only ClusterEndpoints are judged."""
+    specs: list[ClusterEndpointSpec] = []
+    problems: list[str] = []
+    notes: list[str] = []
     for label, doc in documents:
+        api_version, kind = _kind_of(doc)
+        if isinstance(doc, dict) and kind and kind != KIND:
+            notes.append(f"{label}: skipped {kind} ({api_version or 'no apiVersion'}): not a ClusterEndpoint")
+            continue
         spec, errors = parse_cluster_endpoint(doc, allow_loopback=allow_loopback)
         if spec is None:
-            problems += [f"{label}: {error}" for error in errors]
-        else:
-            specs.append(spec)
-    return specs, problems
+            shown = [f"{label}: {_shorten(str(error))}" for error in errors[:MAX_ERRORS_SHOWN]]
+            if len(errors) > MAX_ERRORS_SHOWN:
+                shown.append(f"{label}: ... and {len(errors) - MAX_ERRORS_SHOWN} more errors")
+            problems += shown
+            continue
+        specs.append(spec)
+        if api_version != API_VERSION:
+            notes.append(f"{label}: {api_version} is the endpoints-operator's API, which this cluster may not "
+                         f"serve; epctl reads the same spec as {API_VERSION}: change only the apiVersion, or run "
+                         f"`epctl import -f FILE` to convert it with adoption of the Service it made")
+    return specs, problems, notes
 
 
 async def plan_rows(specs: list[ClusterEndpointSpec], allow_loopback: bool = False) -> tuple[list[Row], list[Check]]:
@@ -178,41 +276,62 @@ async def _until_decided(scheduler: Scheduler, checks: list[Check], timeout: flo
 async def run_check(paths: list[str], *, watch: bool = False, output: str = "table", allow_loopback: bool = False,
                     duration: float = 0.0, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
                     stdin: TextIO = sys.stdin) -> int:
+    """Exit code 0/1/2 (see the module docstring). Interrupted (Ctrl-C, SIGTERM): the report of what was
+    decided so far is printed and the cancellation propagates, so the command exits 130/143 and
+    ``epctl check -f x && kubectl apply -f x`` never applies after an interrupt."""
+    started = time.monotonic()
     try:
-        specs, problems = parse_all(load_documents(paths, stdin), allow_loopback)
+        specs, problems, notes = parse_all(load_documents(paths, stdin), allow_loopback)
     except CheckInputError as error:
         print(f"error: {error}", file=err)
         return EXIT_INVALID
+    for note in notes:
+        print(f"note: {note}", file=err)
     if problems:
         print("invalid ClusterEndpoint:", file=err)
         for problem in problems:
             print(f"  {problem}", file=err)
         return EXIT_INVALID
+    if not specs:
+        print("error: no ClusterEndpoint in the input", file=err)
+        return EXIT_INVALID
     rows, checks = await plan_rows(specs, allow_loopback)
     for spec in specs:
         if spec.openstack is not None:  # needs the cluster's Secret and the cloud: the controller's job
-            print(f"note: {spec.key}: spec.discovery.openstack is valid but not evaluated here; only the listed "
-                  "hosts are probed", file=err)
+            print(f"note: {spec.key}: spec.discovery.openstack is valid but not evaluated here (it needs the "
+                  "cluster's Secret); only the listed hosts are probed", file=err)
     interval = 1.0
+    table_printed = False
 
     def report(transition: Transition) -> None:
-        if watch:
+        if watch and table_printed:  # decisions before the table are shown in it
             stamp = time.strftime("%H:%M:%S", time.localtime(transition.at))
             print(f"{stamp} {transition.key.target} {transition.key.port} {transition.key.address} "
                   f"{'healthy' if transition.healthy else 'unhealthy'}: {transition.reason}", file=out, flush=True)
+
+    def render() -> str:
+        return render_json(rows, scheduler) if output == "json" else render_text(rows, scheduler)
+
+    def remaining(default: float) -> float:
+        return default if duration <= 0 else max(0.0, min(default, started + duration - time.monotonic()))
 
     scheduler = Scheduler(report, period_override=None if watch else interval, first_window=0.2)
     for check in checks:
         scheduler.upsert(check)
     scheduler.start()
     try:
-        await _until_decided(scheduler, checks, _decision_deadline(checks, interval))
-        print(render_json(rows, scheduler) if output == "json" else render_text(rows, scheduler), file=out,
-              flush=True)
+        try:
+            await _until_decided(scheduler, checks, remaining(_decision_deadline(checks, interval)))
+        except asyncio.CancelledError:
+            print(render(), file=out, flush=True)  # what was decided before the interrupt
+            print("interrupted: the report above is incomplete", file=err, flush=True)
+            raise
+        print(render(), file=out, flush=True)
+        table_printed = True
         if watch:
             print("\nwatching for transitions (Ctrl-C to stop)...", file=out, flush=True)
             if duration > 0:
-                await asyncio.sleep(duration)
+                await asyncio.sleep(remaining(duration))
             else:
                 await asyncio.Event().wait()
     finally:

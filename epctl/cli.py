@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -46,7 +48,8 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-concurrent-probes", default=1000, type=int, help="probes in flight at once")
     add_flag(parser, "--write-concurrency", default=8, type=int, help="targets written at once")
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
-    add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
+    add_flag(parser, "--allow-loopback", default=False, boolean=True, env=["EPCTL_ALLOW_LOOPBACK_HOSTS"],
+             aliases=["--allow-loopback-hosts"],
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
     add_flag(parser, "--manage-endpoints", default=True, boolean=True, help=MANAGE_ENDPOINTS_HELP)
     add_flag(parser, "--per-target-metrics", default=False, boolean=True,
@@ -118,8 +121,8 @@ def _manager_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--probe-success-threshold", default=1, type=int, help="consecutive successes to mark ready")
     add_flag(parser, "--metrics-addr", default=":8080", help="address of /metrics, /healthz and /readyz")
     add_flag(parser, "--openstack-timeout", default=10.0, type=float, help="seconds an OpenStack API request may take")
-    add_flag(parser, "--allow-loopback-hosts", default=False, boolean=True,
-             help="accept 127.0.0.0/8 addresses (development only)")
+    add_flag(parser, "--allow-loopback", default=False, boolean=True, env=["EPCTL_ALLOW_LOOPBACK_HOSTS"],
+             aliases=["--allow-loopback-hosts"], help="accept 127.0.0.0/8 addresses (development only)")
     add_flag(parser, "--manage-endpoints", default=True, boolean=True, help=MANAGE_ENDPOINTS_HELP)
 
 
@@ -154,7 +157,7 @@ def _run_manager(args: argparse.Namespace) -> int:
             timing=ProbeTiming(timeout_seconds=args.probe_timeout, period_seconds=args.probe_period,
                                success_threshold=args.probe_success_threshold,
                                failure_threshold=args.probe_failure_threshold),
-            metrics_addr=args.metrics_addr or None, allow_loopback_hosts=args.allow_loopback_hosts,
+            metrics_addr=args.metrics_addr or None, allow_loopback_hosts=args.allow_loopback,
             openstack_timeout=args.openstack_timeout, manage_endpoints=args.manage_endpoints)
         seed_query(settings)  # bad filters fail here, before anything connects
         config = (cluster_config(args.k8s_api_server, args.k8s_api_token, args.k8s_ca_file,
@@ -175,24 +178,28 @@ def _pod_namespace() -> str | None:
 
 
 def _slice_size(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number between 1 and 1000, got {text!r}") from None
     if not 1 <= value <= 1000:
-        raise ValueError("must be between 1 and 1000")
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000 (the EndpointSlice API's limit), got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="epctl", description="Keeps Kubernetes Services pointed at healthy "
                                      "endpoints that live outside the Pod network.")
+    parser.add_argument("--version", action="version", version=f"epctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    version = sub.add_parser("version", help="print the epctl version")
+    version = sub.add_parser("version", help="print the epctl version", description="Print the epctl version.")
     _common(version)
 
     check = sub.add_parser("check", help="probe the hosts of ClusterEndpoint manifests from this machine",
                            description="Validate ClusterEndpoint manifests, probe every host from here, and print "
                            "health plus the EndpointSlice conditions epctl would publish. Exit 0: all healthy, "
-                           "1: something unhealthy, 2: invalid input.")
+                           "1: something unhealthy, 2: invalid input, 130: interrupted.")
     _common(check)
     check.add_argument("-f", "--filename", action="append", required=True, dest="files", metavar="FILE",
                        help="manifest file (multi-document YAML); '-' reads stdin; repeatable")
@@ -203,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(check, "--output", short="-o", default="table", choices=["table", "json"], help="report format")
     add_flag(check, "--allow-loopback", default=False, boolean=True,
              help="accept 127.0.0.0/8 hosts (useful to try local servers; a cluster refuses them in slices)")
-    add_flag(check, "--duration", default=0.0, type=float, help="with --watch: stop after this many seconds "
-             "(0: run until interrupted)")
+    add_flag(check, "--duration", default=0.0, type=float, help="stop after this many seconds counted from the "
+             "start (0: until decided, or with --watch until interrupted)")
 
     importer = sub.add_parser("import", help="convert what the old tools left (endpoints-operator ClusterEndpoints, "
                               "Service + Endpoints pairs) into epctl ClusterEndpoints",
@@ -231,9 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     _kube(controller)
     _controller_flags(controller)
 
-    demo = sub.add_parser("demo", help="run the controller against an embedded API server and local backends")
+    demo = sub.add_parser("demo", help="run the controller against an embedded API server and local backends",
+                          description="Start an in-memory API server, local TCP/HTTP/UDP/gRPC backends and the "
+                          "controller; apply examples/demo.yaml; stop the HTTP backend for a while and print what "
+                          "epctl publishes. Needs nothing but Python. Exit 0 when the demo ends healthy.")
     _common(demo)
-    add_flag(demo, "--duration", default=30.0, type=float, help="seconds before the demo stops by itself")
+    add_flag(demo, "--duration", default=30.0, type=float, help="stop after this many seconds counted from the "
+             "start (ignored with --serve)")
     add_flag(demo, "--serve", default=False, boolean=True,
              help="keep running until interrupted and print a kubeconfig for kubectl")
 
@@ -261,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     _kube(manager)
     _manager_flags(manager)
 
-    dev = sub.add_parser("dev-apiserver", help="run the in-memory Kubernetes API server (for development)")
+    dev = sub.add_parser("dev-apiserver", help="run the in-memory Kubernetes API server (for development)",
+                         description="Serve epctl's in-memory Kubernetes API server (HTTPS, with garbage collection "
+                         "and EndpointSlice mirroring) on 127.0.0.1 and print a kubeconfig for kubectl and epctl. "
+                         "State lives in memory and is gone when it stops.")
     _common(dev)
     add_flag(dev, "--port", default=6443, type=int, help="TCP port on 127.0.0.1 (0: any free port)")
     add_flag(dev, "--allow-loopback", default=True, boolean=True,
@@ -288,8 +302,22 @@ def flag_reference() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. A startup problem (no kubeconfig, a port in use, ...) is one line saying what to
+    do, and exit code 2; the traceback only at ``--log-level debug``."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    from epctl.kube.config import ConfigError
+    from epctl.lifecycle import StartupError
+
+    try:
+        return _dispatch(args)
+    except (StartupError, ConfigError) as err:
+        logging.getLogger("epctl").debug("startup failed", exc_info=True)
+        print(f"epctl {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "version":
         print(f"epctl {__version__}")
         return 0
@@ -297,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from epctl.check import run_check
 
         code: int = run_async(run_check(args.files, watch=args.watch, output=args.output,
-                                        allow_loopback=args.allow_loopback, duration=args.duration), interrupted=0)
+                                        allow_loopback=args.allow_loopback, duration=args.duration))
         return code
     if args.command == "import":
         from epctl.importer import run_import
@@ -317,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = ControllerSettings(
             namespace=args.namespace, batch_delay=args.batch_delay, max_batch_delay=args.max_batch_delay,
             max_endpoints_per_slice=args.max_endpoints_per_slice, max_concurrent_probes=args.max_concurrent_probes,
-            write_concurrency=args.write_concurrency, allow_loopback_hosts=args.allow_loopback_hosts,
+            write_concurrency=args.write_concurrency, allow_loopback_hosts=args.allow_loopback,
             manage_endpoints=args.manage_endpoints,
             resolve_interval=args.resolve_interval, metrics_addr=args.metrics_addr or None,
             mirror_pairs={(args.managed_endpoint_namespace, args.managed_endpoint_name):
@@ -358,18 +386,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_async(main: Coroutine[Any, Any, Any], interrupted: int = 130) -> Any:
-    """Run ``main`` on uvloop when it is installed (DESIGN.md section 6), else the default loop."""
+    """Run ``main`` on uvloop when it is installed (DESIGN.md section 6), else the default loop.
+
+    Ctrl-C (SIGINT) and SIGTERM both cancel ``main``, so every ``finally`` and ``async with`` in it runs
+    (temporary files and directories are removed, servers closed) before the process exits. Commands
+    whose answer an interrupt leaves incomplete exit ``interrupted`` (130, or 143 for SIGTERM, as a shell
+    reports a process killed by that signal); servers pass 0, an interrupt being how they are stopped.
+    """
     try:
         import uvloop
 
         factory: Any = uvloop.new_event_loop
     except ImportError:
         factory = None
+    terminated = False
+
+    async def cancelled_by_sigterm() -> Any:
+        nonlocal terminated
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(main)
+            return runner.run(cancelled_by_sigterm())
     except KeyboardInterrupt:
         return interrupted
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        return interrupted and 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

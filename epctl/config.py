@@ -41,11 +41,12 @@ def _parse_bool(text: str) -> bool:
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None, type: Callable[[str], Any] = str,
              help: str = "", choices: Sequence[Any] | None = None, env: Sequence[str] = (),
-             boolean: bool = False, short: str | None = None) -> None:
+             boolean: bool = False, short: str | None = None, aliases: Sequence[str] = ()) -> None:
     """Declare ``flag`` with ``EPCTL_<FLAG>`` (and any extra ``env`` names) as its env equivalents.
 
     A set env var replaces the default, so an explicit flag still wins. An env value that does
-    not parse is reported by argparse like a bad flag value.
+    not parse, or is not one of ``choices``, is reported by argparse like a bad flag value.
+    ``aliases`` are older spellings still accepted (never shown in the README reference).
     """
     names = [env_name(flag), *env]
     FLAGS.append(FlagDoc(parser.prog.split()[-1], flag, tuple(names), default, help))
@@ -55,12 +56,14 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
             raw = os.environ[name]
             try:
                 value = _parse_bool(raw) if boolean else type(raw)
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 parser.error(f"{name}={raw!r}: {err}")
+            if choices is not None and value not in choices:
+                parser.error(f"{name}={raw!r}: must be one of {', '.join(map(str, choices))}")
             break
     env_help = " | ".join(names)
     text = f"{help} [env: {env_help}; default: {default!r}]"
-    names_on_cli = [short, flag] if short else [flag]
+    names_on_cli = [short, flag, *aliases] if short else [flag, *aliases]
     if boolean:
         parser.add_argument(*names_on_cli, default=value, action=argparse.BooleanOptionalAction, help=text)
     else:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from epctl.lifecycle import start_site
+
 Check = Callable[[], tuple[bool, str]]
 
 
@@ -59,7 +61,7 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        await start_site(site, f"{self.host or ''}:{self.port}", "--metrics-addr")
         if self.port == 0:
             server = site._server
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -45,9 +45,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# Libraries whose info/debug lines describe their internals, not epctl's decisions (grpc's "Loaded running
+# loop", keystoneauth's request dumps, aiohttp's access lines): warnings and errors still show.
+QUIET_LIBRARIES = ("grpc", "asyncio", "aiohttp", "urllib3", "keystoneauth", "openstack", "stevedore",
+                   "kubernetes_asyncio", "hpack", "requests", "dogpile", "os_service_types")
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

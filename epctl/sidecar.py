@@ -26,7 +26,7 @@ from aiohttp import web
 
 from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
-from epctl.lifecycle import until_terminated
+from epctl.lifecycle import start_site, until_terminated
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -201,7 +201,7 @@ class Sidecar:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
+        await start_site(site, f"{host}:{port}", "--listen-address/--listen-port")
         server: Any = site._server
         bound = int(server.sockets[0].getsockname()[1])
         self._first = asyncio.create_task(self._first_render(), name="sidecar-first-render")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
 from pathlib import Path
 
 from epctl.testing.backends import GRPCBackend, HTTPBackend, TCPBackend, UDPBackend
+from epctl.testing.waiting import eventually
 
 MANIFEST = """apiVersion: epctl.io/v1beta1
 kind: ClusterEndpoint
@@ -89,7 +91,9 @@ spec:
         assert proc.stdout is not None
         try:
             first = await asyncio.wait_for(proc.stdout.readline(), 20)
-            assert b"healthy: connected" in first  # unknown -> healthy
+            assert first.split()[:2] == [b"CLUSTERENDPOINT", b"PORT"]  # the first decisions are in the table
+            row = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert row.split()[4:6] == [b"healthy", b"connected"], row
             while b"watching for transitions" not in await asyncio.wait_for(proc.stdout.readline(), 20):
                 pass
             await tcp.set_mode("closed")
@@ -117,3 +121,78 @@ spec:
         path.write_text(path.read_text().replace('nameRegex: "^db-"', 'nameRegex: "("'))
         code, out, err = await epctl("check", "-f", str(path), "--allow-loopback")
         assert code == 2 and "spec.discovery.openstack.nameRegex: invalid regular expression" in err
+
+
+ONE_PORT = """apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: one}}
+spec:
+  ports: [{{name: db, port: 1, targetPort: {port}, hosts: [127.0.0.1], {probe}}}]
+"""
+
+
+async def test_a_misspelt_probe_is_an_error_not_always_ready() -> None:
+    code, out, err = await epctl("check", "-f", "-", "--allow-loopback",
+                                 stdin=ONE_PORT.format(port=1, probe="tcpsocket: {enable: true}"))
+    assert code == 2 and out == "", out
+    assert 'unknown field "spec.ports[0].tcpsocket" (did you mean "tcpSocket"?' in err
+
+
+async def test_other_kinds_are_skipped_and_old_api_versions_get_a_note(tmp_path: Path) -> None:
+    async with TCPBackend() as tcp:
+        text = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\n"
+                + ONE_PORT.format(port=tcp.port, probe="tcpSocket: {enable: true}").replace(
+                    "epctl.io/v1beta1", "sealos.io/v1beta1"))
+        code, out, err = await epctl("check", "-f", "-", "--allow-loopback", stdin=text)
+        assert code == 0, out + err
+        assert "stdin[0]: skipped Namespace (v1): not a ClusterEndpoint" in err
+        assert "sealos.io/v1beta1 is the endpoints-operator's API" in err and "epctl import" in err
+        code, _, err = await epctl("check", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+        assert code == 2 and "no ClusterEndpoint in the input" in err
+    code, _, err = await epctl("check", "-f", "-", stdin=ONE_PORT.format(port=1, probe="tcpSocket: {}"))
+    assert code == 2 and "(--allow-loopback accepts it" in err
+
+
+async def test_input_is_bounded_alias_bombs_and_huge_values() -> None:
+    levels = "abcdefghi"  # nine levels of nine aliases each: 9**9 values from under 500 bytes
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in itertools.pairwise(levels))
+    code, _, err = await epctl("check", "-f", "-", stdin=bomb)
+    assert code == 2 and "expands to more than" in err and len(err) < 1000
+    code, _, err = await epctl("check", "-f", "-", stdin="a: &a [*a]\n")
+    assert code == 2 and len(err) < 1000
+    huge = ONE_PORT.format(port=1, probe="tcpSocket: {}").replace("127.0.0.1", "x" * 100_000)
+    code, _, err = await epctl("check", "-f", "-", stdin=huge)
+    assert code == 2 and "more characters)" in err and len(err) < 2000
+    code, _, err = await epctl("check", "-f", "-", stdin="a: " + "b" * (4 * 1024 * 1024) + "\n")
+    assert code == 2 and "larger than 3 MiB" in err
+
+
+async def test_duration_counts_from_the_start() -> None:
+    async with TCPBackend() as tcp:
+        await tcp.set_mode("closed")  # failureThreshold 3 at 1 s: undecided for ~3 s
+        started = asyncio.get_running_loop().time()
+        code, out, _ = await epctl("check", "-f", "-", "--allow-loopback", "--watch", "--duration", "1.5",
+                                   stdin=ONE_PORT.format(port=tcp.port, probe="tcpSocket: {}"))
+        took = asyncio.get_running_loop().time() - started
+        assert took < 1.5 + 5.0, took  # interpreter start included; was duration + the whole decision
+        assert out.startswith("CLUSTERENDPOINT") and code == 1
+
+
+async def test_interrupt_exits_130_with_the_partial_report(tmp_path: Path) -> None:
+    import signal
+
+    async with HTTPBackend(status=503) as web:  # failureThreshold 30: undecided for 30 s
+        path = tmp_path / "cep.yaml"
+        path.write_text(ONE_PORT.format(port=web.port, probe="httpGet: {}, failureThreshold: 30"))
+        for sig, expected in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "epctl.cli", "check", "-f", str(path), "--allow-loopback",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None and proc.stderr is not None
+            await eventually(lambda: bool(web.requests), timeout=30, message="probing has started")
+            proc.send_signal(sig)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == expected, (sig, proc.returncode, err)
+            assert out.startswith(b"CLUSTERENDPOINT") and b"interrupted: the report above is incomplete" in err
+            web.requests.clear()

@@ -40,6 +40,26 @@ async def test_demo_shows_an_outage_and_recovery() -> None:
     assert "final phase: Healthy (4/4 healthy)" in text
 
 
+async def test_demo_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (a container runtime, ``timeout``, a CI runner) runs the same cleanup as the end of the demo:
+    no /tmp/epctl-kubeapi-* (certificate, private key, kubeconfig) is left behind."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "epctl.cli", "demo", "--duration", "60", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.stdout is not None
+    try:
+        while b"controller running" not in await asyncio.wait_for(proc.stdout.readline(), 30):
+            pass
+        assert any(p.startswith("epctl-kubeapi-") for p in os.listdir(tmp_path))
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert os.listdir(tmp_path) == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_controller_command_serves_health_and_stops_on_sigterm(api: KubeAPIServer, client: KubeClient) -> None:
     await install_crd(client)
     port = free_port()
@@ -48,7 +68,7 @@ async def test_controller_command_serves_health_and_stops_on_sigterm(api: KubeAP
             {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {}}]))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "epctl.cli", "controller", "--kubeconfig", api.kubeconfig_path,
-            "--metrics-addr", f"127.0.0.1:{port}", "--allow-loopback-hosts", "--log-format", "json",
+            "--metrics-addr", f"127.0.0.1:{port}", "--allow-loopback", "--log-format", "json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NO_PROXY": "*"})
         try:
             await eventually(lambda: endpoints_of(api, "db") == {("pg", "127.0.0.1"): True}, timeout=20,

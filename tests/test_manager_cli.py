@@ -45,7 +45,7 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
         env = seed_env(api, cloud, ca_file, FILTER_NAME="db", FILTER_METADATA="role:prim")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "epctl.cli", "manager", "--probe", "tcp", "--probe-period", "1",
-            "--probe-failure-threshold", "1", "--allow-loopback-hosts", "--metrics-addr", "", "--log-format", "json",
+            "--probe-failure-threshold", "1", "--allow-loopback", "--metrics-addr", "", "--log-format", "json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
         logs = b""
 

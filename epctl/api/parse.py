@@ -1,7 +1,7 @@
 """Parse and validate a ClusterEndpoint document. Pure: no I/O, and it never raises.
 
-Every problem is collected (not just the first) with the field path a user can find in their
-YAML, e.g. ``spec.ports[1].httpGet.scheme: must be HTTP or HTTPS``. Accepts our
+Unknown fields are errors (see fields.py). Every problem is collected (not just the first) with the
+field path a user can find in their YAML, e.g. ``spec.ports[1].httpGet.scheme: must be HTTP or HTTPS``. Accepts our
 ``epctl.io/v1beta1`` and the endpoints-operator's ``sealos.io/v1beta1`` shape unchanged (including
 its lower-case ``scheme: http`` and ``enable: true`` probe switches).
 """
@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from epctl.api.fields import unknown_fields
 from epctl.api.spec import (
     ACCEPTED_API_VERSIONS,
     ADDRESS_KINDS,
@@ -44,15 +45,17 @@ HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9]
                       r"[A-Za-z0-9])?)*\.?$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+MAX_MESSAGE = 200
 
 
 @dataclass(frozen=True)
 class FieldError:
     path: str
     message: str
+    whole: bool = False  # the message already names the path (kubectl's "unknown field" wording)
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        return f"{self.path}: {self.message}" if self.path and not self.whole else self.message
 
 
 class _Errors:
@@ -60,6 +63,9 @@ class _Errors:
         self.items: list[FieldError] = []
 
     def add(self, path: str, message: str) -> None:
+        """Messages quote the offending value; a huge one is cut so one error stays one readable line."""
+        if len(message) > MAX_MESSAGE:
+            message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters)"
         self.items.append(FieldError(path, message))
 
 
@@ -153,7 +159,8 @@ def address_error(address: str, allow_loopback: bool) -> str | None:
     if ip.is_link_local:
         return f"{address} is link-local, which EndpointSlices may not contain"
     if ip.is_loopback and not allow_loopback:
-        return f"{address} is a loopback address, which EndpointSlices may not contain"
+        return (f"{address} is a loopback address, which EndpointSlices may not contain (--allow-loopback accepts "
+                "it, for development)")
     if mapped:
         return f"{address} is an IPv4-mapped IPv6 address; write {ip} instead"
     return None
@@ -302,6 +309,8 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
     if not isinstance(doc, dict):
         errors.add("", f"a ClusterEndpoint must be an object, got {type(doc).__name__}")
         return None
+    for where, message in unknown_fields(doc):
+        errors.items.append(FieldError(where, message, whole=True))
     api_version = doc.get("apiVersion")
     if api_version not in ACCEPTED_API_VERSIONS:
         errors.add("apiVersion", f"must be one of {', '.join(ACCEPTED_API_VERSIONS)}, got {api_version!r}")
@@ -421,18 +430,11 @@ def parse_server_query(errors: _Errors, node: dict[str, Any], path: str) -> Serv
 def _discovery(errors: _Errors, raw: Any) -> OpenStackDiscovery | None:
     if raw is None:
         return None
-    node = _mapping(errors, raw, "spec.discovery")
-    for key in node:
-        if key != "openstack":
-            errors.add(f"spec.discovery.{key}", "unsupported discovery source (supported: openstack)")
+    node = _mapping(errors, raw, "spec.discovery")  # unknown sources: see fields.py
     if "openstack" not in node:
         return None
     path = "spec.discovery.openstack"
     openstack = _mapping(errors, node["openstack"], path)
-    known = {"secretRef", "nameRegex", "metadata", "tags", "status", "network", "addressKind", "ipVersion",
-             "pollSeconds", "keepLastOnEmpty"}
-    for key in sorted(set(openstack) - known):
-        errors.add(f"{path}.{key}", f"unknown field (known: {', '.join(sorted(known))})")
     secret = _mapping(errors, openstack.get("secretRef"), f"{path}.secretRef").get("name")
     if not isinstance(secret, str) or not DNS1123_SUBDOMAIN.match(secret):
         errors.add(f"{path}.secretRef.name", "must name a Secret in the ClusterEndpoint's namespace holding the "

@@ -24,9 +24,10 @@ import aiohttp
 from epctl import __version__
 from epctl.kube.config import (
     ClusterConfig,
+    ConfigError,
     api_proxy,
     load_client_cert_chain,
-    load_incluster,
+    load_default,
     load_kubeconfig,
     refuse_cleartext_credentials,
 )
@@ -98,7 +99,7 @@ class ApiError(Exception):
         return self.code == 429 or self.code >= 500 or self.code == 0
 
 
-class TLSVerificationRequired(ValueError):
+class TLSVerificationRequired(ConfigError):
     """The kubeconfig disables TLS verification and nobody explicitly allowed that."""
 
 
@@ -127,12 +128,13 @@ class KubeClient:
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None, *, pool_size: int = 64,
                       allow_insecure: bool = False, on_response: Callable[[str, int], None] | None = None,
                       user_agent: str | None = None) -> KubeClient:
-        """From a kubeconfig file, or the pod's service account when ``kubeconfig`` is None.
+        """From a kubeconfig file; when ``kubeconfig`` is None, the pod's service account, else
+        ``~/.kube/config`` (see :func:`load_default`).
 
         ``pool_size`` bounds concurrent connections: size it for the number of watches plus the
         writer's concurrency, or requests queue behind long-lived watch streams.
         """
-        config = load_kubeconfig(kubeconfig, context) if kubeconfig else load_incluster()
+        config = load_kubeconfig(kubeconfig, context) if kubeconfig else load_default(context)
         refuse_cleartext_credentials(config)
         proxy = api_proxy(config.server)
         if proxy:  # as kubectl does, HTTPS_PROXY/NO_PROXY apply; say so, it changes who sees the traffic

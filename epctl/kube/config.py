@@ -74,6 +74,18 @@ def load_incluster(root: str = SERVICE_ACCOUNT) -> ClusterConfig:
     return ClusterConfig(server=f"https://{host}:{port}", ca_file=f"{root}/ca.crt", token_file=f"{root}/token")
 
 
+def load_default(context: str | None = None, root: str = SERVICE_ACCOUNT) -> ClusterConfig:
+    """No --kubeconfig and no $KUBECONFIG (the CLI reads that one): in a pod, the service account; elsewhere
+    ``~/.kube/config``, as kubectl and controller-runtime do."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.environ.get("KUBERNETES_SERVICE_PORT"):
+        return load_incluster(root)
+    home = os.path.expanduser("~/.kube/config")
+    if os.path.isfile(home):
+        return load_kubeconfig(home, context)
+    raise ConfigError("no cluster to talk to: not running in a pod, no --kubeconfig or $KUBECONFIG, and no "
+                      "~/.kube/config")
+
+
 def load_client_cert_chain(context: ssl.SSLContext, config: ClusterConfig) -> None:
     """Load the client certificate into ``context``. ``ssl`` reads only files, so embedded key data is
     written to a private (0700) directory for the moment of loading and removed at once: no private
@@ -125,12 +137,21 @@ def _named(items: list[Any], name: str | None, kind: str) -> dict[str, Any]:
 
 
 def load_kubeconfig(path: str, context: str | None = None) -> ClusterConfig:
-    """Read a kubeconfig; raises :class:`ConfigError`, or returns a config that needs the fallback."""
+    """Read a kubeconfig; raises :class:`ConfigError`, or returns a config that needs the fallback.
+    A ``$KUBECONFIG``-style list (``a:b``) uses its first existing file (kubectl merges them; the first
+    file's current-context wins there too)."""
+    if os.pathsep in path and not os.path.exists(path):
+        found = [p for p in path.split(os.pathsep) if p and os.path.isfile(p)]
+        if not found:
+            raise ConfigError(f"none of the kubeconfig files {path!r} exists")
+        path = found[0]
     try:
         with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read kubeconfig {path}: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read kubeconfig {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"kubeconfig {path} is not valid YAML: {err}") from err
     base = os.path.dirname(os.path.abspath(path))
 
     def local(file: str | None) -> str | None:

@@ -269,6 +269,7 @@ class Writer:
             if self.metrics:
                 self.metrics.sync("success", time.monotonic() - started)
         except ServiceConflict as err:  # not requeued: the next change of the target retries
+            log.warning("Service conflict: not writing", extra={"target": "/".join(key), "error": str(err)})
             if self.reporter:
                 self.reporter.failed(key, "ServiceConflict", str(err), True)
             if self.metrics:
@@ -331,6 +332,8 @@ class Writer:
                                owner_references=owners)
             if plan.empty:
                 break
+            log.debug("writing slices", extra={"target": "/".join(key), "create": len(plan.creates),
+                                               "update": len(plan.updates), "delete": len(plan.deletes)})
             try:
                 await self._execute(key, plan)
                 break

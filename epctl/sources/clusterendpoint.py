@@ -419,6 +419,7 @@ class ClusterEndpointSource:
         if (entry.undecided and entry.spec is not None and entry.resolved is entry.spec
                 and not self._undecided(key, entry.spec, entry)):
             self._materialise(key, entry)  # the last first result is in: publish
+        _log_transition(transition)
         if transition.healthy:
             if transition.previous is False:  # a first healthy decision is not news
                 self.events.record(entry.obj, "Normal", "EndpointHealthy",
@@ -445,6 +446,8 @@ class ClusterEndpointSource:
             return
         if entry.sync != (False, reason, message):
             entry.sync = (False, reason, message)
+            log.warning("ClusterEndpoint not synced", extra={"clusterendpoint": "/".join(key), "reason": reason,
+                                                             "error": message})
             if permanent:
                 self.events.record(entry.obj, "Warning", reason, message)
             self._write_status(key)
@@ -530,3 +533,16 @@ class ClusterEndpointSource:
         previous = (entry.obj.get("status") or {}).get("conditions")
         return {"observedGeneration": generation, "phase": phase, "healthy": healthy, "total": total,
                 "conditions": conditions_with_times(previous, conditions), "ports": ports_status, **extra}
+
+
+def _log_transition(transition: Transition) -> None:
+    """One line per health transition. A first healthy decision is routine (debug: a cold start of
+    10,000 endpoints must not flood the log); anything unhealthy and every later change is news."""
+    fields = {"target": transition.key.target, "port": transition.key.port, "address": transition.key.address,
+              "reason": transition.reason}
+    if not transition.healthy:
+        log.warning("endpoint unhealthy", extra=fields)
+    elif transition.previous is None:
+        log.debug("endpoint healthy", extra=fields)
+    else:
+        log.info("endpoint healthy again", extra=fields)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import os
@@ -137,6 +138,7 @@ class _Connection:
         self.users = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"openstack-{credentials.fingerprint}")
         self._conn: Any = None
+        self._ca_path: str | None = None  # removed on close: no key material or CA left in /tmp
 
     def _connection(self) -> Any:  # in the thread
         if self._conn is None:
@@ -158,6 +160,7 @@ class _Connection:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as f:
             f.write(pem)
+        self._ca_path = path
         return path
 
     def _list(self, filters: dict[str, Any]) -> list[dict[str, Any]]:  # in the thread
@@ -194,6 +197,9 @@ class _Connection:
         def close_conn() -> None:
             if self._conn is not None:
                 self._conn.close()
+            if self._ca_path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._ca_path)
         self._executor.submit(close_conn)
         self._executor.shutdown(wait=False)
 

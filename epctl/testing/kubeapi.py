@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import ssl
 import tempfile
 import time
@@ -134,6 +135,7 @@ class KubeAPIServer:
         self.faults: list[FaultRule] = []
         self._runner: web.AppRunner | None = None
         self._watch_tasks: set[asyncio.Task[Any]] = set()
+        self._owns_state_dir = state_dir is None  # removed on exit: certs, key, kubeconfig
         self._state_dir = state_dir or tempfile.mkdtemp(prefix="epctl-kubeapi-")
         self.certs = serving_certs()
 
@@ -176,6 +178,8 @@ class KubeAPIServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+        if self._owns_state_dir:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
 
     @property
     def url(self) -> str:

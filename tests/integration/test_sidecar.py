@@ -161,6 +161,9 @@ async def test_a_relist_never_serves_a_half_updated_state(
     served: list[Any] = []
     side.informer.subscribe(lambda _event: served.append(json.loads(side.body)["subsets"]))  # after the sidecar's
     side.informer.on_synced(lambda: served.append(json.loads(side.body)["subsets"]))
+    # stall_watches silences open watches only: wait for the informer's watch to be open (after its list)
+    await eventually(lambda: any(w.storage_key[1] == "endpointslices" for w in api.store.watchers),
+                     message="the sidecar's watch is open")
     api.stall_watches()
     await client.request("DELETE", ENDPOINTSLICES.path("default", "web-1"))
     await client.request("POST", ENDPOINTSLICES.path("default"), body=slice_body("web-2", "web", {"10.0.0.2": True}))

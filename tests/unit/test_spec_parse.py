@@ -163,3 +163,59 @@ def test_ports_and_hosts_are_bounded_like_the_crd() -> None:
     spec, errors = parse_cluster_endpoint({"apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint",
                                            "metadata": {"name": "x"}, "spec": {"ports": ports}})
     assert spec is None and any("at most 100" in str(e) for e in errors)
+
+
+# --- strict fields: a typo is an error with its path, never a silently dropped probe -------------------------
+
+def test_misspelt_probe_keys_are_errors_with_their_path() -> None:
+    cases = {
+        "tcpsocket": ({"tcpsocket": {"enable": True}},
+                      'unknown field "spec.ports[0].tcpsocket" (did you mean "tcpSocket"?'),
+        "exec": ({"exec": {"command": ["true"]}}, 'unknown field "spec.ports[0].exec": exec probes are not supported'),
+        "periodSecond": ({"periodSecond": 5}, 'unknown field "spec.ports[0].periodSecond" (did you mean '
+                                              '"periodSeconds"?)'),
+        "failureTreshold": ({"failureTreshold": 5}, 'unknown field "spec.ports[0].failureTreshold" (did you mean '
+                                                    '"failureThreshold"?)'),
+        "shceme": ({"httpGet": {"shceme": "HTTP"}}, 'unknown field "spec.ports[0].httpGet.shceme" (did you mean '
+                                                    '"scheme"?)'),
+        "foo": ({"tcpSocket": {"foo": 1}}, 'unknown field "spec.ports[0].tcpSocket.foo"'),
+    }
+    for name, (port, expected) in cases.items():
+        errors = errors_of(doc(**port))
+        assert len(errors) == 1 and errors[0].startswith(expected), (name, errors)
+
+
+def test_unknown_fields_anywhere_in_spec_and_lists_are_reported() -> None:
+    document = doc(httpGet={"httpHeaders": [{"name": "X", "vaule": "1"}]})
+    document["spec"]["discovery"] = {"consul": {}}
+    document["spec"]["colour"] = "blue"
+    assert errors_of(document) == [
+        'unknown field "spec.ports[0].httpGet.httpHeaders[0].vaule" (did you mean "value"?)',
+        'unknown field "spec.discovery.consul"', 'unknown field "spec.colour"']
+    # metadata, status and the openstack metadata map are free-form
+    free = doc()
+    free["metadata"]["labels"] = {"a": "b"}
+    free["status"] = {"anything": 1}
+    assert errors_of(free) == []
+
+
+def test_field_tree_matches_the_crd_schema() -> None:
+    """The parser's known fields and the CRD's properties are one list: adding a field to one without the
+    other would either reject a valid object or let a typo through."""
+    from pathlib import Path
+
+    import yaml
+
+    from epctl.api.fields import SPEC_FIELDS
+
+    crd = yaml.safe_load(Path("manifests/base/crd.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def tree(node: dict[str, Any]) -> Any:
+        if node.get("type") == "array":
+            return tree(node["items"])
+        if "properties" not in node:
+            return None
+        return {key: tree(child) for key, child in node["properties"].items()}
+
+    assert tree(schema) == SPEC_FIELDS
