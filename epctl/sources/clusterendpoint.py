@@ -464,7 +464,7 @@ class ClusterEndpointSource:
         ports_status: list[Obj] = []
         healthy = total = 0
         unknown = 0
-        per_port_ready: list[int] = []
+        per_port_ready: list[tuple[str, int]] = []
         for port in (entry.spec.ports if entry.spec else ()):
             label = port.label
             static = {a: h for h in port.hosts for a in entry.addresses.get(h, [])}
@@ -488,13 +488,19 @@ class ClusterEndpointSource:
                                       **({"since": health.since} if health.since else {})})
             healthy += ready
             total += len(addresses)
-            per_port_ready.append(ready)
+            per_port_ready.append((port.name or str(port.port), ready))
             listed = unhealthy[:MAX_UNHEALTHY_LISTED]  # bounded: status must stay far below the size limit
             ports_status.append({"name": label, "ready": ready, "total": len(addresses),
                                  **({"unhealthy": listed} if listed else {}),
                                  **({"unhealthyNotListed": len(unhealthy) - len(listed)}
                                     if len(unhealthy) > len(listed) else {})})
-        if unknown:
+        sync_ok, sync_reason, sync_message = entry.sync
+        conflict = not sync_ok and sync_reason == "ServiceConflict"
+        # what `kubectl get cep` shows by default: PHASE is the hosts' health (also while another front-end
+        # holds the Service: the checks still run), REASON says why Ready is False (ServiceConflict, ...)
+        if entry.errors:
+            phase = "Invalid"
+        elif unknown:
             phase = "Pending"
         elif total and healthy == total:
             phase = "Healthy"
@@ -503,21 +509,29 @@ class ClusterEndpointSource:
         else:
             phase = "Unhealthy"
         generation = int(entry.obj["metadata"].get("generation") or 0)
+        empty_ports = [name for name, ready in per_port_ready if not ready]
         if entry.errors:
-            ready_cond = ("False", "InvalidSpec", "; ".join(entry.errors))
-        elif per_port_ready and all(per_port_ready):
+            more = f" (and {len(entry.errors) - 1} more errors)" if len(entry.errors) > 1 else ""
+            ready_cond = ("False", "InvalidSpec", f"{entry.errors[0]}{more}")
+        elif conflict:
+            ready_cond = ("False", "ServiceConflict", sync_message)
+        elif per_port_ready and not empty_ports:
             ready_cond = ("True", "EndpointsReady", "every port has at least one ready endpoint")
         elif unknown:
             ready_cond = ("False", "Probing", "waiting for the first probe results")
         else:
-            ready_cond = ("False", "NoReadyEndpoints", "a port has no ready endpoint")
+            ready_cond = ("False", "NoReadyEndpoints",
+                          f"no ready endpoint on port{'s' if len(empty_ports) > 1 else ''} {', '.join(empty_ports)}")
         degraded = total - healthy - unknown
-        sync_ok, sync_reason, sync_message = entry.sync
+        if entry.errors:
+            degraded_cond = ("Unknown", "InvalidSpec", "the spec is invalid: nothing is probed until it is fixed")
+        elif degraded:
+            degraded_cond = ("True", "UnhealthyEndpoints", f"{degraded} of {total} endpoints failing their probe")
+        else:
+            degraded_cond = ("False", "AllHealthy", "no failing endpoint")
         conditions: list[Obj] = [
             {"type": "Ready", "status": ready_cond[0], "reason": ready_cond[1], "message": ready_cond[2]},
-            {"type": "Degraded", "status": "True" if degraded else "False",
-             "reason": "UnhealthyEndpoints" if degraded else "AllHealthy",
-             "message": f"{degraded} of {total} endpoints failing their probe" if degraded else "no failing endpoint"},
+            {"type": "Degraded", "status": degraded_cond[0], "reason": degraded_cond[1], "message": degraded_cond[2]},
             {"type": "Synced", "status": "True" if sync_ok else "False", "reason": sync_reason,
              "message": sync_message},
         ]

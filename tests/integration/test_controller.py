@@ -283,8 +283,8 @@ spec:
         await kubectl("apply", "-f", "-", stdin=manifest)
         await kubectl("wait", "--for=jsonpath={.status.phase}=Degraded", "cep/pg", "--timeout=20s")
         table = (await kubectl("get", "cep")).stdout.splitlines()
-        assert table[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "AGE"]
-        assert table[1].split()[:4] == ["pg", "True", "1", "2"]
+        assert table[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "PHASE", "REASON", "AGE"]
+        assert table[1].split()[:6] == ["pg", "True", "1", "2", "Degraded", "EndpointsReady"]
         described = (await kubectl("describe", "cep", "pg")).stdout
         assert "connection refused" in described and "EndpointUnhealthy" in described
         slices = (await kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=pg", "-o", "json")).json()
@@ -317,3 +317,49 @@ async def test_an_initial_delay_publishes_at_once_not_ready(api: KubeAPIServer, 
              "periodSeconds": 1, "initialDelaySeconds": 300}]))
         await eventually(lambda: endpoints_of(api, "slow") == {("pg", "127.0.0.1"): False}, message="published")
         assert service_of(api, "slow") is not None
+
+
+async def test_kubectl_get_says_what_is_wrong(api: KubeAPIServer, client: KubeClient, kubectl: Any) -> None:
+    """An invalid spec, a Service conflict and a port without a ready endpoint each read differently in the
+    default columns, and the wide view's message names the port."""
+    await kubectl("apply", "-f", str(CRD))
+    await kubectl("wait", "--for=condition=established", "crd/clusterendpoints.epctl.io", "--timeout=10s")
+    await client.request("POST", "/api/v1/namespaces/default/services", body={
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken"}, "spec": {"ports": [{"port": 1}]}})
+    async with TCPBackend() as db, running_controller(api, client):
+        await db.set_mode("closed")
+        manifest = f"""apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: bad}}
+spec:
+  ports: [{{name: pg, port: 5432, hosts: [127.0.0.1], tcpSocket: {{}}, periodSeconds: 1, timeoutSeconds: 5}}]
+---
+apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: taken}}
+spec:
+  ports: [{{name: pg, port: 5432, targetPort: {db.port}, hosts: [127.0.0.1]}}]
+---
+apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: down}}
+spec:
+  ports:
+  - {{name: pg, port: 5432, targetPort: {db.port}, hosts: [127.0.0.1], tcpSocket: {{}}, periodSeconds: 1,
+      failureThreshold: 1}}
+  - {{name: web, port: 80, hosts: [127.0.0.1]}}
+"""
+        await kubectl("apply", "-f", "-", stdin=manifest)
+        for name, reason in (("bad", "InvalidSpec"), ("taken", "ServiceConflict"), ("down", "NoReadyEndpoints")):
+            await kubectl("wait", f"--for=jsonpath={{.status.conditions[?(@.type==\"Ready\")].reason}}={reason}",
+                          f"cep/{name}", "--timeout=20s")
+        rows = {line.split()[0]: line.split() for line in (await kubectl("get", "cep")).stdout.splitlines()[1:]}
+        assert rows["bad"][1:6] == ["False", "0", "0", "Invalid", "InvalidSpec"]
+        assert rows["taken"][1] == "False" and rows["taken"][5] == "ServiceConflict"
+        assert rows["down"][1:6] == ["False", "1", "2", "Degraded", "NoReadyEndpoints"]
+        wide = (await kubectl("get", "cep", "down", "bad", "-o", "wide")).stdout
+        assert "no ready endpoint on port pg" in wide
+        assert "spec.ports[0].timeoutSeconds: must not exceed periodSeconds" in wide
+        bad = (await kubectl("get", "cep", "bad", "-o", "json")).json()
+        degraded = {c["type"]: c for c in bad["status"]["conditions"]}["Degraded"]
+        assert (degraded["status"], degraded["reason"]) == ("Unknown", "InvalidSpec")

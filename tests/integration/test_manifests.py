@@ -163,3 +163,35 @@ def test_dockerfile_is_multi_stage_non_root_with_entrypoint() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert text.count("FROM python:3.11-slim") == 2 and "USER 65532:65532" in text
     assert 'ENTRYPOINT ["epctl"]' in text and 'CMD ["controller"]' in text  # no Docker engine here to build it
+
+
+def test_every_crd_field_has_a_description() -> None:
+    """`kubectl explain clusterendpoint.spec...` must answer for every field: a field without a description
+    fails here, naming its path."""
+    crd = yaml.safe_load((ROOT / "manifests/base/crd.yaml").read_text())
+    missing: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if not node.get("description"):
+            missing.append(path)
+        if node.get("type") == "array":
+            walk_children(node["items"], f"{path}[]")
+        walk_children(node, path)
+
+    def walk_children(node: dict[str, Any], path: str) -> None:
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+
+    for version in crd["spec"]["versions"]:
+        walk_children(version["schema"]["openAPIV3Schema"], "clusterendpoint")
+        missing += [f"column {c['name']}" for c in version["additionalPrinterColumns"] if not c.get("description")]
+    assert missing == []
+
+
+async def test_kubectl_explain_describes_the_probe_fields(kubectl: Kubectl) -> None:
+    await kubectl("apply", "-f", str(ROOT / "manifests/base/crd.yaml"))
+    await kubectl("wait", "--for=condition=established", "crd/clusterendpoints.epctl.io", "--timeout=10s")
+    explained = (await kubectl("explain", "clusterendpoint.spec.ports.failureThreshold")).stdout
+    assert "Consecutive failures after which a host is marked not ready." in explained
+    explained = (await kubectl("explain", "clusterendpoint.spec")).stdout
+    assert "The Service's ports" in explained and "periodSeconds" in explained
