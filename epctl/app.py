@@ -32,6 +32,7 @@ from epctl.metrics import (
     ENDPOINTS_DESIRED,
     LEADER,
     NUM_SLICES,
+    SERVICE_ENDPOINTS,
     PerTargetMetrics,
     PrometheusDiscoveryMetrics,
     PrometheusInformerMetrics,
@@ -111,6 +112,7 @@ class Controller:
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
+        self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
                        if settings.metrics_addr else None)
         self._core: list[asyncio.Task[None]] = []
@@ -135,11 +137,21 @@ class Controller:
         """State gauges, recomputed on the loop (never read from the metrics thread)."""
         size = self.settings.max_endpoints_per_slice
         desired = ready = needed = 0
-        for target in self.state.targets.values():
+        seen: set[tuple[str, str]] = set()
+        for key, target in self.state.targets.items():
+            total = healthy = 0
             for group in target.groups.values():
-                desired += len(group.endpoints)
-                ready += sum(1 for e in group.endpoints.values() if e.ready)
+                total += len(group.endpoints)
+                healthy += sum(1 for e in group.endpoints.values() if e.ready)
                 needed += -(-len(group.endpoints) // size)
+            desired, ready = desired + total, ready + healthy
+            SERVICE_ENDPOINTS.labels(key[0], key[1], "ready").set(healthy)
+            SERVICE_ENDPOINTS.labels(key[0], key[1], "not_ready").set(total - healthy)
+            seen.add(key)
+        for gone in self._service_series - seen:  # a deleted Service's series go with it
+            for state in ("ready", "not_ready"):
+                SERVICE_ENDPOINTS.remove(gone[0], gone[1], state)
+        self._service_series = seen
         ENDPOINTS_DESIRED.set(desired)
         ENDPOINTS.labels("ready").set(ready)
         ENDPOINTS.labels("not_ready").set(desired - ready)

@@ -79,6 +79,8 @@ API_REQUESTS = Counter("epctl_api_requests", "Kubernetes API requests by HTTP ve
                        ["verb", "code"])
 ENDPOINTS_DESIRED = Gauge("epctl_endpoints_desired", "Endpoints epctl wants published, all Services")
 ENDPOINTS = Gauge("epctl_endpoints", "Desired endpoints by readiness", ["state"])
+SERVICE_ENDPOINTS = Gauge("epctl_service_endpoints", "Desired endpoints per managed Service by readiness (one series "
+                          "pair per Service, like kube-state-metrics)", ["namespace", "service", "state"])
 NUM_SLICES = Gauge("epctl_num_endpoint_slices", "EndpointSlices managed by epctl, as observed")
 DESIRED_SLICES = Gauge("epctl_desired_endpoint_slices", "EndpointSlices the desired endpoints need at least")
 CONVERGENCE = Histogram("epctl_convergence_seconds", "From a probe transition to the slice write that publishes it",

@@ -217,3 +217,36 @@ async def test_kubectl_explain_describes_the_probe_fields(kubectl: Kubectl) -> N
     assert "Consecutive failures after which a host is marked not ready." in explained
     explained = (await kubectl("explain", "clusterendpoint.spec")).stdout
     assert "The Service's ports" in explained and "periodSeconds" in explained
+
+
+async def test_the_dashboard_queries_only_metrics_the_controller_exports(
+        api: KubeAPIServer, client: KubeClient, kubectl: Kubectl) -> None:
+    """Every metric a Grafana panel (or an alert) queries exists in a running controller's /metrics: a renamed
+    metric would otherwise leave an empty panel nobody notices until the outage."""
+    import json
+    import re
+
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    built = list(yaml.safe_load_all((await kubectl("kustomize", str(ROOT / "manifests/overlays/monitoring"))).stdout))
+    config_map = next(d for d in built if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("dashboard"))
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["epctl-dashboard.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs.append(dashboard["templating"]["list"][1]["query"]["query"])
+    rules = next(d for d in built if d["kind"] == "PrometheusRule")
+    exprs += [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    selected = [d for d in built if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
+    assert all(d["metadata"]["labels"].get("release") for d in selected), "kube-prometheus-stack selects on it"
+    queried = {re.sub(r"_(bucket|total|count|sum)$", "", m) for e in exprs for m in re.findall(r"epctl_[a-z_]+", e)}
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client) as controller:
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {}}]))
+        await eventually(lambda: endpoints_of(api, "pg") == {("pg", "127.0.0.1"): True}, message="ready")
+        controller._refresh_gauges()
+        exported = {f.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
+        samples = generate_latest(REGISTRY).decode()
+    assert queried - exported == set(), "queried but not exported"
+    assert 'epctl_service_endpoints{namespace="default",service="pg",state="ready"} 1.0' in samples
