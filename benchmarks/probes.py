@@ -100,6 +100,8 @@ class Recorder:
     def __init__(self) -> None:
         self.count = 0
         self.failures = 0
+        self.inconclusive_count = 0
+        self.stretch = 1.0
         self.late: list[float] = []
 
     def observe(self, kind: str, ok: bool, duration: float) -> None:
@@ -111,6 +113,12 @@ class Recorder:
 
     def in_flight(self, count: int) -> None:
         pass
+
+    def inconclusive(self, kind: str) -> None:
+        self.inconclusive_count += 1
+
+    def pacing(self, stretch: float, admitted_per_second: float, loop_lag: float) -> None:
+        self.stretch = stretch
 
 
 def probe_for(kind: str) -> Probe:

@@ -73,6 +73,7 @@ class ControllerSettings:
     retry_period: float = 2.0
     identity: str | None = None
     per_target_metrics: bool = False
+    max_probe_rate: float = 0.0  # probes started per second at most (0: as many as the loop affords)
     openstack_timeout: float = 10.0  # per OpenStack HTTP request
     openstack_retry_base: float = 5.0  # first retry after a failed poll; doubles up to the max
     openstack_retry_max: float = 300.0
@@ -95,7 +96,9 @@ class Controller:
         self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay)
         self.scheduler = Scheduler(lambda t: self.source.on_transition(t),
                                    max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics(),
-                                   target_metrics=PerTargetMetrics() if settings.per_target_metrics else None)
+                                   target_metrics=PerTargetMetrics() if settings.per_target_metrics else None,
+                                   max_rate=settings.max_probe_rate or None,
+                                   on_delayed=lambda delayed: self.source.probes_delayed(delayed))
         self.discovery = OpenStackSource(client, timeout=settings.openstack_timeout,
                                          retry_base=settings.openstack_retry_base,
                                          retry_max=settings.openstack_retry_max, metrics=PrometheusDiscoveryMetrics(),

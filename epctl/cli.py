@@ -46,6 +46,8 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-endpoints-per-slice", default=100, type=_slice_size, help="endpoints per EndpointSlice "
              "(1-1000)")
     add_flag(parser, "--max-concurrent-probes", default=1000, type=int, help="probes in flight at once")
+    add_flag(parser, "--max-probe-rate", default=0.0, type=float, help="probes started per second at most, to bound "
+             "the traffic to external hosts (0: as many as the CPU affords while API work keeps priority)")
     add_flag(parser, "--write-concurrency", default=8, type=int, help="targets written at once")
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
     add_flag(parser, "--allow-loopback", default=False, boolean=True, env=["EPCTL_ALLOW_LOOPBACK_HOSTS"],
@@ -356,6 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             leader_election_id=args.leader_election_id, lease_duration=args.lease_duration,
             renew_deadline=args.renew_deadline, retry_period=args.retry_period,
             per_target_metrics=args.per_target_metrics, openstack_timeout=args.openstack_timeout,
+            max_probe_rate=args.max_probe_rate,
             openstack_retry_max=args.openstack_max_backoff)
         code = run_async(run_controller(settings, args.kubeconfig, args.context))
         return code

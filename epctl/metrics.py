@@ -18,6 +18,10 @@ PROBE_DURATION = Histogram("epctl_probe_duration_seconds", "Probe duration by pr
 PROBE_LATENESS = Histogram("epctl_probe_schedule_lateness_seconds",
                            "How late a probe started compared with its planned slot", buckets=LATENESS_BUCKETS)
 PROBES_IN_FLIGHT = Gauge("epctl_probes_in_flight", "Probes running right now")
+PROBE_STRETCH = Gauge("epctl_probe_period_stretch", "Factor every check's period is stretched by because the engine "
+                      "cannot run all due probes (1: on schedule)")
+PROBE_ADMISSION = Gauge("epctl_probe_admission_rate", "Probes the scheduler may start per second, steered by loop lag")
+LOOP_LAG = Gauge("epctl_event_loop_lag_seconds", "Worst event-loop lag the probe scheduler measured in the last second")
 WATCH_EVENTS = Counter("epctl_watch_events", "Watch events received", ["resource", "type"])
 WATCH_RESTARTS = Counter("epctl_watch_restarts", "Watch (re)connections by reason", ["resource", "reason"])
 RELISTS = Counter("epctl_relists", "Full relists after the watch's resourceVersion expired", ["resource"])
@@ -30,11 +34,20 @@ class PrometheusProbeMetrics:
         kinds = ("tcp", "http", "udp", "grpc")
         self._results = {(k, ok): PROBES.labels(k, "success" if ok else "failure") for k in kinds
                          for ok in (True, False)}
+        self._inconclusive = {k: PROBES.labels(k, "inconclusive") for k in kinds}
         self._durations = {k: PROBE_DURATION.labels(k) for k in kinds}
 
     def observe(self, kind: str, ok: bool, duration: float) -> None:
         self._results[(kind, ok)].inc()
         self._durations[kind].observe(duration)
+
+    def inconclusive(self, kind: str) -> None:
+        self._inconclusive[kind].inc()
+
+    def pacing(self, stretch: float, admitted_per_second: float, loop_lag: float) -> None:
+        PROBE_STRETCH.set(stretch)
+        PROBE_ADMISSION.set(admitted_per_second)
+        LOOP_LAG.set(loop_lag)
 
     def lateness(self, seconds: float) -> None:
         PROBE_LATENESS.observe(seconds)

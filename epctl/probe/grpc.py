@@ -66,6 +66,8 @@ class GRPCProber:
         except TimeoutError:
             return ProbeResult.timeout(time.perf_counter() - start, timeout)
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return ProbeResult.timeout(time.perf_counter() - start, timeout)
             return ProbeResult(False, _describe(err, probe, timeout), time.perf_counter() - start)
         finally:
             if self.fresh_connection:

@@ -10,10 +10,11 @@ class ProbeResult:
     ok: bool
     reason: str
     duration: float  # seconds
+    timed_out: bool = False  # no answer within the timeout (vs. an answer that said no)
 
     @staticmethod
-    def timeout(duration: float, timeout: float) -> ProbeResult:
-        return ProbeResult(False, f"timeout after {timeout:g}s", duration)
+    def timeout(duration: float, timeout: float, reason: str = "") -> ProbeResult:
+        return ProbeResult(False, reason or f"timeout after {timeout:g}s", duration, timed_out=True)
 
 
 def describe_os_error(err: OSError) -> str:

@@ -11,7 +11,11 @@
   planned from the schedule (``due + period``), never from when the last probe finished.
 - At most ``max_concurrent`` probes are in flight. Every prober enforces its own timeout (each
   has a test proving it never overruns by more than a few ms), so a probe cannot hold a slot.
-  A finishing probe hands its slot straight to the next due check, without a loop wake-up.
+- Launches are paced (pacing.py): one wake-up per tick starts the admitted due checks, at a rate
+  that keeps the event loop's measured lag low so API work never waits behind probes; when demand
+  exceeds that rate every check's period is stretched by the same factor (fair, bounded lateness).
+- Truth first: a timed-out probe whose deadline the loop noticed late is *inconclusive* (counted as
+  such, not fed to the thresholds); the next run is its retry. One rule for every prober.
 - Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
 """
 
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeKind, ProbeTiming, UDPProbe
 from epctl.probe.grpc import GRPCProber
 from epctl.probe.http import probe_http
+from epctl.probe.pacing import Admission, Stretch, timeout_was_seen_late
 from epctl.probe.result import ProbeResult
 from epctl.probe.state import CheckState
 from epctl.probe.tcp import probe_tcp
@@ -71,8 +76,10 @@ class Transition:
 
 class ProbeMetrics(Protocol):
     def observe(self, kind: str, ok: bool, duration: float) -> None: ...
+    def inconclusive(self, kind: str) -> None: ...
     def lateness(self, seconds: float) -> None: ...
     def in_flight(self, count: int) -> None: ...
+    def pacing(self, stretch: float, admitted_per_second: float, loop_lag: float) -> None: ...
 
 
 class TargetMetrics(Protocol):
@@ -103,11 +110,18 @@ def next_slot(after: float, phase: float, period: float) -> float:
     return phase + k * period
 
 
+TICK = 0.01  # seconds between launches while checks wait for admission
+LAG_WINDOW = 0.1  # admission adjusts once per window; the loop is looked at at least this often
+STRETCH_WINDOW = 1.0  # the stretch factor is re-estimated once per window
+DELAYED_ON, DELAYED_OFF = 2.0, 1.5  # "ProbesDelayed" above 2x the spec's period, cleared below 1.5x
+
+
 class Scheduler:
     def __init__(self, on_transition: Callable[[Transition], None], *, max_concurrent: int = 1000,
                  metrics: ProbeMetrics | None = None, grpc_prober: GRPCProber | None = None,
                  first_window: float = 1.0, period_override: float | None = None,
-                 target_metrics: TargetMetrics | None = None) -> None:
+                 target_metrics: TargetMetrics | None = None, max_rate: float | None = None,
+                 on_delayed: Callable[[bool], None] | None = None) -> None:
         self.on_transition = on_transition
         self.max_concurrent = max_concurrent
         self.metrics = metrics
@@ -115,6 +129,7 @@ class Scheduler:
         self.grpc = grpc_prober or GRPCProber()
         self.first_window = first_window
         self.period_override = period_override
+        self.on_delayed = on_delayed
         self._entries: dict[CheckKey, _Entry] = {}
         self._heap: list[tuple[float, int, CheckKey, int]] = []
         self._seq = itertools.count()
@@ -124,8 +139,19 @@ class Scheduler:
         self._wakeup = asyncio.Event()
         self.progress = asyncio.Event()  # set after every recorded result; waiters clear it
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
         self._runner: asyncio.Task[None] | None = None
+        # pacing (see pacing.py): admission by measured loop lag, period stretch by demand/achieved
+        self.admission = Admission(max_rate=max_rate or Admission.max_rate,
+                                   rate=min(Admission.rate, max_rate or Admission.rate))
+        self.stretch = Stretch()
+        self.delayed = False  # stretch above DELAYED_ON (with hysteresis)
+        self._demand = 0.0  # probes per second the checks ask for at their spec periods
+        self._tokens = 0.0
+        self._refilled = 0.0
+        self._expected_at: float | None = None  # when the run loop asked to be woken (for loop lag)
+        self._lag_window = (0.0, 0.0, False)  # (window start, worst lag, admission-limited)
+        self._stretch_window = (0.0, 0, False)  # (window start, launches, saturated)
+        self._worst_lag = 0.0  # in the current stretch window (exported)
 
     # --- configuration --------------------------------------------------------------------------
 
@@ -133,7 +159,12 @@ class Scheduler:
         return self.period_override or float(check.timing.period_seconds)
 
     def upsert(self, check: Check, initial: bool | None = None) -> None:
-        """Add or update a check. ``initial`` seeds its health (adopted from published conditions)."""
+        """Add or update a check. ``initial`` seeds its health (adopted from published conditions).
+
+        The first run of a new check comes within ``first_window`` at a slot chosen by its *target*
+        (plus a sliver per address): the checks of one ClusterEndpoint run together, so at a cold
+        start under load each ClusterEndpoint is decided, and published, as soon as its own checks
+        ran, not after the whole fleet."""
         entry = self._entries.get(check.key)
         if entry is not None and entry.check == check:
             return
@@ -143,16 +174,21 @@ class Scheduler:
             state = CheckState(timing.success_threshold, timing.failure_threshold, healthy=initial)
             delay = float(timing.initial_delay_seconds)
         else:
+            self._demand -= 1.0 / self._period(entry.check)
             state = CheckState(timing.success_threshold, timing.failure_threshold, healthy=entry.state.healthy)
             delay = 0.0
         period = self._period(check)
+        self._demand += 1.0 / period
         entry = _Entry(check, state, phase_fraction(check.key) * period, generation)
         self._entries[check.key] = entry
-        due = time.monotonic() + delay + phase_fraction(check.key) * min(period, self.first_window)
-        self._push(due, entry)
+        window = min(period, self.first_window)
+        slot = phase_fraction(CheckKey(check.key.target, "", "")) * 0.98 + phase_fraction(check.key) * 0.02
+        self._push(time.monotonic() + delay + slot * window, entry)
 
     def remove(self, key: CheckKey) -> None:
         entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._demand = max(0.0, self._demand - 1.0 / self._period(entry.check))
         if entry is not None and self.target_metrics:
             self.target_metrics.forget(key.target, key.port, key.address)
         if entry is not None and entry.check.probe.kind is ProbeKind.GRPC:
@@ -186,6 +222,11 @@ class Scheduler:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def demand(self) -> float:
+        """Probes per second the checks ask for at their spec periods."""
+        return self._demand
+
     # --- running ----------------------------------------------------------------------------------
 
     def start(self) -> asyncio.Task[None]:
@@ -216,59 +257,123 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _dispatch_due(self) -> None:
-        """Launch every check that is due, as far as the in-flight bound allows."""
-        now = time.monotonic()
+    def _dispatch_due(self, now: float) -> tuple[int, bool, bool]:
+        """Launch due checks as far as admission (tokens) and the in-flight bound allow.
+        Returns (launched, checks still waiting, admission was the limit)."""
         heap = self._heap
-        while heap and heap[0][0] <= now and self._in_flight < self.max_concurrent:
+        launched = 0
+        while heap and heap[0][0] <= now:
+            if self._in_flight >= self.max_concurrent:
+                return launched, True, False
+            if self._tokens < 1.0:
+                return launched, True, True
             due, _, key, generation = heapq.heappop(heap)
             entry = self._entries.get(key)
             if entry is None or entry.generation != generation:
                 continue  # removed or replaced since it was queued
+            self._tokens -= 1.0
+            launched += 1
             self._launch(entry, due, now)
-
-    def _arm(self, when: float) -> None:
-        """Make sure the run loop wakes by ``when``; one timer at a time, re-armed only if earlier."""
-        if self._timer is not None and self._timer_when <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_when = when
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), self._fire)
+        return launched, False, False
 
     def _fire(self) -> None:
         self._timer = None
         self._wakeup.set()
 
     async def run(self) -> None:
+        """One wake-up per tick launches every admitted due check (no timer or wake-up per probe).
+
+        Each wake-up measures loop lag (how late it runs against the time it asked for): the
+        signal admission and the inconclusive rule are built on."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        self._refilled = now
+        self._lag_window = (now, 0.0, False)
+        self._stretch_window = (now, 0, False)
         while True:
-            self._dispatch_due()
+            now = time.monotonic()
+            lag = max(0.0, now - self._expected_at) if self._expected_at is not None else 0.0
+            rate = self.admission.rate
+            self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * 2 * TICK))
+            self._refilled = now
+            launched, waiting, token_limited = self._dispatch_due(now)
+            self._account(now, lag, launched, waiting, token_limited)
             self._wakeup.clear()
-            if self._heap and self._in_flight < self.max_concurrent:
-                self._arm(self._heap[0][0])
-            # At the bound (or idle) no timer is armed: finishing probes dispatch the due backlog
-            # themselves and arm the timer when they leave room with nothing due yet.
-            await self._wakeup.wait()
+            if waiting:
+                wake = now + TICK
+            elif self._heap:
+                wake = min(self._heap[0][0], now + LAG_WINDOW)
+            else:
+                wake = None  # idle: an upsert wakes us
+            self._expected_at = wake
+            if wake is not None:
+                self._timer = loop.call_later(max(0.0, wake - now), self._fire)
+            try:
+                await self._wakeup.wait()
+            finally:
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            if self._expected_at is not None and time.monotonic() < self._expected_at:
+                self._expected_at = None  # woken early by an upsert: no lag sample this time
+
+    def _account(self, now: float, lag: float, launched: int, waiting: bool, token_limited: bool) -> None:
+        """Feed the pacing loops: admission once per LAG_WINDOW, stretch once per STRETCH_WINDOW."""
+        started, worst, limited = self._lag_window
+        worst, limited = max(worst, lag), limited or token_limited
+        if now - started >= LAG_WINDOW:
+            self.admission.update(worst, limited)
+            started, worst, limited = now, 0.0, False
+        self._lag_window = (started, worst, limited)
+        since, count, saturated = self._stretch_window
+        count, saturated = count + launched, saturated or waiting
+        self._worst_lag = max(self._worst_lag, lag)
+        if now - since >= STRETCH_WINDOW:
+            before = self.stretch.factor
+            factor = self.stretch.update(self._demand, count / (now - since), saturated)
+            if self.metrics:
+                self.metrics.pacing(factor, self.admission.rate, self._worst_lag)
+            self._report_stretch(before, factor)
+            since, count, saturated, self._worst_lag = now, 0, False, 0.0
+        self._stretch_window = (since, count, saturated)
+
+    def _report_stretch(self, before: float, factor: float) -> None:
+        if before == 1.0 and factor > 1.0:
+            log.warning("probes delayed: stretching every check's period", extra={
+                "stretch": round(factor, 2), "demand_per_s": round(self._demand), "admitted_per_s":
+                round(self.admission.rate)})
+        elif before > 1.0 and factor == 1.0:
+            log.info("probes back on schedule", extra={"demand_per_s": round(self._demand)})
+        delayed = factor > DELAYED_ON or (self.delayed and factor >= DELAYED_OFF)
+        if delayed != self.delayed:
+            self.delayed = delayed
+            if self.on_delayed is not None:
+                try:
+                    self.on_delayed(delayed)
+                except Exception:
+                    log.exception("probes-delayed consumer failed")
 
     def _launch(self, entry: _Entry, due: float, now: float) -> None:
         period = self._period(entry.check)
+        effective = period * self.stretch.factor
         if entry.first:
             entry.first = False
-            nxt = next_slot(due + period / 2, entry.phase, period)
+            nxt = next_slot(due + effective / 2, entry.phase, period)
         else:
-            nxt = due + period
+            nxt = due + effective  # planned from the schedule: no drift
+            if nxt <= now:  # a whole effective period behind: skip the missed run, keep lateness bounded
+                nxt = now + effective
         self._push(nxt, entry)
         if entry.in_flight:
             return  # still running from last period (cannot happen when timeout <= period)
-        if self.metrics:
-            self.metrics.lateness(now - due)
         entry.in_flight = True
         self._in_flight += 1
-        if self.metrics:
-            self.metrics.in_flight(self._in_flight)
         task = asyncio.get_running_loop().create_task(self._run_one(entry, entry.generation))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.metrics:
+            self.metrics.lateness(now - due)
+            self.metrics.in_flight(self._in_flight)
 
     async def _run_one(self, entry: _Entry, generation: int) -> None:
         check = entry.check
@@ -279,12 +384,15 @@ class Scheduler:
             self._in_flight -= 1
             if self.metrics:
                 self.metrics.in_flight(self._in_flight)
-            if self._runner is not None and not self._runner.done():
-                self._dispatch_due()  # hand the freed slot straight to the next due check
-                if self._heap and self._in_flight < self.max_concurrent:
-                    self._arm(self._heap[0][0])  # room left and nothing due: wake for the next one
+        kind = check.probe.kind.short
+        if result.timed_out and timeout_was_seen_late(result.duration, float(check.timing.timeout_seconds)):
+            # the loop noticed the deadline late: an answer may be sitting unread behind it. Says nothing
+            # about the host: not counted, the next run (next period) is the retry.
+            if self.metrics:
+                self.metrics.inconclusive(kind)
+            return
         if self.metrics:
-            self.metrics.observe(check.probe.kind.short, result.ok, result.duration)
+            self.metrics.observe(kind, result.ok, result.duration)
         if self._entries.get(check.key) is not entry or entry.generation != generation:
             return  # the check changed or went away while this probe ran: its result is moot
         entry.last = result

@@ -27,7 +27,7 @@ async def probe_udp(address: str, port: int, timeout: float, data: bytes = b"") 
             await loop.sock_recv(sock, 65535)
         return ProbeResult(True, "reply received", time.perf_counter() - start)
     except TimeoutError:
-        return ProbeResult(False, f"no reply within {timeout:g}s", time.perf_counter() - start)
+        return ProbeResult.timeout(time.perf_counter() - start, timeout, f"no reply within {timeout:g}s")
     except OSError as err:
         return ProbeResult(False, describe_os_error(err), time.perf_counter() - start)
     finally:

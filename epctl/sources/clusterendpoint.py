@@ -127,6 +127,7 @@ class ClusterEndpointSource:
         self.allow_loopback = allow_loopback
         self.resolve_interval = resolve_interval
         self._entries: dict[TargetKey, _Entry] = {}
+        self._delayed = False  # the scheduler stretches periods beyond 2x (ProbesDelayed)
         self._health: dict[CheckKey, _Health] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._resolver: asyncio.Task[None] | None = None
@@ -429,6 +430,13 @@ class ClusterEndpointSource:
                                f"{transition.key.address} port {transition.key.port}: {transition.reason}")
         self._write_status(key)
 
+    def probes_delayed(self, delayed: bool) -> None:
+        """The scheduler started (or stopped) stretching every check's period beyond 2x: say so in every
+        ClusterEndpoint's status (a ProbesDelayed condition), where `kubectl describe cep` shows it."""
+        self._delayed = delayed
+        for key in list(self._entries):
+            self._write_status(key)
+
     def synced(self, key: TargetKey) -> None:
         if self.state.holder(key) != SOURCE:
             return  # the writer reports on a Service another front-end holds
@@ -511,8 +519,8 @@ class ClusterEndpointSource:
         generation = int(entry.obj["metadata"].get("generation") or 0)
         empty_ports = [name for name, ready in per_port_ready if not ready]
         if entry.errors:
-            more = f" (and {len(entry.errors) - 1} more errors)" if len(entry.errors) > 1 else ""
-            ready_cond = ("False", "InvalidSpec", f"{entry.errors[0]}{more}")
+            more = f"; and {len(entry.errors) - 5} more errors" if len(entry.errors) > 5 else ""
+            ready_cond = ("False", "InvalidSpec", "; ".join(entry.errors[:5]) + more)
         elif conflict:
             ready_cond = ("False", "ServiceConflict", sync_message)
         elif per_port_ready and not empty_ports:
@@ -535,6 +543,11 @@ class ClusterEndpointSource:
             {"type": "Synced", "status": "True" if sync_ok else "False", "reason": sync_reason,
              "message": sync_message},
         ]
+        if self._delayed and entry.spec is not None:
+            factor = self.scheduler.stretch.factor
+            conditions.append({"type": "ProbesDelayed", "status": "True", "reason": "Overloaded", "message": (
+                f"checks run about every {factor:.1f}x their periodSeconds: the controller cannot start every due "
+                "probe in time (epctl_probe_period_stretch); give it more CPU, lengthen periods or add replicas")})
         extra: Obj = {}
         if entry.spec is not None and entry.spec.openstack is not None:
             ok, reason, message = entry.discovery_sync

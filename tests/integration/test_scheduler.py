@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +23,19 @@ class Probes:
         self.results: list[tuple[str, bool]] = []
         self.max_in_flight = 0
         self.lateness_seen: list[float] = []
+        self.stretches: list[float] = []
 
     def observe(self, kind: str, ok: bool, duration: float) -> None:
         self.results.append((kind, ok))
 
     def lateness(self, seconds: float) -> None:
         self.lateness_seen.append(seconds)
+
+    def inconclusive(self, kind: str) -> None:
+        self.results.append((kind + " inconclusive", False))
+
+    def pacing(self, stretch: float, admitted_per_second: float, loop_lag: float) -> None:
+        self.stretches.append(stretch)
 
     def in_flight(self, count: int) -> None:
         self.max_in_flight = max(self.max_in_flight, count)
@@ -193,3 +201,106 @@ async def test_per_target_metrics_are_opt_in_and_forgotten_with_the_check() -> N
             assert up(HOST) is None
     finally:
         await scheduler.stop()
+
+
+# --- truth under a stalled loop, and fair stretch (DESIGN section 6) ------------------------------------
+
+class StallingProbes(Probes):
+    """Blocks the event loop (as a long GC pause, a big JSON decode or a CPU-starved container would) right
+    after the scheduler launched probes, so those probes are in flight while nothing runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall_next = 0.0
+        self.stalls = 0
+
+    def lateness(self, seconds: float) -> None:
+        super().lateness(seconds)
+        if self.stall_next:
+            duration, self.stall_next = self.stall_next, 0.0
+            # runs after the launched probes' first steps: they have sent their SYN / request / datagram
+            asyncio.get_running_loop().call_soon(self._stall, duration)
+
+    def _stall(self, duration: float) -> None:
+        time.sleep(duration)  # the point of the test: a blocked loop
+        self.stalls += 1
+
+
+async def _stall_twice(probes: StallingProbes) -> None:
+    for n in (1, 2):
+        probes.stall_next = 1.6  # timeout 1 s: the deadline passes while the loop is blocked
+        await eventually(lambda n=n: probes.stalls >= n, timeout=10, message="the loop was stalled")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "http", "udp", "grpc"])
+async def test_a_stalled_loop_never_fails_a_healthy_host(kind: str) -> None:
+    probes = StallingProbes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=1.0, first_window=0.2)
+    timing = ProbeTiming(timeout_seconds=1, failure_threshold=1, success_threshold=1)
+    async with TCPBackend() as tcp, HTTPBackend() as web, UDPBackend() as udp, GRPCBackend() as grpc_backend:
+        probe, port = {"tcp": (TCPProbe(), tcp.port), "http": (HTTPProbe(), web.port),
+                       "udp": (UDPProbe(data=b"x"), udp.port), "grpc": (GRPCProbe(), grpc_backend.port)}[kind]
+        keys = [CheckKey("ns/svc", f"p{i}", HOST) for i in range(8)]
+        for key in keys:
+            scheduler.upsert(Check(key, probe, port, timing))
+        scheduler.start()
+        try:
+            await eventually(lambda: len(probes.transitions) == len(keys), message="all decided")
+            assert all(t.healthy for t in probes.transitions)
+            await _stall_twice(probes)
+            runs = {k: scheduler.state(k).runs for k in keys}  # type: ignore[union-attr]
+            await eventually(lambda: all(scheduler.state(k).runs > runs[k] + 1 for k in keys),  # type: ignore[union-attr]
+                             timeout=10, message="probing goes on after the stalls")
+            assert [t.healthy for t in probes.transitions] == [True] * len(keys), \
+                f"a stall failed a healthy host: {[(t.key, t.reason) for t in probes.transitions if not t.healthy]}"
+            if kind != "tcp":  # TCP sees the completed handshake on the socket; the others wait for our own loop
+                assert (kind + " inconclusive", False) in probes.results
+        finally:
+            await scheduler.stop()
+
+
+async def test_a_dead_host_is_still_detected_after_stalls() -> None:
+    """Inconclusive is only for probes the loop watched late: a host that really does not answer (a
+    blackhole, the timeout path) goes unhealthy within failureThreshold x period + timeout once the loop
+    runs normally."""
+    probes = StallingProbes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=1.0, first_window=0.2)
+    async with TCPBackend() as tcp:
+        key = CheckKey("ns/svc", "p", HOST)
+        scheduler.upsert(Check(key, TCPProbe(), tcp.port, ProbeTiming(timeout_seconds=1, failure_threshold=2)))
+        scheduler.start()
+        try:
+            await eventually(lambda: probes.transitions, message="decided")
+            await _stall_twice(probes)
+            await tcp.set_mode("blackhole")
+            dead = time.monotonic()
+            await eventually(lambda: len(probes.transitions) == 2, timeout=15, message="detected")
+            assert not probes.transitions[-1].healthy and probes.transitions[-1].reason == "timeout after 1s"
+            assert time.monotonic() - dead < 2 * 1.0 + 1.0 + 1.5  # failureThreshold x period + timeout + slack
+        finally:
+            await scheduler.stop()
+
+
+async def test_overload_stretches_every_period_fairly() -> None:
+    """Demand 120 probes/s against an admission capped at 60/s: every check runs at ~2x its period, in
+    schedule order (each check ran about as often as every other), lateness stays bounded."""
+    probes = Probes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=0.5, first_window=0.5,
+                          max_rate=60)
+    async with TCPBackend() as tcp:
+        keys = [CheckKey("ns/svc", f"p{i}", HOST) for i in range(60)]
+        for key in keys:
+            scheduler.upsert(Check(key, TCPProbe(), tcp.port))
+        scheduler.start()
+        try:
+            await eventually(lambda: scheduler.stretch.factor > 1.5, timeout=10, message="stretching")
+            start = {k: scheduler.state(k).runs for k in keys}  # type: ignore[union-attr]
+            began = time.monotonic()
+            await eventually(lambda: time.monotonic() - began > 4.0, message="a few effective periods")
+            runs = [scheduler.state(k).runs - start[k] for k in keys]  # type: ignore[union-attr]
+            assert 1.6 < scheduler.stretch.factor < 2.8, scheduler.stretch.factor
+            assert min(runs) >= 2 and max(runs) - min(runs) <= 2, runs  # fair: nobody starves, nobody hogs
+            assert max(probes.lateness_seen[-60:]) < 2 * 0.5 * scheduler.stretch.factor
+            assert probes.stretches and max(probes.stretches) > 1.5  # exported (epctl_probe_period_stretch)
+        finally:
+            await scheduler.stop()
