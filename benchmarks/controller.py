@@ -9,10 +9,16 @@ Reported:
 - cold start: controller start -> every Service and slice written, and -> every endpoint ready;
 - one host flip (the backend stops listening on one address, so N endpoints go unhealthy, then
   back): API writes per flip and latency from probe transition to the slice write (p50/p99);
-- steady state: API writes during ``--steady`` seconds (target 0) and CPU use;
+- steady state (before the flips, every host healthy): API writes and slice writes during
+  ``--steady`` seconds (target 0), unhealthy transitions (truth: 0), period stretch, CPU use;
+- host down / back: time until every ClusterEndpoint published it, against the bound
+  failureThreshold (2) / successThreshold (1) x period x stretch + 2 s;
 - RSS per endpoint (controller process, after cold start, minus before any ClusterEndpoint).
 
-    python benchmarks/controller.py [--quick] [--ceps 1000] [--hosts 10] [--steady 300]
+    python benchmarks/controller.py [--quick] [--ceps 1000] [--hosts 10] [--steady 300] [--period 1]
+                                    [--probe tcp|http]
+
+At ``--period 1`` 1,000 x 10 asks for 10,000 probes/s, more than one core runs: the overload scenario.
 """
 
 from __future__ import annotations
@@ -48,9 +54,22 @@ class _Accept(asyncio.Protocol):
         transport.close()
 
 
-async def _backends(addresses: list[str], port: int, control: Any) -> None:
+class _HTTP200(asyncio.Protocol):
+    """The least an HTTP server can do: answer every request 200 and close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")  # type: ignore[attr-defined]
+            self.transport.close()
+
+
+async def _backends(addresses: list[str], port: int, control: Any, http: bool = False) -> None:
     loop = asyncio.get_running_loop()
-    servers = {a: await loop.create_server(_Accept, a, port, backlog=65535, reuse_address=True) for a in addresses}
+    protocol = _HTTP200 if http else _Accept
+    servers = {a: await loop.create_server(protocol, a, port, backlog=65535, reuse_address=True) for a in addresses}
     control.send("ready")
     while True:
         command, address = await loop.run_in_executor(None, control.recv)
@@ -58,15 +77,15 @@ async def _backends(addresses: list[str], port: int, control: Any) -> None:
             servers[address].close()
             await servers[address].wait_closed()
         else:
-            servers[address] = await loop.create_server(_Accept, address, port, backlog=65535, reuse_address=True)
+            servers[address] = await loop.create_server(protocol, address, port, backlog=65535, reuse_address=True)
         control.send("done")
 
 
-def backends_main(addresses: list[str], port: int, control: Any) -> None:
+def backends_main(addresses: list[str], port: int, control: Any, http: bool = False) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {1})
     import uvloop
-    uvloop.run(_backends(addresses, port, control))
+    uvloop.run(_backends(addresses, port, control, http))
 
 
 # --- measurement ------------------------------------------------------------------------------------
@@ -89,6 +108,12 @@ class Counting:
 
     def writes(self) -> int:
         return sum(n for (m, _), n in self.requests.items() if m in ("POST", "PUT", "PATCH", "DELETE"))
+
+
+def _probe_counts() -> dict[str, float]:
+    from epctl.metrics import PROBES
+    return {f"{s.labels['type']} {s.labels['result']}": s.value for metric in PROBES.collect() for s in metric.samples
+            if s.name.endswith("_total") and s.value}
 
 
 def _endpoints_updates() -> float:
@@ -114,6 +139,25 @@ def all_ready(controller: Controller, ceps: int, hosts: int, ready: bool = True)
                ) and sum(len(g.endpoints) for t in targets.values() for g in t.groups.values()) == ceps * hosts
 
 
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # cgroup v1; v2 would be /sys/fs/cgroup/<group>/cpu.max
+
+
+def limit_cpu(cores: float) -> Path:
+    """Put this process (the controller) under a CFS quota of ``cores`` CPUs, as ``resources.limits.cpu``
+    does to a container. Needs a writable cgroup v1 cpu hierarchy (root in a VM or a privileged container)."""
+    group = CGROUP_CPU / f"epctl-bench-{os.getpid()}"
+    group.mkdir()
+    (group / "cpu.cfs_period_us").write_text("100000")
+    (group / "cpu.cfs_quota_us").write_text(str(int(cores * 100000)))
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+    return group
+
+
+def unlimit_cpu(group: Path) -> None:
+    (CGROUP_CPU / "cgroup.procs").write_text(str(os.getpid()))
+    group.rmdir()
+
+
 async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], port: int,
               control: Any) -> dict[str, Any]:
     counting = Counting()
@@ -126,25 +170,30 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
         await client.request("POST", CLUSTERENDPOINTS.path("default"), body={
             "apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint", "metadata": {"name": f"cep{i}"},
             "spec": {"ports": [{"name": "tcp", "port": 5432, "targetPort": port, "hosts": addresses,
-                                "tcpSocket": {}, "periodSeconds": args.period, "failureThreshold": 2}]}})
+                                **({"httpGet": {"path": "/"}} if args.probe == "http" else {"tcpSocket": {}}),
+                                "periodSeconds": args.period, "failureThreshold": 2}]}})
     print(f"  created {args.ceps} ClusterEndpoints", file=sys.stderr)
     settings = ControllerSettings(metrics_addr=None, allow_loopback_hosts=True, write_concurrency=16,
                                   max_concurrent_probes=1000)
     controller = Controller(client, settings)
     transitions: dict[TargetKey, float] = {}
     latencies: list[float] = []
+    published: list[float] = []  # when each transition reached its slice (monotonic)
+    unhealthy_transitions = [0]
     source = controller.source
     original_transition, original_synced = source.on_transition, source.synced
 
     def on_transition(t: Transition) -> None:  # timestamp, then the real handler
         namespace, _, name = t.key.target.partition("/")
         transitions.setdefault((namespace, name), time.monotonic())
+        unhealthy_transitions[0] += not t.healthy
         original_transition(t)
 
     def synced(key: TargetKey) -> None:
         started = transitions.pop(key, None)
         if started is not None:
             latencies.append(time.monotonic() - started)
+            published.append(time.monotonic())
         original_synced(key)
 
     controller.scheduler.on_transition = on_transition
@@ -166,13 +215,38 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     rss_full = rss_bytes()
     transitions.clear()
     latencies.clear()
+    # steady state first: every host healthy for --steady seconds; truth says 0 not-ready, 0 slice writes
+    before = counting.writes()
+    snapshot = Counter(counting.requests)
+    unhealthy_transitions[0] = 0
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    wall0 = time.monotonic()
+    await asyncio.sleep(args.steady)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.monotonic() - wall0
+    not_ready = sum(not e.ready for t in controller.state.targets.values() for g in t.groups.values()
+                    for e in g.endpoints.values())
+    probes = _probe_counts()
+    steady = {"seconds": args.steady, "api_writes": counting.writes() - before,
+              "slice_writes": counting.by_method_since(snapshot).get("PUT", 0),
+              "false_unhealthy_transitions": unhealthy_transitions[0], "not_ready_at_end": not_ready,
+              "cpu_percent_of_one_core": 100 * ((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime))
+              / wall, "period_stretch": controller.scheduler.stretch.factor,
+              "admitted_probes_per_s": controller.scheduler.admission.rate,
+              "probes": probes, "demand_per_s": controller.scheduler.demand}
+    print(f"  steady: {steady}", file=sys.stderr)
+    transitions.clear()
+    latencies.clear()
     flips: dict[str, Any] = {}
     for action, expect in (("stop", False), ("start", True)):
+        published.clear()
+        stretch = controller.scheduler.stretch.factor
         before = counting.writes()
         snapshot = Counter(counting.requests)
         endpoints_before = _endpoints_updates()
         control.send((action, addresses[-1]))
         await asyncio.get_running_loop().run_in_executor(None, control.recv)  # never block the loop under test
+        changed_at = time.monotonic()
 
         def flipped(e: bool = expect) -> int:
             return sum(t.groups[next(iter(t.groups))].endpoints[addresses[-1]].ready is e
@@ -194,22 +268,16 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
                          "status_patches_per_clusterendpoint": by_kind.get("PATCH", 0) / args.ceps,
                          "events_per_clusterendpoint": by_kind.get("POST", 0) / args.ceps,
                          "latency_p50_ms": quantile(latencies, 0.5) * 1000,
-                         "latency_p99_ms": quantile(latencies, 0.99) * 1000, "samples": len(latencies)}
+                         "latency_p99_ms": quantile(latencies, 0.99) * 1000, "samples": len(latencies),
+                         "all_published_s": (max(published) - changed_at) if published else None,
+                         "bound_s": (2 if action == "stop" else 1) * args.period * stretch + 2,
+                         "period_stretch": stretch}
         latencies.clear()
         print(f"  flip {action}: {flips[action]}", file=sys.stderr)
-    before = counting.writes()
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    wall0 = time.monotonic()
-    await asyncio.sleep(args.steady)
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    wall = time.monotonic() - wall0
-    steady = {"seconds": args.steady, "api_writes": counting.writes() - before,
-              "cpu_percent_of_one_core": 100 * ((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime))
-              / wall,
-              "probes_per_s": None}
     await controller.stop()
     await client.close()
     return {"ceps": args.ceps, "hosts": args.hosts, "endpoints": args.ceps * args.hosts, "period": args.period,
+            "probe": args.probe,
             "cold_start": cold, "flips": flips, "steady": steady,
             "rss_bytes_per_endpoint": (rss_full - rss_empty) / (args.ceps * args.hosts),
             "requests": {f"{m} {c}": n for (m, c), n in sorted(counting.requests.items())}}
@@ -218,8 +286,8 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
 def table(r: dict[str, Any]) -> str:
     cold, flips, steady = r["cold_start"], r["flips"], r["steady"]
     return "\n".join([
-        f"{r['ceps']} ClusterEndpoints x {r['hosts']} hosts = {r['endpoints']} endpoints, TCP probes, "
-        f"{r['period']} s period",
+        f"{r['ceps']} ClusterEndpoints x {r['hosts']} hosts = {r['endpoints']} endpoints, {r['probe'].upper()} "
+        f"probes, {r['period']} s period ({steady['demand_per_s']:.0f} probes/s asked)",
         f"{'cold start: Services + slices written':<48} {cold['slices_and_services_written_s']:>8.1f} s",
         f"{'cold start: every endpoint ready and written':<48} {cold['all_ready_s']:>8.1f} s",
         f"{'cold start: API writes':<48} {cold['writes']:>8}",
@@ -230,12 +298,23 @@ def table(r: dict[str, Any]) -> str:
         f"{flips['stop']['events_per_clusterendpoint']:.2f})",
         f"{'host down: transition -> slice written p50/p99':<48} {flips['stop']['latency_p50_ms']:>8.0f} / "
         f"{flips['stop']['latency_p99_ms']:.0f} ms",
+        f"{'host down -> every ClusterEndpoint published':<48} {flips['stop']['all_published_s']:>8.1f} s  "
+        f"(bound 2 x period x stretch + 2 s = {flips['stop']['bound_s']:.1f} s)",
         f"{'host back: API writes per ClusterEndpoint':<48} {flips['start']['per_clusterendpoint']:>8.2f}",
         f"{'host back: transition -> slice written p50/p99':<48} {flips['start']['latency_p50_ms']:>8.0f} / "
         f"{flips['start']['latency_p99_ms']:.0f} ms",
-        f"{'steady state: API writes in ' + str(steady['seconds']) + ' s':<48} {steady['api_writes']:>8}",
+        f"{'host back -> every ClusterEndpoint published':<48} {flips['start']['all_published_s']:>8.1f} s  "
+        f"(bound 1 x period x stretch + 2 s = {flips['start']['bound_s']:.1f} s)",
+        f"{'steady state: API writes in ' + str(steady['seconds']) + ' s':<48} {steady['api_writes']:>8}  "
+        f"(slice writes {steady['slice_writes']})",
+        f"{'steady state: false unhealthy transitions':<48} {steady['false_unhealthy_transitions']:>8}  "
+        f"(not ready at the end: {steady['not_ready_at_end']})",
+        f"{'steady state: period stretch':<48} {steady['period_stretch']:>8.2f}  "
+        f"(admitted {steady['admitted_probes_per_s']:.0f} probes/s)",
+        f"{'steady state: probe results':<48} {steady['probes']}",
         f"{'steady state: controller CPU (% of one core)':<48} {steady['cpu_percent_of_one_core']:>8.0f}",
         f"{'RSS per endpoint':<48} {r['rss_bytes_per_endpoint']:>8.0f} B",
+        *([f"{'controller CPU limit (CFS quota)':<48} {r['cpu_limit']:>8.2f} cores"] if r.get("cpu_limit") else []),
     ])
 
 
@@ -246,6 +325,9 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--steady", type=float, default=300.0)
     parser.add_argument("--period", type=int, default=1, help="probe period in seconds")
+    parser.add_argument("--probe", choices=["tcp", "http"], default="tcp", help="probe type")
+    parser.add_argument("--cpu-limit", type=float, default=0.0, help="CFS quota for the controller, in cores "
+                        "(as limits.cpu; needs a writable cgroup v1 cpu hierarchy)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "controller.json"))
     args = parser.parse_args()
     if args.quick:
@@ -256,17 +338,22 @@ def main() -> None:
     port = free_port()
     ctx = mp.get_context("spawn")
     control, child = ctx.Pipe()
-    backend = ctx.Process(target=backends_main, args=(addresses, port, child), daemon=True)
+    backend = ctx.Process(target=backends_main, args=(addresses, port, child, args.probe == "http"), daemon=True)
     backend.start()
     assert control.recv() == "ready"
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     import uvloop
+    group = None
     try:
         with apiserver_process() as kubeconfig:
+            group = limit_cpu(args.cpu_limit) if args.cpu_limit else None  # after the other processes started
             result = uvloop.run(run(args, kubeconfig, addresses, port, control))
     finally:
+        if group is not None:
+            unlimit_cpu(group)
         backend.terminate()
+    result["cpu_limit"] = args.cpu_limit or None
     write_report("controller", result, table(result), args.json)
 
 

@@ -1,4 +1,4 @@
-"""Wires the tasks of ``epctl controller`` (DESIGN.md section 2) and shuts them down gracefully.
+"""Wires the tasks of ``epctl controller`` (docs/design.md section 2) and shuts them down gracefully.
 
 Start order matters for "a restart writes nothing": the informers (ClusterEndpoints, our
 EndpointSlices, Services) sync first; only then does the source build the desired state, adopting

@@ -1,4 +1,4 @@
-"""The ``epctl`` command: one subcommand per front-end (see DESIGN.md section 1).
+"""The ``epctl`` command: one subcommand per front-end (see docs/design.md section 1).
 
 Flags have ``EPCTL_*`` env equivalents (see :mod:`epctl.config`). Heavy modules are imported inside
 each subcommand so that, for example, ``epctl version`` or the sidecar never load probe code.
@@ -389,7 +389,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def run_async(main: Coroutine[Any, Any, Any], interrupted: int = 130) -> Any:
-    """Run ``main`` on uvloop when it is installed (DESIGN.md section 6), else the default loop.
+    """Run ``main`` on uvloop when it is installed (docs/design.md section 6), else the default loop.
 
     Ctrl-C (SIGINT) and SIGTERM both cancel ``main``, so every ``finally`` and ``async with`` in it runs
     (temporary files and directories are removed, servers closed) before the process exits. Commands

@@ -1,4 +1,4 @@
-"""One small HTTP server for ``/metrics``, ``/healthz`` and ``/readyz`` (DESIGN.md section 8).
+"""One small HTTP server for ``/metrics``, ``/healthz`` and ``/readyz`` (docs/design.md section 8).
 
 ``/metrics`` is rendered in a worker thread: at scale it takes 100 ms+ and must not stall probes.
 ``/healthz`` fails when the event loop has not turned for ``stall_after`` seconds or a core task

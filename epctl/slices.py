@@ -28,7 +28,7 @@ Obj = dict[str, Any]
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
-# DESIGN.md said "epctl.io/controller", but "/" is not allowed in a label value (the API server
+# the first design note said "epctl.io/controller", but "/" is not allowed in a label value (the API server
 # answers 422); Kubernetes' own controllers use DNS-style values such as endpointslice-controller.k8s.io.
 MANAGED_BY = "controller.epctl.io"
 GROUP_LABEL = "epctl.io/port-group"

@@ -1,4 +1,4 @@
-"""The ClusterEndpoint spec as typed, frozen values (DESIGN.md section 4). Pure: no I/O.
+"""The ClusterEndpoint spec as typed, frozen values (docs/design.md section 4). Pure: no I/O.
 
 Defaults are the kubelet's (timeout 1 s, period 10 s, success 1, failure 3, initial delay 0) so a
 probe reads the way a Pod's readinessProbe does.

@@ -1,6 +1,6 @@
 """The one door to the Kubernetes API: raw JSON over one pooled aiohttp session.
 
-Why raw dicts: typed models cost ~7x the CPU to parse (DESIGN.md section 7) and every caller in
+Why raw dicts: typed models cost ~7x the CPU to parse (docs/design.md section 7) and every caller in
 epctl wants plain JSON anyway. Why not kubernetes_asyncio's ApiClient: it imports every API model
 (~38 MB) and adds nothing a raw client needs; where it earns its place — kubeconfig ``exec`` and
 ``auth-provider`` plugins — :mod:`epctl.kube.config` still uses it.

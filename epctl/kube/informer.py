@@ -1,6 +1,6 @@
 """List + watch + cache for one resource, the way client-go's reflector does it, with raw dicts.
 
-Lifecycle of :meth:`Informer.run` (DESIGN.md section 7):
+Lifecycle of :meth:`Informer.run` (docs/design.md section 7):
 
 1. List in pages (``limit``/``continue``) and diff the result against the cache, so a relist
    after 410 Gone delivers exactly the ADDED / MODIFIED / DELETED that were missed. Subscribers

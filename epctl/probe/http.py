@@ -6,8 +6,8 @@ a success; the body is read up to 10 KiB; ``Connection: close``; HTTPS does not 
 unless ``insecureSkipVerify: false``. A ``Host`` header in ``httpHeaders`` overrides the request's
 Host. The scheme defaults to HTTP (a seed tool failed every check without one).
 
-Why not aiohttp here (DESIGN.md section 6 says aiohttp): one request per connection with no
-keep-alive, no pooling, no cookies and no decoding is all a probe needs; a bare stream client does
+Why not aiohttp here (the first design note said aiohttp; docs/design.md section 10): one request
+per connection with no keep-alive, no pooling, no cookies and no decoding is all a probe needs; a bare stream client does
 it with a fraction of the CPU per probe, which is the budget that decides how many thousand hosts
 one core can check. aiohttp remains the library for everything else HTTP in epctl.
 """

@@ -1,7 +1,7 @@
 """How fast the scheduler may start probes, and how far it stretches periods when it cannot keep up.
 Pure: no I/O, no clock of its own (callers pass the times), tested directly.
 
-Two feedback loops, both measured rather than guessed (DESIGN section 6, "truth first"):
+Two feedback loops, both measured rather than guessed (docs/design.md section 6, "truth first"):
 
 - :class:`Admission` keeps the event loop responsive. Every probe costs loop time (a connect, a
   wake-up, a task), and so does every API response the writer, the status writer, the informers

@@ -1,6 +1,6 @@
 """OpenStack discovery: pollers that list Nova servers and tell their consumers what they found.
 
-Shape (DESIGN.md section 2, "OpenStack pollers (thread)"):
+Shape (docs/design.md section 2, "OpenStack pollers (thread)"):
 - openstacksdk blocks, so every call to it runs in a worker thread. Each distinct set of
   credentials gets one :class:`_Connection`: one openstacksdk ``Connection`` (keystoneauth session,
   token cache) and the *one* thread that ever touches it (sessions are not thread-safe; a single

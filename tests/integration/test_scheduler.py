@@ -203,7 +203,7 @@ async def test_per_target_metrics_are_opt_in_and_forgotten_with_the_check() -> N
         await scheduler.stop()
 
 
-# --- truth under a stalled loop, and fair stretch (DESIGN section 6) ------------------------------------
+# --- truth under a stalled loop, and fair stretch (docs/design.md section 6) ------------------------------------
 
 class StallingProbes(Probes):
     """Blocks the event loop (as a long GC pause, a big JSON decode or a CPU-starved container would) right

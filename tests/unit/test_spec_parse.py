@@ -75,7 +75,8 @@ def test_every_error_is_reported_with_its_field_path() -> None:
     assert "spec.ports[0].port: must be a port number between 1 and 65535, got 70000" in errors
     assert "spec.ports[0].protocol: must be one of TCP, UDP, SCTP, got 'ICMP'" in errors
     assert "spec.ports[0].hosts[1]: must be an IP address or DNS name, got 'not a host'" in errors
-    assert "spec.ports[0].hosts[2]: 127.0.0.1 is a loopback address, which EndpointSlices may not contain" in errors
+    assert "spec.ports[0].hosts[2]: 127.0.0.1 is a loopback address, which EndpointSlices may not contain " \
+           "(--allow-loopback accepts it, for development)" in errors
     assert "spec.ports[1].name: duplicate port name 'a' (also spec.ports[0])" in errors
     assert "spec.ports[1].targetPort: must be a port number between 1 and 65535, got 0" in errors
     assert "spec.ports[1]: at most one probe may be enabled, found tcpSocket, httpGet" in errors
