@@ -7,9 +7,9 @@ unless ``insecureSkipVerify: false``. A ``Host`` header in ``httpHeaders`` overr
 Host. The scheme defaults to HTTP (a seed tool failed every check without one).
 
 Why not aiohttp here (the first design note said aiohttp; docs/design.md section 10): one request
-per connection with no keep-alive, no pooling, no cookies and no decoding is all a probe needs; a bare stream client does
-it with a fraction of the CPU per probe, which is the budget that decides how many thousand hosts
-one core can check. aiohttp remains the library for everything else HTTP in epctl.
+per connection with no keep-alive, no pooling, no cookies and no decoding is all a probe needs; a
+bare stream client does it with a fraction of the CPU per probe, which is the budget that decides
+how many thousand hosts one core can check. aiohttp remains the library for everything else HTTP in epctl.
 """
 
 from __future__ import annotations
