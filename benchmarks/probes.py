@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import quantile, rss_bytes, write_report
 from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeTiming, TCPProbe, UDPProbe
+from epctl.lifecycle import settle_heap
 from epctl.probe.grpc import GRPCProber
 from epctl.probe.http import probe_http
 from epctl.probe.result import ProbeResult
@@ -146,6 +147,7 @@ async def engine(kind: str, n: int, period: float, seconds: float, addresses: li
     for i in range(n):
         address = addresses[i % len(addresses)]
         scheduler.upsert(Check(CheckKey(f"bench/cep{i}", "p", address), probe_for(kind), port, timing))
+    settle_heap()  # as the controller does once its caches and checks are in
     scheduler.start()
     await asyncio.sleep(max(1.0, period))  # warm-up: every check ran once
     rss_after = rss_bytes()

@@ -24,7 +24,7 @@ from epctl.kube.informer import Informer
 from epctl.kube.lease import LeaderElector
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
-from epctl.lifecycle import until_terminated
+from epctl.lifecycle import settle_heap, until_terminated
 from epctl.metrics import (
     BUILD,
     DESIRED_SLICES,
@@ -178,6 +178,7 @@ class Controller:
             self.status.paused = self.events.paused = True
         self.source.start()
         await self.source.settle()
+        settle_heap()  # caches and checks are in: keep full GC pauses off the event loop
         self.mirror.start()
         self._core += [self.writer.start(), self.status.start(), self.events.start()]
         self._gauge_task = asyncio.create_task(self._gauges(), name="gauges")

@@ -10,11 +10,11 @@ Two feedback loops, both measured rather than guessed (docs/design.md section 6,
   multiplicative decrease when the lag is high, gentle increase while work is waiting and the lag
   is low (AIMD, as TCP congestion control). API work therefore never queues behind a burst of
   probes, and a probe timeout is seen when it happens, not seconds later.
-- :class:`Stretch` degrades freshness instead of truth. When the due checks ask for more probes
-  per second than the admitted rate delivers, every check's effective period is multiplied by the
-  same factor (demand / achieved rate), so all checks keep running in schedule order, none
-  starves, and lateness stays bounded: 10,000 checks at 1 s on a core that runs 6,000 probes/s
-  become 10,000 checks at ~1.7 s.
+- :class:`Stretch` degrades freshness instead of truth. When the engine cannot start the due
+  checks on time (whatever the limit: admission, the in-flight bound, CPU), every check's
+  effective period is multiplied by the same factor, demand / measured capacity, so all checks
+  keep running in schedule order, none starves, and lateness stays bounded: 10,000 checks at 1 s
+  on a core that runs 6,000 probes/s become 10,000 checks at ~1.7 s.
 """
 
 from __future__ import annotations
@@ -24,41 +24,64 @@ from dataclasses import dataclass
 
 @dataclass
 class Admission:
-    """Probes admitted per second, steered by measured loop lag."""
+    """Probes admitted per second, steered by measured loop lag.
 
-    rate: float = 1000.0
+    While the loop keeps up, the rate simply follows the demand (twice it, since checks' slots are
+    hash-random and bunch up): nothing is held back.
+    When the lag goes above ``lag_high`` the rate drops multiplicatively and the admission is
+    *throttled*; from then on it grows back gently, only while the lag is below ``lag_low``, until it
+    reaches the demand again (AIMD, as TCP congestion control does with a congestion window)."""
+
+    rate: float = 1_000_000.0
     min_rate: float = 20.0
     max_rate: float = 1_000_000.0
     lag_high: float = 0.050  # seconds: API responses would wait this long behind probes
     lag_low: float = 0.015
     decrease: float = 0.7
     increase: float = 1.08
+    throttled: bool = False
 
-    def update(self, lag: float, saturated: bool) -> float:
-        """One adjustment per measuring window: ``lag`` is the worst loop lag seen in it, ``saturated``
-        whether due checks waited for admission during it. Returns the new rate."""
+    def update(self, lag: float, demand: float) -> float:
+        """One adjustment per measuring window: ``lag`` is the worst loop lag seen in it, ``demand`` the
+        probes per second the checks ask for. Returns the new rate."""
+        ceiling = min(self.max_rate, max(self.min_rate, demand * 2))  # slots are random: room for bursts
         if lag > self.lag_high:
-            self.rate = max(self.min_rate, self.rate * self.decrease)
-        elif lag < self.lag_low and saturated:
-            self.rate = min(self.max_rate, self.rate * self.increase + 10.0)
+            self.rate = max(self.min_rate, min(self.rate, ceiling) * self.decrease)
+            self.throttled = True
+        elif not self.throttled:
+            self.rate = ceiling
+        elif lag < self.lag_low:
+            self.rate = min(ceiling, self.rate * self.increase + 10.0)
+            if self.rate >= demand:
+                self.throttled = False  # caught up with the demand: follow it again
+        else:
+            self.rate = min(self.rate, ceiling)
         return self.rate
 
 
 @dataclass
 class Stretch:
-    """The factor every check's period is multiplied by (1.0: no stretch)."""
+    """The factor every check's period is multiplied by (1.0: no stretch), from measured capacity.
+
+    Whatever limits the engine (admission, the in-flight bound, plain CPU), a window in which due
+    checks waited at every tick measured its capacity: the probes it started. The factor is then
+    demand / capacity (plus a little headroom so the backlog drains); a window in which nothing
+    waited relaxes it towards 1; a window in between holds it. Estimating the factor from the
+    capacity directly, rather than integrating lateness, cannot overshoot while an old backlog
+    drains."""
 
     factor: float = 1.0
-    headroom: float = 1.05  # aim slightly above demand/capacity, so the backlog drains
-    relax: float = 0.85  # per window without backlog, move back towards 1
+    headroom: float = 1.05
+    relax: float = 0.9
 
-    def update(self, demand: float, achieved: float, saturated: bool) -> float:
-        """``demand``: probes per second the checks ask for at their spec periods; ``achieved``: probes
-        started per second in the last window; ``saturated``: checks waited for admission in it."""
-        if saturated and achieved > 0:
-            target = max(1.0, demand / achieved * self.headroom)
+    def update(self, demand: float, capacity: float | None, waited: bool) -> float:
+        """``demand``: probes per second the checks ask for at their spec periods; ``capacity``: probes
+        per second started in a window where checks waited all along (None otherwise); ``waited``: checks
+        waited at some point in the window."""
+        if capacity:
+            target = max(1.0, demand / capacity * self.headroom)
             self.factor = max(1.0, (self.factor + target) / 2)
-        else:
+        elif not waited:
             self.factor = max(1.0, 1.0 + (self.factor - 1.0) * self.relax)
             if self.factor < 1.01:
                 self.factor = 1.0

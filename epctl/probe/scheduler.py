@@ -141,16 +141,16 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._runner: asyncio.Task[None] | None = None
         # pacing (see pacing.py): admission by measured loop lag, period stretch by demand/achieved
-        self.admission = Admission(max_rate=max_rate or Admission.max_rate,
-                                   rate=min(Admission.rate, max_rate or Admission.rate))
+        self.admission = Admission(max_rate=max_rate or Admission.max_rate, rate=max_rate or Admission.rate)
         self.stretch = Stretch()
         self.delayed = False  # stretch above DELAYED_ON (with hysteresis)
         self._demand = 0.0  # probes per second the checks ask for at their spec periods
         self._tokens = 0.0
         self._refilled = 0.0
         self._expected_at: float | None = None  # when the run loop asked to be woken (for loop lag)
-        self._lag_window = (0.0, 0.0, False)  # (window start, worst lag, admission-limited)
-        self._stretch_window = (0.0, 0, False)  # (window start, launches, saturated)
+        self._lag_window = (0.0, 0.0)  # (window start, worst lag)
+        self._stretch_since = 0.0
+        self._window = (0, 0, 0)  # (ticks, ticks that left due checks waiting, launches) in the stretch window
         self._worst_lag = 0.0  # in the current stretch window (exported)
 
     # --- configuration --------------------------------------------------------------------------
@@ -257,16 +257,14 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _dispatch_due(self, now: float) -> tuple[int, bool, bool]:
+    def _dispatch_due(self, now: float) -> tuple[int, bool]:
         """Launch due checks as far as admission (tokens) and the in-flight bound allow.
-        Returns (launched, checks still waiting, admission was the limit)."""
+        Returns (launched, due checks still waiting)."""
         heap = self._heap
         launched = 0
         while heap and heap[0][0] <= now:
-            if self._in_flight >= self.max_concurrent:
-                return launched, True, False
-            if self._tokens < 1.0:
-                return launched, True, True
+            if self._in_flight >= self.max_concurrent or self._tokens < 1.0:
+                return launched, True
             due, _, key, generation = heapq.heappop(heap)
             entry = self._entries.get(key)
             if entry is None or entry.generation != generation:
@@ -274,7 +272,7 @@ class Scheduler:
             self._tokens -= 1.0
             launched += 1
             self._launch(entry, due, now)
-        return launched, False, False
+        return launched, False
 
     def _fire(self) -> None:
         self._timer = None
@@ -288,16 +286,16 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._refilled = now
-        self._lag_window = (now, 0.0, False)
-        self._stretch_window = (now, 0, False)
+        self._lag_window = (now, 0.0)
+        self._stretch_since, self._window = now, (0, 0, 0)
         while True:
             now = time.monotonic()
             lag = max(0.0, now - self._expected_at) if self._expected_at is not None else 0.0
             rate = self.admission.rate
-            self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * 2 * TICK))
+            self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * LAG_WINDOW))
             self._refilled = now
-            launched, waiting, token_limited = self._dispatch_due(now)
-            self._account(now, lag, launched, waiting, token_limited)
+            launched, waiting = self._dispatch_due(now)
+            self._account(now, lag, launched, waiting)
             self._wakeup.clear()
             if waiting:
                 wake = now + TICK
@@ -317,25 +315,27 @@ class Scheduler:
             if self._expected_at is not None and time.monotonic() < self._expected_at:
                 self._expected_at = None  # woken early by an upsert: no lag sample this time
 
-    def _account(self, now: float, lag: float, launched: int, waiting: bool, token_limited: bool) -> None:
+    def _account(self, now: float, lag: float, launched: int, waiting: bool) -> None:
         """Feed the pacing loops: admission once per LAG_WINDOW, stretch once per STRETCH_WINDOW."""
-        started, worst, limited = self._lag_window
-        worst, limited = max(worst, lag), limited or token_limited
+        started, worst = self._lag_window
+        worst = max(worst, lag)
         if now - started >= LAG_WINDOW:
-            self.admission.update(worst, limited)
-            started, worst, limited = now, 0.0, False
-        self._lag_window = (started, worst, limited)
-        since, count, saturated = self._stretch_window
-        count, saturated = count + launched, saturated or waiting
+            self.admission.update(worst, self._demand)
+            started, worst = now, 0.0
+        self._lag_window = (started, worst)
+        since = self._stretch_since
         self._worst_lag = max(self._worst_lag, lag)
+        ticks, waiting_ticks, launches = self._window
+        self._window = (ticks + 1, waiting_ticks + waiting, launches + launched)
         if now - since >= STRETCH_WINDOW:
             before = self.stretch.factor
-            factor = self.stretch.update(self._demand, count / (now - since), saturated)
+            ticks, waiting_ticks, launches = self._window
+            capacity = launches / (now - since) if ticks and waiting_ticks == ticks else None
+            factor = self.stretch.update(self._demand, capacity, waiting_ticks > 0)
             if self.metrics:
                 self.metrics.pacing(factor, self.admission.rate, self._worst_lag)
             self._report_stretch(before, factor)
-            since, count, saturated, self._worst_lag = now, 0, False, 0.0
-        self._stretch_window = (since, count, saturated)
+            self._stretch_since, self._window, self._worst_lag = now, (0, 0, 0), 0.0
 
     def _report_stretch(self, before: float, factor: float) -> None:
         if before == 1.0 and factor > 1.0:

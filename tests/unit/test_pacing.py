@@ -5,31 +5,43 @@ from __future__ import annotations
 from epctl.probe.pacing import Admission, Stretch, timeout_was_seen_late
 
 
-def test_admission_backs_off_on_lag_and_grows_only_while_work_waits() -> None:
-    admission = Admission(rate=1000.0)
-    assert admission.update(lag=0.2, saturated=True) == 700.0  # the loop is late: fewer new probes
-    assert admission.update(lag=0.005, saturated=False) == 700.0  # nothing waits: no reason to grow
-    grown = admission.update(lag=0.005, saturated=True)
-    assert 700.0 < grown < 800.0
-    assert admission.update(lag=0.03, saturated=True) == grown  # between the marks: hold
+def test_admission_follows_demand_until_the_loop_lags() -> None:
+    admission = Admission()
+    assert admission.update(lag=0.001, demand=1000) == 2000  # nothing held back while the loop keeps up
+    assert admission.update(lag=0.001, demand=5000) == 10000  # more checks: the rate follows at once
+    assert admission.update(lag=0.2, demand=5000) == 10000 * 0.7  # the loop is late: fewer new probes
+    assert admission.throttled
+    assert admission.update(lag=0.2, demand=5000) == 10000 * 0.7 * 0.7
+    held = admission.update(lag=0.03, demand=5000)  # between the marks: hold
+    assert held == 10000 * 0.7 * 0.7
+    grown = admission.update(lag=0.005, demand=5000)  # gently back up
+    assert held < grown < held * 1.1
+    for _ in range(50):
+        admission.update(lag=0.005, demand=5000)
+    assert not admission.throttled and admission.rate == 10000  # caught up: follows the demand again
     for _ in range(100):
-        admission.update(lag=1.0, saturated=True)
+        admission.update(lag=1.0, demand=5000)
     assert admission.rate == admission.min_rate  # never zero: probing never stops entirely
-    capped = Admission(rate=50.0, max_rate=60.0)
+
+
+def test_max_probe_rate_caps_admission() -> None:
+    capped = Admission(max_rate=60.0, rate=60.0)
     for _ in range(10):
-        capped.update(lag=0.0, saturated=True)
-    assert capped.rate == 60.0  # --max-probe-rate holds
+        capped.update(lag=0.0, demand=120)
+    assert capped.rate == 60.0
 
 
 def test_stretch_converges_to_demand_over_capacity_and_relaxes() -> None:
     stretch = Stretch()
     for _ in range(12):  # 10,000 checks at 1 s; the engine starts 6,000 probes/s
-        stretch.update(demand=10_000, achieved=6_000, saturated=True)
+        stretch.update(demand=10_000, capacity=6_000, waited=True)
     assert abs(stretch.factor - 10_000 / 6_000 * stretch.headroom) < 0.01
-    for _ in range(40):
-        stretch.update(demand=10_000, achieved=9_000, saturated=False)
+    held = stretch.factor
+    assert stretch.update(demand=10_000, capacity=None, waited=True) == held  # a partial backlog: hold
+    for _ in range(60):
+        stretch.update(demand=10_000, capacity=None, waited=False)
     assert stretch.factor == 1.0  # back on schedule once nothing waits
-    assert Stretch().update(demand=100, achieved=200, saturated=True) == 1.0  # never below 1
+    assert Stretch().update(demand=100, capacity=200, waited=True) == 1.0  # never below 1
 
 
 def test_a_timeout_seen_late_is_inconclusive() -> None:
