@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
 import os
 import resource
@@ -219,6 +220,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     before = counting.writes()
     snapshot = Counter(counting.requests)
     unhealthy_transitions[0] = 0
+    probes0 = _probe_counts()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
     await asyncio.sleep(args.steady)
@@ -226,7 +228,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     wall = time.monotonic() - wall0
     not_ready = sum(not e.ready for t in controller.state.targets.values() for g in t.groups.values()
                     for e in g.endpoints.values())
-    probes = _probe_counts()
+    probes = {k: v - probes0.get(k, 0.0) for k, v in _probe_counts().items() if v - probes0.get(k, 0.0)}
     steady = {"seconds": args.steady, "api_writes": counting.writes() - before,
               "slice_writes": counting.by_method_since(snapshot).get("PUT", 0),
               "false_unhealthy_transitions": unhealthy_transitions[0], "not_ready_at_end": not_ready,
@@ -311,7 +313,8 @@ def table(r: dict[str, Any]) -> str:
         f"(not ready at the end: {steady['not_ready_at_end']})",
         f"{'steady state: period stretch':<48} {steady['period_stretch']:>8.2f}  "
         f"(admitted {steady['admitted_probes_per_s']:.0f} probes/s)",
-        f"{'steady state: probe results':<48} {steady['probes']}",
+        f"{'steady state: probe results':<48} {steady['probes']}  "
+        f"({sum(steady['probes'].values()) / steady['seconds']:.0f} probes/s)",
         f"{'steady state: controller CPU (% of one core)':<48} {steady['cpu_percent_of_one_core']:>8.0f}",
         f"{'RSS per endpoint':<48} {r['rss_bytes_per_endpoint']:>8.0f} B",
         *([f"{'controller CPU limit (CFS quota)':<48} {r['cpu_limit']:>8.2f} cores"] if r.get("cpu_limit") else []),
@@ -330,6 +333,7 @@ def main() -> None:
                         "(as limits.cpu; needs a writable cgroup v1 cpu hierarchy)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "controller.json"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # a host flip logs one line per ClusterEndpoint: not the point here
     if args.quick:
         args.ceps, args.steady = 100, 20.0
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

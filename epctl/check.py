@@ -53,6 +53,7 @@ MAX_INPUT_BYTES = 32 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 3 * 1024 * 1024
 MAX_EXPANDED_NODES = 100_000  # values after YAML aliases are expanded, per document
 MAX_ERRORS_SHOWN = 50  # per document
+SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when built in: ~10x faster
 
 
 def _expanded_size(root: Any) -> int:
@@ -123,7 +124,7 @@ def load_documents(paths: list[str], stdin: TextIO = sys.stdin) -> list[tuple[st
         text = _read(path, stdin)
         label = "stdin" if path == "-" else path
         try:
-            for index, doc in enumerate(yaml.safe_load_all(text)):
+            for index, doc in enumerate(yaml.load_all(text, Loader=SAFE_LOADER)):
                 if doc is not None:
                     _expanded_size(doc)
                     documents.append((f"{label}[{index}]", doc))

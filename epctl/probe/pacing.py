@@ -80,7 +80,7 @@ class Stretch:
         waited at some point in the window."""
         if capacity:
             target = max(1.0, demand / capacity * self.headroom)
-            self.factor = max(1.0, (self.factor + target) / 2)
+            self.factor = max(1.0, min(self.factor * 2, (self.factor + target) / 2))  # at most doubling
         elif not waited:
             self.factor = max(1.0, 1.0 + (self.factor - 1.0) * self.relax)
             if self.factor < 1.01:

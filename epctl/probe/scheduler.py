@@ -143,6 +143,9 @@ class Scheduler:
         # pacing (see pacing.py): admission by measured loop lag, period stretch by demand/achieved
         self.admission = Admission(max_rate=max_rate or Admission.max_rate, rate=max_rate or Admission.rate)
         self.stretch = Stretch()
+        # Schedules live on a *virtual* clock that runs 1/stretch as fast as the real one, so a change of
+        # the stretch factor rescales every check's schedule at once, fairly, with no re-queueing.
+        self._vbase = self._vbase_real = time.monotonic()
         self.delayed = False  # stretch above DELAYED_ON (with hysteresis)
         self._demand = 0.0  # probes per second the checks ask for at their spec periods
         self._tokens = 0.0
@@ -154,6 +157,10 @@ class Scheduler:
         self._worst_lag = 0.0  # in the current stretch window (exported)
 
     # --- configuration --------------------------------------------------------------------------
+
+    def _vnow(self, now: float) -> float:
+        """The virtual time at real time ``now`` (equal to it while nothing was ever stretched)."""
+        return self._vbase + (now - self._vbase_real) / self.stretch.factor
 
     def _period(self, check: Check) -> float:
         return self.period_override or float(check.timing.period_seconds)
@@ -183,7 +190,7 @@ class Scheduler:
         self._entries[check.key] = entry
         window = min(period, self.first_window)
         slot = phase_fraction(CheckKey(check.key.target, "", "")) * 0.98 + phase_fraction(check.key) * 0.02
-        self._push(time.monotonic() + delay + slot * window, entry)
+        self._push(self._vnow(time.monotonic()) + delay + slot * window, entry)
 
     def remove(self, key: CheckKey) -> None:
         entry = self._entries.pop(key, None)
@@ -262,7 +269,8 @@ class Scheduler:
         Returns (launched, due checks still waiting)."""
         heap = self._heap
         launched = 0
-        while heap and heap[0][0] <= now:
+        vnow = self._vnow(now)
+        while heap and heap[0][0] <= vnow:
             if self._in_flight >= self.max_concurrent or self._tokens < 1.0:
                 return launched, True
             due, _, key, generation = heapq.heappop(heap)
@@ -271,7 +279,7 @@ class Scheduler:
                 continue  # removed or replaced since it was queued
             self._tokens -= 1.0
             launched += 1
-            self._launch(entry, due, now)
+            self._launch(entry, due, vnow)
         return launched, False
 
     def _fire(self) -> None:
@@ -299,8 +307,9 @@ class Scheduler:
             self._wakeup.clear()
             if waiting:
                 wake = now + TICK
-            elif self._heap:
-                wake = min(self._heap[0][0], now + LAG_WINDOW)
+            elif self._heap:  # at most one wake-up per tick: checks due within it start together
+                due_in = (self._heap[0][0] - self._vnow(now)) * self.stretch.factor
+                wake = now + max(TICK, min(due_in, LAG_WINDOW))
             else:
                 wake = None  # idle: an upsert wakes us
             self._expected_at = wake
@@ -331,6 +340,7 @@ class Scheduler:
             before = self.stretch.factor
             ticks, waiting_ticks, launches = self._window
             capacity = launches / (now - since) if ticks and waiting_ticks == ticks else None
+            self._vbase, self._vbase_real = self._vnow(now), now  # rebase before the clock rate changes
             factor = self.stretch.update(self._demand, capacity, waiting_ticks > 0)
             if self.metrics:
                 self.metrics.pacing(factor, self.admission.rate, self._worst_lag)
@@ -353,16 +363,16 @@ class Scheduler:
                 except Exception:
                     log.exception("probes-delayed consumer failed")
 
-    def _launch(self, entry: _Entry, due: float, now: float) -> None:
+    def _launch(self, entry: _Entry, due: float, vnow: float) -> None:
+        """Start ``entry`` (due at virtual time ``due``; it is ``vnow``) and queue its next run."""
         period = self._period(entry.check)
-        effective = period * self.stretch.factor
         if entry.first:
             entry.first = False
-            nxt = next_slot(due + effective / 2, entry.phase, period)
+            nxt = next_slot(due + period / 2, entry.phase, period)
         else:
-            nxt = due + effective  # planned from the schedule: no drift
-            if nxt <= now:  # a whole effective period behind: skip the missed run, keep lateness bounded
-                nxt = now + effective
+            nxt = due + period  # planned from the schedule: no drift
+            if nxt <= vnow:  # a whole period behind: skip the missed run, keep lateness bounded
+                nxt = vnow + period
         self._push(nxt, entry)
         if entry.in_flight:
             return  # still running from last period (cannot happen when timeout <= period)
@@ -372,7 +382,7 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if self.metrics:
-            self.metrics.lateness(now - due)
+            self.metrics.lateness((vnow - due) * self.stretch.factor)
             self.metrics.in_flight(self._in_flight)
 
     async def _run_one(self, entry: _Entry, generation: int) -> None:
