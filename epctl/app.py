@@ -84,7 +84,8 @@ class Controller:
         self.client, self.settings = client, settings
         ns = settings.namespace
         informer_metrics = PrometheusInformerMetrics()
-        self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints")
+        self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints",
+                             drop_last_applied=True)  # only status is written, as a merge patch
         self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
                                metrics=informer_metrics, name="endpointslices")
         self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services")

@@ -45,13 +45,23 @@ class InformerEvent:
         return object_key(self.obj)
 
 
-def slim(obj: Obj) -> Obj:
-    """Drop ``metadata.managedFields`` (server-side apply bookkeeping) from a cached object.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
-    Nothing in epctl reads it, and at thousands of objects it is a large share of the cache's
-    memory (controller-runtime strips it by default for the same reason).
+
+def slim(obj: Obj, last_applied: bool = False) -> Obj:
+    """Drop ``metadata.managedFields`` (server-side apply bookkeeping) from a cached object, and with
+    ``last_applied`` kubectl's last-applied annotation (a second copy of the whole object on
+    everything applied with ``kubectl apply``).
+
+    Nothing in epctl reads them, and at thousands of objects they are a large share of the cache's
+    memory (controller-runtime strips managedFields by default for the same reason). The annotation
+    is kept where epctl may write the cached object back (an adopted Endpoints keeps what others set).
     """
-    obj.get("metadata", {}).pop("managedFields", None)
+    meta = obj.get("metadata", {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if last_applied and annotations and LAST_APPLIED in annotations:
+        del annotations[LAST_APPLIED]
     return obj
 
 
@@ -84,8 +94,10 @@ class Informer:
                  label_selector: str | None = None, field_selector: str | None = None, page_size: int = 500,
                  inactivity_timeout: float = 75.0, connect_timeout: float = 10.0,
                  watch_timeout_range: tuple[int, int] = (300, 600), backoff: Backoff | None = None,
-                 metrics: InformerMetrics | None = None, name: str | None = None) -> None:
+                 metrics: InformerMetrics | None = None, name: str | None = None,
+                 drop_last_applied: bool = False) -> None:
         self.client, self.resource, self.namespace = client, resource, namespace
+        self.drop_last_applied = drop_last_applied  # only for objects epctl never writes back whole
         self.label_selector, self.field_selector = label_selector, field_selector
         self.page_size = page_size
         self.inactivity_timeout, self.connect_timeout = inactivity_timeout, connect_timeout
@@ -214,7 +226,7 @@ class Informer:
                     continue
                 raise
             for obj in page.get("items") or []:
-                slim(obj)
+                slim(obj, self.drop_last_applied)
                 obj.setdefault("apiVersion", self.resource.api_version)
                 obj.setdefault("kind", self.resource.kind)
                 items[object_key(obj)] = obj
@@ -290,7 +302,7 @@ class Informer:
             return
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             raise ValueError(f"unknown watch event type {type_!r}")
-        slim(obj)
+        slim(obj, self.drop_last_applied)
         key = object_key(obj)
         old = self.cache.get(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):

@@ -239,3 +239,25 @@ async def test_random_changes_and_faults_always_converge(api: KubeAPIServer, cli
         if step % 10 == 0:
             await asyncio.sleep(0)  # let the informer interleave with the writers
     await eventually(lambda: converged(api, inf, rec), timeout=20, message="converged after chaos")
+
+
+async def test_cached_objects_drop_what_nobody_reads(api: KubeAPIServer, client: KubeClient) -> None:
+    """managedFields always; kubectl's last-applied copy only where asked (objects never written back)."""
+    from epctl.kube.client import SERVICES
+    from epctl.kube.informer import LAST_APPLIED
+
+    await client.request("POST", SERVICES.path("default"), body={
+        "metadata": {"name": "s", "annotations": {LAST_APPLIED: "{...}", "keep": "me"}},
+        "spec": {"ports": [{"port": 80}]}})
+    plain = Informer(client, SERVICES, "default")
+    slimmed = Informer(client, SERVICES, "default", drop_last_applied=True)
+    plain.start()
+    slimmed.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(plain.synced.wait(), slimmed.synced.wait()), 10)
+        assert "managedFields" not in plain.cache["default/s"]["metadata"]
+        assert plain.cache["default/s"]["metadata"]["annotations"] == {LAST_APPLIED: "{...}", "keep": "me"}
+        assert slimmed.cache["default/s"]["metadata"]["annotations"] == {"keep": "me"}
+    finally:
+        await plain.stop()
+        await slimmed.stop()
