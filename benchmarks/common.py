@@ -45,6 +45,16 @@ def write_report(name: str, result: dict[str, Any], table: str, path: str) -> No
     print(f"\nwrote {path}")
 
 
+APISERVER: dict[str, int] = {}  # {"pid": ...} of the running apiserver_process
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of another process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def apiserver_process(core: int = 1) -> Iterator[str]:
     """``epctl dev-apiserver`` in its own process pinned to ``core``; yields its kubeconfig path."""
@@ -55,6 +65,7 @@ def apiserver_process(core: int = 1) -> Iterator[str]:
         [sys.executable, "-m", "epctl.cli", "dev-apiserver", "--port", str(free_port()), "--write-kubeconfig",
          kubeconfig, "--log-level", "warning"], stdout=subprocess.DEVNULL,
         preexec_fn=lambda: os.sched_setaffinity(0, {core}) if hasattr(os, "sched_setaffinity") else None)
+    APISERVER["pid"] = server.pid
     try:
         yield kubeconfig
     finally:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from benchmarks.common import apiserver_process, quantile, rss_bytes, write_report
+from benchmarks.common import APISERVER, apiserver_process, process_cpu_seconds, quantile, rss_bytes, write_report
 from epctl.app import Controller, ControllerSettings
 from epctl.assets import read_asset
 from epctl.kube.client import CRDS, KubeClient
@@ -249,6 +249,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
         control.send((action, addresses[-1]))
         await asyncio.get_running_loop().run_in_executor(None, control.recv)  # never block the loop under test
         changed_at = time.monotonic()
+        api_cpu0, own_cpu0 = process_cpu_seconds(APISERVER["pid"]), resource.getrusage(resource.RUSAGE_SELF)
 
         def flipped(e: bool = expect) -> int:
             return sum(t.groups[next(iter(t.groups))].endpoints[addresses[-1]].ready is e
@@ -259,6 +260,10 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
         except TimeoutError:
             raise TimeoutError(f"only {flipped()} of {args.ceps} endpoints flipped") from None
         await controller.writer.wait_idle(60)
+        busy = time.monotonic() - changed_at
+        own_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        api_cpu = (process_cpu_seconds(APISERVER["pid"]) - api_cpu0) / busy * 100
+        own_cpu = ((own_cpu1.ru_utime - own_cpu0.ru_utime) + (own_cpu1.ru_stime - own_cpu0.ru_stime)) / busy * 100
         await controller.status.flush(30)
         await asyncio.sleep(1.5)
         by_kind = counting.by_method_since(snapshot)
@@ -273,6 +278,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
                          "latency_p99_ms": quantile(latencies, 0.99) * 1000, "samples": len(latencies),
                          "all_published_s": (max(published) - changed_at) if published else None,
                          "bound_s": (2 if action == "stop" else 1) * args.period * stretch + 2,
+                         "controller_cpu_percent": own_cpu, "apiserver_cpu_percent": api_cpu,
                          "period_stretch": stretch}
         latencies.clear()
         print(f"  flip {action}: {flips[action]}", file=sys.stderr)
@@ -302,6 +308,8 @@ def table(r: dict[str, Any]) -> str:
         f"{flips['stop']['latency_p99_ms']:.0f} ms",
         f"{'host down -> every ClusterEndpoint published':<48} {flips['stop']['all_published_s']:>8.1f} s  "
         f"(bound 2 x period x stretch + 2 s = {flips['stop']['bound_s']:.1f} s)",
+        f"{'host down: CPU until written, controller / API server':<48} "
+        f"{flips['stop']['controller_cpu_percent']:>7.0f}% / {flips['stop']['apiserver_cpu_percent']:.0f}% of a core",
         f"{'host back: API writes per ClusterEndpoint':<48} {flips['start']['per_clusterendpoint']:>8.2f}",
         f"{'host back: transition -> slice written p50/p99':<48} {flips['start']['latency_p50_ms']:>8.0f} / "
         f"{flips['start']['latency_p99_ms']:.0f} ms",

@@ -113,7 +113,8 @@ def next_slot(after: float, phase: float, period: float) -> float:
 TICK = 0.01  # seconds between launches while checks wait for admission
 LAG_WINDOW = 0.1  # admission adjusts once per window; the loop is looked at at least this often
 STRETCH_WINDOW = 1.0  # the stretch factor is re-estimated once per window
-DELAYED_ON, DELAYED_OFF = 2.0, 1.5  # "ProbesDelayed" above 2x the spec's period, cleared below 1.5x
+DELAYED_ON, DELAYED_OFF = 2.0, 1.5  # "ProbesDelayed" above 2x the spec's period, cleared below 1.5x ...
+DELAYED_SUSTAIN_ON, DELAYED_SUSTAIN_OFF = 30.0, 60.0  # ... once that has held for this many seconds
 
 
 class Scheduler:
@@ -146,7 +147,9 @@ class Scheduler:
         # Schedules live on a *virtual* clock that runs 1/stretch as fast as the real one, so a change of
         # the stretch factor rescales every check's schedule at once, fairly, with no re-queueing.
         self._vbase = self._vbase_real = time.monotonic()
-        self.delayed = False  # stretch above DELAYED_ON (with hysteresis)
+        self.delayed = False  # stretch above DELAYED_ON (with hysteresis and a sustain time)
+        self._delayed_pending: float | None = None  # since when the other state has been wanted
+        self.delayed_sustain = (DELAYED_SUSTAIN_ON, DELAYED_SUSTAIN_OFF)
         self._demand = 0.0  # probes per second the checks ask for at their spec periods
         self._tokens = 0.0
         self._refilled = 0.0
@@ -354,8 +357,18 @@ class Scheduler:
                 round(self.admission.rate)})
         elif before > 1.0 and factor == 1.0:
             log.info("probes back on schedule", extra={"demand_per_s": round(self._demand)})
-        delayed = factor > DELAYED_ON or (self.delayed and factor >= DELAYED_OFF)
-        if delayed != self.delayed:
+        # ProbesDelayed is written to every ClusterEndpoint: only a sustained state changes it, not a
+        # factor hovering around the mark
+        wanted = factor > DELAYED_ON or (self.delayed and factor >= DELAYED_OFF)
+        now = time.monotonic()
+        if wanted == self.delayed:
+            self._delayed_pending = None
+            return
+        if self._delayed_pending is None:
+            self._delayed_pending = now
+        if now - self._delayed_pending >= self.delayed_sustain[0 if wanted else 1]:
+            self._delayed_pending = None
+            delayed = wanted
             self.delayed = delayed
             if self.on_delayed is not None:
                 try:

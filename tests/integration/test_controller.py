@@ -363,3 +363,26 @@ spec:
         bad = (await kubectl("get", "cep", "bad", "-o", "json")).json()
         degraded = {c["type"]: c for c in bad["status"]["conditions"]}["Degraded"]
         assert (degraded["status"], degraded["reason"]) == ("Unknown", "InvalidSpec")
+
+
+async def test_overload_is_reported_on_every_clusterendpoint(api: KubeAPIServer, client: KubeClient) -> None:
+    """Checks asking for more probes than the engine may start (here capped by --max-probe-rate) run at a
+    stretched period; past 2x every ClusterEndpoint says so (ProbesDelayed) and no host is failed for it."""
+    await install_crd(client)
+    async with TCPBackend() as db, running_controller(api, client, max_probe_rate=20.0) as controller:
+        controller.scheduler.delayed_sustain = (0.0, 0.0)  # the product waits 30 s / 60 s before flipping it
+        for name in ("a", "b"):  # 2 x 30 checks at 1 s = 60 probes/s asked, 20/s admitted: ~3x
+            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+                {"name": f"p{i}", "port": 5000 + i, "targetPort": db.port, "periodSeconds": 1,
+                 "failureThreshold": 1, "tcpSocket": {}, "hosts": ["127.0.0.1"]} for i in range(30)]))
+
+        def delayed(name: str) -> dict[str, Any]:
+            conditions = (cep_of(api, name) or {}).get("status", {}).get("conditions", [])
+            return next((c for c in conditions if c["type"] == "ProbesDelayed"), {})
+
+        await eventually(lambda: all(delayed(n).get("status") == "True" for n in ("a", "b")), timeout=30,
+                         message="ProbesDelayed on both")
+        assert "x their periodSeconds" in delayed("a")["message"]
+        assert controller.scheduler.stretch.factor > 2.0
+        assert all(e.ready for t in controller.state.targets.values() for g in t.groups.values()
+                   for e in g.endpoints.values()), "stretching never fails a host"
