@@ -99,7 +99,8 @@ class Controller:
                                    max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics(),
                                    target_metrics=PerTargetMetrics() if settings.per_target_metrics else None,
                                    max_rate=settings.max_probe_rate or None,
-                                   on_delayed=lambda delayed: self.source.probes_delayed(delayed))
+                                   on_delayed=lambda delayed: self.source.probes_delayed(delayed),
+                                   api_backlog=lambda: self.writer.backlogged())
         self.discovery = OpenStackSource(client, timeout=settings.openstack_timeout,
                                          retry_base=settings.openstack_retry_base,
                                          retry_max=settings.openstack_retry_max, metrics=PrometheusDiscoveryMetrics(),

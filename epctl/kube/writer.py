@@ -92,6 +92,7 @@ class Writer:
         self.max_per_slice = max_per_slice
         self.reporter, self.metrics = reporter, metrics
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.concurrency = concurrency
         self._semaphore = asyncio.Semaphore(concurrency)
         self._pending: dict[TargetKey, list[float]] = {}  # key -> [first dirty, last dirty]
         self._retry_at: dict[TargetKey, float] = {}
@@ -199,6 +200,11 @@ class Writer:
             return True
         except TimeoutError:
             return False
+
+    def backlogged(self) -> bool:
+        """More targets are due or being written than the write concurrency serves at once: a queue of
+        API work is forming (the probe scheduler yields to it)."""
+        return len(self._in_flight) + len(self._pending) > self.concurrency and not self.paused
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until nothing is pending or in flight (tests and benchmarks)."""

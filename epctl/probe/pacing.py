@@ -41,10 +41,18 @@ class Admission:
     increase: float = 1.08
     throttled: bool = False
 
-    def update(self, lag: float, demand: float) -> float:
+    def update(self, lag: float, demand: float, api_backlog: bool = False) -> float:
         """One adjustment per measuring window: ``lag`` is the worst loop lag seen in it, ``demand`` the
-        probes per second the checks ask for. Returns the new rate."""
+        probes per second the checks ask for, ``api_backlog`` whether API writes are queueing (acting
+        beats probing: probes get at most half the demand until the writes are out). Returns the new
+        rate."""
         ceiling = min(self.max_rate, max(self.min_rate, demand * 2))  # slots are random: room for bursts
+        if api_backlog:
+            self.rate = min(self.rate, max(self.min_rate, demand * 0.5))
+            if lag > self.lag_high:
+                self.rate = max(self.min_rate, self.rate * self.decrease)
+            self.throttled = True
+            return self.rate
         if lag > self.lag_high:
             self.rate = max(self.min_rate, min(self.rate, ceiling) * self.decrease)
             self.throttled = True

@@ -122,7 +122,8 @@ class Scheduler:
                  metrics: ProbeMetrics | None = None, grpc_prober: GRPCProber | None = None,
                  first_window: float = 1.0, period_override: float | None = None,
                  target_metrics: TargetMetrics | None = None, max_rate: float | None = None,
-                 on_delayed: Callable[[bool], None] | None = None) -> None:
+                 on_delayed: Callable[[bool], None] | None = None,
+                 api_backlog: Callable[[], bool] | None = None) -> None:
         self.on_transition = on_transition
         self.max_concurrent = max_concurrent
         self.metrics = metrics
@@ -131,6 +132,7 @@ class Scheduler:
         self.first_window = first_window
         self.period_override = period_override
         self.on_delayed = on_delayed
+        self.api_backlog = api_backlog  # True while API writes queue: admission yields to them
         self._entries: dict[CheckKey, _Entry] = {}
         self._heap: list[tuple[float, int, CheckKey, int]] = []
         self._seq = itertools.count()
@@ -332,7 +334,7 @@ class Scheduler:
         started, worst = self._lag_window
         worst = max(worst, lag)
         if now - started >= LAG_WINDOW:
-            self.admission.update(worst, self._demand)
+            self.admission.update(worst, self._demand, self.api_backlog() if self.api_backlog else False)
             started, worst = now, 0.0
         self._lag_window = (started, worst)
         since = self._stretch_since

@@ -24,6 +24,14 @@ def test_admission_follows_demand_until_the_loop_lags() -> None:
     assert admission.rate == admission.min_rate  # never zero: probing never stops entirely
 
 
+def test_queued_api_writes_take_half_the_probes() -> None:
+    admission = Admission()
+    admission.update(lag=0.001, demand=4000)
+    assert admission.update(lag=0.001, demand=4000, api_backlog=True) == 2000  # acting beats probing
+    assert admission.update(lag=0.001, demand=4000, api_backlog=True) == 2000  # held, not compounded
+    assert admission.update(lag=0.001, demand=4000) > 2000  # the writes are out: back up
+
+
 def test_max_probe_rate_caps_admission() -> None:
     capped = Admission(max_rate=60.0, rate=60.0)
     for _ in range(10):
