@@ -27,8 +27,14 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
-def _micro_now() -> str:
+def micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_identity() -> str:
+    """Unique per process: the pod name (the hostname in a pod) and a random suffix, so a restarted
+    container never mistakes its predecessor's Lease for its own."""
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 class LeaderElector:
@@ -38,7 +44,7 @@ class LeaderElector:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("need retry_period < renew_deadline < lease_duration")
         self.client, self.namespace, self.name = client, namespace, name
-        self.identity = identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+        self.identity = identity or default_identity()
         self.lease_duration, self.renew_deadline, self.retry_period = lease_duration, renew_deadline, retry_period
         self.is_leader = False
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
@@ -53,7 +59,7 @@ class LeaderElector:
         except ApiError as err:
             if err.code != 404:
                 raise
-            now = _micro_now()
+            now = micro_now()
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
@@ -74,7 +80,7 @@ class LeaderElector:
             duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
             if time.monotonic() - self._observed_at < duration:
                 return False  # held by someone who renewed within its lease duration, as far as we saw
-        now = _micro_now()
+        now = micro_now()
         taking_over = holder != self.identity
         lease["spec"] = {**spec, "holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
                          "renewTime": now, "acquireTime": now if taking_over else spec.get("acquireTime", now),
@@ -141,7 +147,7 @@ class LeaderElector:
         self.is_leader = False
         lease = dict(self._lease)
         lease["spec"] = {**(lease.get("spec") or {}), "holderIdentity": "", "leaseDurationSeconds": 1,
-                         "renewTime": _micro_now()}
+                         "renewTime": micro_now()}
         try:
             await self.client.request("PUT", LEASES.path(self.namespace, self.name), body=lease,
                                       timeout=(1.0, 1.0))
