@@ -21,7 +21,7 @@ from epctl.kube.client import ENDPOINTS as V1_ENDPOINTS
 from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
-from epctl.kube.lease import LeaderElector
+from epctl.kube.lease import LeaderElector, default_identity
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
 from epctl.lifecycle import settle_heap, until_terminated
@@ -30,22 +30,26 @@ from epctl.metrics import (
     DESIRED_SLICES,
     ENDPOINTS,
     ENDPOINTS_DESIRED,
+    HANDOVERS,
     LEADER,
     NUM_SLICES,
     SERVICE_ENDPOINTS,
+    SHARD_TARGETS_OWNED,
     PerTargetMetrics,
     PrometheusDiscoveryMetrics,
     PrometheusInformerMetrics,
     PrometheusProbeMetrics,
+    PrometheusShardMetrics,
     PrometheusWriterMetrics,
     api_request,
 )
 from epctl.probe.scheduler import Scheduler
+from epctl.shard.member import ShardMember
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
 from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
-from epctl.state import DesiredState
+from epctl.state import DesiredState, TargetKey
 from epctl.tasks import cancel_and_wait, core_health
 
 log = logging.getLogger(__name__)
@@ -66,12 +70,14 @@ class ControllerSettings:
     sync_timeout: float = 120.0
     mirror_pairs: dict[tuple[str, str], tuple[str, str]] | None = None  # target -> source, from flags
     leader_elect: bool = False
+    shard: bool = False  # every replica owns a share of the targets (member Leases); else one leader
     leader_election_namespace: str = "default"
     leader_election_id: str = "epctl-controller"
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     identity: str | None = None
+    pod_owner: dict[str, str] | None = None  # the Pod (name, uid) our member Lease is garbage-collected with
     per_target_metrics: bool = False
     max_probe_rate: float = 0.0  # probes started per second at most (0: as many as the loop affords)
     openstack_timeout: float = 10.0  # per OpenStack HTTP request
@@ -122,10 +128,43 @@ class Controller:
                        if settings.metrics_addr else None)
         self._core: list[asyncio.Task[None]] = []
         self._gauge_task: asyncio.Task[None] | None = None
-        self.elector = (LeaderElector(client, settings.leader_election_namespace, settings.leader_election_id,
-                                      identity=settings.identity, lease_duration=settings.lease_duration,
-                                      renew_deadline=settings.renew_deadline, retry_period=settings.retry_period)
-                        if settings.leader_elect else None)
+        self.elector: LeaderElector | None = None
+        self.member: ShardMember | None = None
+        if settings.shard:
+            identity = settings.identity or default_identity()
+            owner = ({"apiVersion": "v1", "kind": "Pod", **settings.pod_owner} if settings.pod_owner else None)
+            self.member = ShardMember(client, settings.leader_election_namespace, identity,
+                                      group=settings.leader_election_id, lease_duration=settings.lease_duration,
+                                      renew_deadline=settings.renew_deadline, retry_period=settings.retry_period,
+                                      on_change=self._follow_ownership, legacy_leader=settings.leader_election_id,
+                                      owner_reference=owner, metrics=PrometheusShardMetrics())
+        elif settings.leader_elect:
+            self.elector = LeaderElector(client, settings.leader_election_namespace, settings.leader_election_id,
+                                         identity=settings.identity, lease_duration=settings.lease_duration,
+                                         renew_deadline=settings.renew_deadline, retry_period=settings.retry_period)
+        for part in (self.writer, self.status, self.events, self.source, self.mirror):
+            part.owns = self.owns
+
+    def owns(self, key: TargetKey) -> bool:
+        """May this replica probe and write the target ``key`` (a Service) now? One leader owns every
+        target; with ``--shard`` each member holds its share (docs/design.md section 8)."""
+        if self.member is not None:
+            return self.member.holds(key)
+        return self.elector is None or self.elector.is_leader
+
+    async def _follow_ownership(self) -> None:
+        """Ownership changed: let go of what is no longer ours and wait until nothing more is written
+        for it (only then may the new owner start); take over what is newly ours."""
+        released, acquired = self.source.reconcile_ownership()
+        mirror_released, mirror_acquired = self.mirror.reconcile_ownership()
+        await self.writer.release_unowned()
+        await self.status.release_unowned()
+        await self.events.release_unowned()
+        HANDOVERS.labels("released").inc(released + mirror_released)
+        HANDOVERS.labels("acquired").inc(acquired + mirror_acquired)
+        if released or acquired or mirror_released or mirror_acquired:
+            log.info("targets handed over", extra={"released": released + mirror_released,
+                                                   "acquired": acquired + mirror_acquired})
 
     @property
     def informers(self) -> list[Informer]:
@@ -162,6 +201,9 @@ class Controller:
         ENDPOINTS.labels("not_ready").set(desired - ready)
         DESIRED_SLICES.set(needed)
         NUM_SLICES.set(len(self.slices.cache))
+        SHARD_TARGETS_OWNED.set(len(self.state.targets))
+        if self.member is not None:
+            LEADER.set(1 if self.leading else 0)
 
     async def _gauges(self) -> None:
         while True:
@@ -175,43 +217,38 @@ class Controller:
         self._core = [informer.start() for informer in self.informers]
         await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)),
                                self.settings.sync_timeout)
-        if self.elector is not None:  # a standby keeps desired state warm but writes nothing
-            self.writer.pause()
-            self.status.paused = self.events.paused = True
-        self.source.start()
+        self.source.start()  # owned targets only: a standby or another member's target stays parsed, idle
         await self.source.settle()
         settle_heap()  # caches and checks are in: keep full GC pauses off the event loop
         self.mirror.start()
         self._core += [self.writer.start(), self.status.start(), self.events.start()]
         self._gauge_task = asyncio.create_task(self._gauges(), name="gauges")
-        if self.elector is None:
-            await self._lead()
-        else:
+        self.scheduler.start()
+        self.discovery.resume()
+        if self.member is not None:
+            self._core.append(asyncio.create_task(self.member.run(), name="shard-membership"))
+        elif self.elector is not None:
             self._core.append(asyncio.create_task(self.elector.run(self._lead, self._unlead), name="leader-election"))
+        else:
+            LEADER.set(1)
         log.info("controller started", extra={"namespace": self.settings.namespace or "all",
                                                "clusterendpoints": len(self.ceps.cache)})
 
     async def _lead(self) -> None:
-        """Gaining leadership: adopt what the slices say, then probe and write."""
-        if self.elector is not None:
-            self.source.readopt()
-        self.scheduler.start()
-        self.discovery.resume()
-        self.writer.resume()
-        self.status.resume()
-        self.events.paused = False
+        """Gaining leadership: take every target over from what is published."""
         LEADER.set(1)
+        await self._follow_ownership()
 
     async def _unlead(self) -> None:
-        """Losing leadership: stop writing at once, then stop probing."""
+        """Losing leadership: ``owns`` already says no; stop probing and wait for writes in flight."""
         LEADER.set(0)
-        self.writer.pause()
-        self.status.paused = self.events.paused = True
-        await self.scheduler.stop()
-        await self.discovery.pause()
+        await self._follow_ownership()
 
     @property
     def leading(self) -> bool:
+        """Writing anything at all (the leader; with --shard, a member whose ring converged)."""
+        if self.member is not None:
+            return self.member.holdings.converged
         return self.elector is None or self.elector.is_leader
 
     async def stop(self, flush_timeout: float = 8.0) -> None:
@@ -219,7 +256,7 @@ class Controller:
         if self._gauge_task is not None:
             self._gauge_task.cancel()
         for task in self._core[len(self.informers):]:
-            if task.get_name() == "leader-election":
+            if task.get_name() in ("leader-election", "shard-membership"):
                 await cancel_and_wait(task)
         await self.scheduler.stop()
         await self.discovery.stop()
@@ -230,6 +267,8 @@ class Controller:
         await self.events.drain(flush_timeout * 0.1)
         if self.elector is not None:
             await self.elector.release()  # after the flush: a standby takes over at its next retry
+        if self.member is not None:
+            await self.member.release()  # after the flush: the others take our targets at their next look
         await self.writer.stop()
         await self.status.stop()
         await self.events.stop()

@@ -62,9 +62,13 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
              help="longest wait between retries of a failing OpenStack poll")
     add_flag(parser, "--leader-elect", default=False, boolean=True,
              help="run several replicas: only the holder of a coordination.k8s.io Lease probes and writes")
+    add_flag(parser, "--shard", default=False, boolean=True,
+             help="run several replicas that each probe and write a share of the targets, owned through one "
+                  "member Lease per replica (rendezvous hashing); replaces --leader-elect")
     add_flag(parser, "--leader-election-namespace", default=None,
              help="namespace of the Lease (default: the pod's own namespace)")
-    add_flag(parser, "--leader-election-id", default="epctl-controller", help="name of the Lease")
+    add_flag(parser, "--leader-election-id", default="epctl-controller",
+             help="name of the Lease; with --shard, the group label of the member Leases")
     add_flag(parser, "--lease-duration", default=15.0, type=float, help="seconds a Lease is valid without renewal")
     add_flag(parser, "--renew-deadline", default=10.0, type=float,
              help="seconds of failed renewals after which the leader steps down (< lease duration)")
@@ -177,6 +181,13 @@ def _pod_namespace() -> str | None:
     from epctl.sidecar import default_namespace
 
     return default_namespace()
+
+
+def _pod_owner() -> dict[str, str] | None:
+    """The Pod we run in, from the downward API (POD_NAME, POD_UID in manifests/base/deployment.yaml):
+    the owner of our member Lease, so the garbage collector removes it with the Pod."""
+    name, uid = os.environ.get("POD_NAME"), os.environ.get("POD_UID")
+    return {"name": name, "uid": uid} if name and uid else None
 
 
 def _slice_size(text: str) -> int:
@@ -353,7 +364,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             mirror_pairs={(args.managed_endpoint_namespace, args.managed_endpoint_name):
                           (args.default_endpoint_namespace, args.default_endpoint_name)}
             if args.managed_endpoint_name else None,
-            leader_elect=args.leader_elect,
+            leader_elect=args.leader_elect, shard=args.shard, pod_owner=_pod_owner(),
             leader_election_namespace=args.leader_election_namespace or _pod_namespace() or "default",
             leader_election_id=args.leader_election_id, lease_duration=args.lease_duration,
             renew_deadline=args.renew_deadline, retry_period=args.retry_period,

@@ -156,3 +156,23 @@ class PrometheusDiscoveryMetrics:
             OPENSTACK_SERVERS.remove(poller)
         except KeyError:
             pass
+
+
+SHARD_MEMBERS = Gauge("epctl_shard_members", "Live members of the shard ring as this replica sees them (--shard)")
+SHARD_TARGETS_OWNED = Gauge("epctl_shard_targets_owned", "Targets (Services) this replica probes and writes now")
+HANDOVERS = Counter("epctl_shard_handovers", "Targets this replica let go of or took over", ["direction"])
+for _direction in ("acquired", "released"):  # exported from the start: rate() needs the zero
+    HANDOVERS.labels(_direction)
+HANDOVER_SECONDS = Histogram("epctl_shard_handover_seconds", "From seeing a new shard ring to every member having "
+                             "applied it (targets that moved are written again from then on)",
+                             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+
+
+class PrometheusShardMetrics:
+    """``ShardMetrics`` for the member Lease loop."""
+
+    def members(self, count: int) -> None:
+        SHARD_MEMBERS.set(count)
+
+    def converged(self, seconds: float) -> None:
+        HANDOVER_SECONDS.observe(seconds)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,11 @@ class _Seen:
     last: float
 
 
+def _key_of(involved: Obj) -> tuple[str, str]:
+    meta = involved.get("metadata", {})
+    return (meta.get("namespace") or "default", meta.get("name", ""))
+
+
 class EventRecorder:
     def __init__(self, client: KubeClient, component: str = "epctl-controller",
                  burst: int = BURST, refill_seconds: float = REFILL_SECONDS) -> None:
@@ -50,11 +56,13 @@ class EventRecorder:
         self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, updated)
         self._seen: dict[tuple[str, str, str, str], _Seen] = {}
         self._task: asyncio.Task[None] | None = None
-        self.paused = False  # a standby records nothing
+        # shard ownership: Events only about objects of the targets this replica owns
+        self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True
+        self._writing: asyncio.Task[None] | None = None
 
     def record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``involved`` (a full object, or at least apiVersion/kind/metadata)."""
-        if self.paused:
+        if not self.owns(_key_of(involved)):
             return
         uid = involved.get("metadata", {}).get("uid", "")
         tokens, updated = self._buckets.get(uid, (float(self.burst), time.monotonic()))
@@ -78,6 +86,12 @@ class EventRecorder:
         await cancel_and_wait(self._task)
         self._task = None
 
+    async def release_unowned(self) -> None:
+        """Wait for an Event write in flight about an object no longer ours (queued ones are skipped)."""
+        writing = self._writing
+        if writing is not None:
+            await asyncio.wait({writing})
+
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued events are written (tests, shutdown)."""
         try:
@@ -89,12 +103,15 @@ class EventRecorder:
         while True:
             involved, type_, reason, message = await self._queue.get()
             try:
-                await self._write(involved, type_, reason, message)
+                if self.owns(_key_of(involved)):  # not let go since it was queued
+                    self._writing = asyncio.create_task(self._write(involved, type_, reason, message))
+                    await self._writing
             except ApiError as err:
                 log.warning("could not record event", extra={"reason": reason, "error": str(err)})
             except Exception:
                 log.exception("event recorder failed")
             finally:
+                self._writing = None
                 self._queue.task_done()
 
     async def _write(self, involved: Obj, type_: str, reason: str, message: str) -> None:

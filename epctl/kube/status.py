@@ -69,10 +69,14 @@ class StatusWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self.paused = False  # a standby computes status but does not write it
+        self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True  # shard ownership: write only these
+        self._writing: asyncio.Task[None] | None = None
 
     def set(self, namespace: str, name: str, status: Obj) -> None:
         key = (namespace, name)
+        if not self.owns(key):
+            self._pending.pop(key, None)
+            return
         existing = (self.current(namespace, name) or {}).get("status")
         if status == existing or (key not in self._pending and status == self._last.get(key)):
             self._pending.pop(key, None)
@@ -93,13 +97,17 @@ class StatusWriter:
         await cancel_and_wait(self._task)
         self._task = None
 
-    def resume(self) -> None:
-        self.paused = False
-        self._wakeup.set()
+    async def release_unowned(self) -> None:
+        """Drop what is pending for objects no longer ours and wait for a write to one in flight."""
+        for key in [k for k in self._pending if not self.owns(k)]:
+            del self._pending[key]
+        for key in [k for k in self._last if not self.owns(k)]:
+            del self._last[key]  # a later owner may have written something else meanwhile
+        writing = self._writing
+        if writing is not None:
+            await asyncio.wait({writing})
 
     async def flush(self, timeout: float = 5.0) -> None:
-        if self.paused:
-            return
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
         self._wakeup.set()
         try:
@@ -111,15 +119,20 @@ class StatusWriter:
         loop = asyncio.get_running_loop()
         while True:
             now = time.monotonic()
-            due = [] if self.paused else [k for k, (_, at) in self._pending.items() if at <= now]
+            due = [k for k, (_, at) in self._pending.items() if at <= now]
             for key in due:
                 item = self._pending.pop(key, None)  # set() or forget() may have dropped it meanwhile
-                if item is not None:
-                    await self._write(key, item[0])
+                if item is not None and self.owns(key):
+                    # its own task, so a handover can wait for exactly this write to finish
+                    self._writing = asyncio.create_task(self._write(key, item[0]))
+                    try:
+                        await self._writing
+                    finally:
+                        self._writing = None
             if not self._pending:
                 self._idle.set()
             self._wakeup.clear()
-            if not self._pending or self.paused:
+            if not self._pending:
                 await self._wakeup.wait()
                 continue
             wake = min(at for _, at in self._pending.values())

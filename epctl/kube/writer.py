@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,7 +98,7 @@ class Writer:
         self._retry_at: dict[TargetKey, float] = {}
         self._backoffs: dict[TargetKey, Backoff] = {}
         self._batch_size = 0
-        self._in_flight: set[TargetKey] = set()
+        self._in_flight: dict[TargetKey, asyncio.Task[None]] = {}
         self._known: set[TargetKey] = set()
         self._written: dict[tuple[str, str], _Written] = {}
         self._written_endpoints: dict[tuple[str, str], _Written] = {}
@@ -107,7 +107,9 @@ class Writer:
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self.paused = False  # a standby (not leader) plans nothing and writes nothing
+        # the targets this replica may write (shard ownership, docs/design.md section 8); others are
+        # neither planned nor written, whatever the desired state says about them
+        self.owns: Callable[[TargetKey], bool] = lambda _key: True
         slices.subscribe(self._on_slice_event)
         services.subscribe(self._on_service_event)
         if endpoints is not None:
@@ -117,6 +119,8 @@ class Writer:
 
     def notify(self, key: TargetKey) -> None:
         """The desired state of ``key`` changed (wired to ``DesiredState.on_dirty``)."""
+        if not self.owns(key):
+            return
         now = time.monotonic()
         entry = self._pending.get(key)
         if entry is None:
@@ -175,23 +179,28 @@ class Writer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def pause(self) -> None:
-        """Stop writing at once (lost leadership): nothing new starts, writes in flight are cancelled."""
-        self.paused = True
-        for task in list(self._tasks):
-            task.cancel()
-
-    def resume(self) -> None:
-        """Write again (gained leadership): re-check every target; a no-op plan costs no write."""
-        self.paused = False
-        for key in list(self.state.targets) + list(self._known):
-            self.notify(key)
+    async def release_unowned(self, timeout: float = 10.0) -> int:
+        """Forget every target this replica no longer owns and wait for their writes in flight (a
+        handover: the new owner writes only after this returns and our ack is published). Writes still
+        running after ``timeout`` are cancelled. Returns how many targets were let go."""
+        gone = {k for k in (*self._pending, *self._known, *self._in_flight, *self._retry_at) if not self.owns(k)}
+        for key in gone:
+            self._pending.pop(key, None)
+            self._retry_at.pop(key, None)
+            self._backoffs.pop(key, None)
+            self._known.discard(key)
+        running = [task for key, task in self._in_flight.items() if key in gone]
+        if running:
+            _done, late = await asyncio.wait(running, timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
         self._wakeup.set()
+        return len(gone)
 
     async def flush(self, timeout: float = 8.0) -> bool:
         """Write everything pending now, ignoring the debounce; True if all went out in time."""
-        if self.paused:
-            return True
         for entry in self._pending.values():
             entry[0] = entry[1] = 0.0
         self._wakeup.set()
@@ -204,7 +213,7 @@ class Writer:
     def backlogged(self) -> bool:
         """More targets are due or being written than the write concurrency serves at once: a queue of
         API work is forming (the probe scheduler yields to it)."""
-        return len(self._in_flight) + len(self._pending) > self.concurrency and not self.paused
+        return len(self._in_flight) + len(self._pending) > self.concurrency
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until nothing is pending or in flight (tests and benchmarks)."""
@@ -215,20 +224,21 @@ class Writer:
         while True:
             now = time.monotonic()
             wake_at: float | None = None
-            if not self.paused:
-                for key, (first, last) in list(self._pending.items()):
-                    if key in self._in_flight:
-                        continue
-                    due = max(min(last + self.batch_delay, first + self.max_batch_delay),
-                              self._retry_at.get(key, 0.0))
-                    if due <= now:
-                        del self._pending[key]
-                        # in flight from now, not from when the task first runs: otherwise the idle
-                        # check below sees neither pending nor in flight and flush() returns early
-                        self._in_flight.add(key)
-                        self._spawn(self._reconcile(key), key)
-                    else:
-                        wake_at = due if wake_at is None else min(wake_at, due)
+            for key, (first, last) in list(self._pending.items()):
+                if key in self._in_flight:
+                    continue
+                if not self.owns(key):
+                    del self._pending[key]
+                    continue
+                due = max(min(last + self.batch_delay, first + self.max_batch_delay),
+                          self._retry_at.get(key, 0.0))
+                if due <= now:
+                    del self._pending[key]
+                    # in flight from now, not from when the task first runs: otherwise the idle
+                    # check below sees neither pending nor in flight and flush() returns early
+                    self._spawn(self._reconcile(key), key)
+                else:
+                    wake_at = due if wake_at is None else min(wake_at, due)
             if self._batch_size:
                 if self.metrics:
                     self.metrics.batch(self._batch_size)
@@ -248,12 +258,13 @@ class Writer:
     def _spawn(self, coro: Coroutine[Any, Any, None], key: TargetKey) -> None:
         self._batch_size += 1
         task = asyncio.create_task(coro)
+        self._in_flight[key] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _task: self._done(key))  # also when cancelled before it ran
 
     def _done(self, key: TargetKey) -> None:
-        self._in_flight.discard(key)
+        self._in_flight.pop(key, None)
         self._wakeup.set()
 
     # --- reconcile one target -----------------------------------------------------------------------
@@ -262,6 +273,8 @@ class Writer:
         started = time.monotonic()
         try:
             async with self._semaphore:
+                if not self.owns(key):
+                    return  # let go while waiting for a write slot
                 target = self.state.get(key)
                 if target is None and key not in self._known:
                     return

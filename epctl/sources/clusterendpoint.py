@@ -113,6 +113,7 @@ class _Entry:
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
     mirror_blocked: bool = False  # the Service carries a mirror annotation and is not ours: we wait
     undecided: bool = False  # not published yet and some check has no first result yet
+    active: bool = False  # materialised here: this replica owns the Service (checks, desired state)
 
 
 class ClusterEndpointSource:
@@ -133,6 +134,9 @@ class ClusterEndpointSource:
         self._resolver: asyncio.Task[None] | None = None
         self._started = False  # events before start() are ignored: start() replays the synced cache
         self._unpublished: dict[TargetKey, float] = {}  # first transition not yet written, per target
+        # shard ownership (docs/design.md section 8): only owned ClusterEndpoints get checks, desired
+        # state, discovery and status here; the others are parsed and resolved, ready to take over warm
+        self.owns: Callable[[TargetKey], bool] = lambda _key: True
         informer.subscribe(self._on_event)
         if services is not None:
             services.subscribe(self._on_service)
@@ -156,22 +160,48 @@ class ClusterEndpointSource:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def readopt(self) -> None:
-        """Start every check afresh from the readiness published in our slices (gaining leadership:
-        the previous leader's results are the truth, so taking over flips nothing)."""
+    def reconcile_ownership(self) -> tuple[int, int]:
+        """Follow ``owns``: let go of ClusterEndpoints no longer owned (checks, desired state, discovery,
+        pending status) and take over the newly owned ones from what is published (the previous
+        owner's slices and status are the truth, so taking over flips nothing). Returns (released,
+        acquired)."""
+        released = acquired = 0
         for key, entry in list(self._entries.items()):
-            # the conditions the previous leader published are the truth now, not what this replica saw
-            # when it first met the object (a standby's entry.sync would still say "not written yet")
-            entry.sync = _adopted_sync(entry.obj)
-            entry.discovery_sync, counts = _adopted_discovery(entry.obj)
-            entry.discovery_counts = counts if counts is not None else entry.discovery_counts
-            if entry.spec is None:
-                continue
-            target = f"{key[0]}/{key[1]}"
-            for check in [k for k in self.scheduler.keys() if k.target == target]:
-                self.scheduler.remove(check)
-            self._health = {k: v for k, v in self._health.items() if k.target != target}
+            owned = self.owns(key)
+            if entry.active and not owned:
+                self._release(key, entry)
+                released += 1
+            elif owned and not entry.active:
+                self._acquire(key, entry)
+                acquired += 1
+        return released, acquired
+
+    def _release(self, key: TargetKey, entry: _Entry) -> None:
+        entry.active = False
+        target = f"{key[0]}/{key[1]}"
+        if self.discovery is not None:
+            self.discovery.unwatch(key)
+        self.scheduler.remove_target(target)
+        self._health = {k: v for k, v in self._health.items() if k.target != target}
+        self.state.remove_target(key, SOURCE)  # the writer no longer owns it: nothing is deleted
+        self.status.forget(*key)
+        self._unpublished.pop(key, None)
+        entry.discovered = None  # adopted again from the slices if it comes back
+
+    def _acquire(self, key: TargetKey, entry: _Entry) -> None:
+        entry.active = True
+        # the conditions the previous owner published are the truth now, not what this replica saw when
+        # it first met the object (its entry.sync would still say "not written yet")
+        entry.sync = _adopted_sync(entry.obj)
+        entry.discovery_sync, counts = _adopted_discovery(entry.obj)
+        entry.discovery_counts = counts if counts is not None else entry.discovery_counts
+        if entry.spec is None:
+            self._write_status(key)
+            return
+        self._follow_discovery(key, entry.spec)
+        if entry.resolved is entry.spec:
             self._materialise(key, entry)
+        # else: the pending _apply materialises it
 
     async def settle(self) -> None:
         """Wait for pending spec applications (tests)."""
@@ -201,7 +231,8 @@ class ClusterEndpointSource:
         if entry is None:
             discovery_sync, counts = _adopted_discovery(event.obj)
             entry = self._entries[key] = _Entry(event.obj, sync=_adopted_sync(event.obj),
-                                                discovery_sync=discovery_sync, discovery_counts=counts)
+                                                discovery_sync=discovery_sync, discovery_counts=counts,
+                                                active=self.owns(key))
         entry.obj = event.obj
         marker = (str(meta.get("uid") or ""), int(meta.get("generation") or 0),
                   (meta.get("annotations") or {}).get(ADOPT_ANNOTATION, ""))
@@ -211,15 +242,17 @@ class ClusterEndpointSource:
         spec, errors = parse_cluster_endpoint(event.obj, allow_loopback=self.allow_loopback)
         if spec is None:
             entry.errors = [str(e) for e in errors]
-            log.warning("invalid ClusterEndpoint", extra={"clusterendpoint": "/".join(key),
-                                                          "errors": "; ".join(entry.errors)})
+            if entry.active:  # the owner reports it; every replica keeps the last valid spec
+                log.warning("invalid ClusterEndpoint", extra={"clusterendpoint": "/".join(key),
+                                                              "errors": "; ".join(entry.errors)})
             self.events.record(event.obj, "Warning", "InvalidSpec", "; ".join(entry.errors))
             self._write_status(key)
             return
         entry.errors = []
         entry.spec = spec
         self._spawn(self._apply(key))
-        self._follow_discovery(key, spec)
+        if entry.active:
+            self._follow_discovery(key, spec)
 
     def _forget(self, key: TargetKey) -> None:
         """The ClusterEndpoint ``key`` is gone: its checks, desired state and pending status go too."""
@@ -246,7 +279,7 @@ class ClusterEndpointSource:
 
     def _on_discovery(self, key: TargetKey, update: DiscoveryUpdate) -> None:
         entry = self._entries.get(key)
-        if entry is None or entry.spec is None or entry.spec.openstack is None:
+        if entry is None or entry.spec is None or entry.spec.openstack is None or not entry.active:
             return
         changed = False
         sync = (update.ok, update.reason, update.message)
@@ -304,6 +337,8 @@ class ClusterEndpointSource:
         self._materialise(key, entry)
 
     def _materialise(self, key: TargetKey, entry: _Entry) -> None:
+        if not entry.active:
+            return  # another replica owns it
         spec = entry.spec
         assert spec is not None
         discovered = set(self._discovered(key, entry))
@@ -410,13 +445,13 @@ class ClusterEndpointSource:
     def on_transition(self, transition: Transition) -> None:
         namespace, _, name = transition.key.target.partition("/")
         key = (namespace, name)
+        entry = self._entries.get(key)
+        if entry is None or not entry.active:
+            return  # a probe that was in flight when the target was let go
         self._health[transition.key] = _Health(transition.reason, _stamp(transition.at))
         self._unpublished.setdefault(key, time.monotonic())
         group_id = f"{transition.key.port}/{family(transition.key.address)}"
         self.state.set_ready(key, group_id, transition.key.address, transition.healthy, SOURCE)
-        entry = self._entries.get(key)
-        if entry is None:
-            return
         if (entry.undecided and entry.spec is not None and entry.resolved is entry.spec
                 and not self._undecided(key, entry.spec, entry)):
             self._materialise(key, entry)  # the last first result is in: publish
@@ -464,7 +499,7 @@ class ClusterEndpointSource:
 
     def _write_status(self, key: TargetKey) -> None:
         entry = self._entries.get(key)
-        if entry is not None:
+        if entry is not None and entry.active:
             self.status.set(key[0], key[1], self.compute_status(key, entry))
 
     def compute_status(self, key: TargetKey, entry: _Entry) -> Obj:

@@ -119,6 +119,8 @@ class MirrorSource:
         self._informers: dict[str, tuple[frozenset[str], Informer]] = {}
         self._started = False
         self._stopping: set[asyncio.Task[None]] = set()
+        self.owns: Callable[[TargetKey], bool] = lambda _key: True  # shard ownership: plan only these
+        self._owned: set[TargetKey] = set()  # mirror targets owned at the last reconcile_ownership
         services.subscribe(self._on_service)
 
     def _informer(self, namespace: str, selector: str) -> Informer:
@@ -212,7 +214,19 @@ class MirrorSource:
             log.warning("mirror refused", extra={"service": "/".join(target), "reason": reason})
             self.events.record(service, "Warning", reason, message)
 
+    def reconcile_ownership(self) -> tuple[int, int]:
+        """Follow ``owns``: drop mirrors no longer owned, plan the newly owned ones. (released, acquired)"""
+        owned = {target for target in self.mirrors if self.owns(target)}
+        released, acquired = len(self._owned - owned), len(owned - self._owned)
+        self._owned = owned
+        for target in self.mirrors:
+            self._plan(target)
+        return released, acquired
+
     def _plan(self, target: TargetKey) -> None:
+        if not self.owns(target):
+            self.state.remove_target(target, SOURCE)  # another replica writes it: nothing is deleted
+            return
         service = self.services.get(*target)
         source = self.mirrors.get(target)
         if service is None or source is None:

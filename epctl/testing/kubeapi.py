@@ -73,6 +73,7 @@ class RequestRecord:
     group: str = ""
     user_agent: str = ""
     time: float = 0.0
+    concerns: str = ""  # for a write: the name of the Service it is about (an audit reader's join key)
 
     @property
     def is_write(self) -> bool:
@@ -253,6 +254,8 @@ class KubeAPIServer:
                 return await self._watch(request, route)
             response = await self._dispatch(request, route, verb)
             record.code = response.status
+            if record.is_write:
+                record.concerns = _concerns(request.get(_OBJECT))
         except StatusError as err:
             record.code = err.code
             response = web.json_response(err.to_status(), status=err.code, headers=err.headers)
@@ -475,6 +478,7 @@ class KubeAPIServer:
     def _object_response(self, request: web.Request, rt: ResourceType, obj: Obj, status: int = 200,
                          warnings: list[str] | None = None) -> web.Response:
         headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+        request[_OBJECT] = obj
         if _wants_table(request):
             meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
             body = render_table(rt, [obj], meta, request.query.get("includeObject", "Metadata"))
@@ -540,6 +544,21 @@ class KubeAPIServer:
             self.store.stop_watch(watcher)
             self._watch_tasks.discard(task)
         return response
+
+
+# the object a request returned, for the request log (RequestKey from aiohttp 3.10; a str before)
+_OBJECT: Any = web.RequestKey("epctl.object", dict) if hasattr(web, "RequestKey") else "epctl.object"
+
+
+def _concerns(obj: Obj | None) -> str:
+    """The Service a written object is about: a slice's service-name label, an Event's involved
+    object, else the object's own name (Service, Endpoints, ClusterEndpoint of the same name)."""
+    if not isinstance(obj, dict):
+        return ""
+    if isinstance(obj.get("involvedObject"), dict):
+        return str(obj["involvedObject"].get("name", ""))
+    meta = obj.get("metadata") or {}
+    return str((meta.get("labels") or {}).get("kubernetes.io/service-name") or meta.get("name", ""))
 
 
 def _write_private(path: str, data: bytes) -> None:

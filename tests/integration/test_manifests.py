@@ -106,9 +106,9 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
         await install_crd(setup)
         await setup.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "epctl-system"}})
         async with TCPBackend() as db, running_controller(
-                api, controller_client, leader_elect=True, leader_election_namespace="epctl-system",
+                api, controller_client, shard=True, leader_election_namespace="epctl-system",
                 lease_duration=3.0, renew_deadline=2.0, retry_period=0.3) as controller:
-            await eventually(lambda: controller.leading, message="leader")
+            await eventually(lambda: controller.leading, message="a member of the ring")
             await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
                 {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
                  "periodSeconds": 1, "failureThreshold": 1}]))

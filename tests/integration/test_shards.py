@@ -1,0 +1,319 @@
+"""Sharding (--shard): every member probes and writes its share; handovers never make two writers
+and never flip a readiness. Proof from the test API server's request log, by client identity."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from epctl.app import Controller, ControllerSettings
+from epctl.kube.client import LEASES, SECRETS, SERVICES, KubeClient
+from epctl.shard.member import GROUP_LABEL
+from epctl.shard.ring import owner
+from epctl.testing.backends import TCPBackend, free_port
+from epctl.testing.kubeapi import FaultRule, KubeAPIServer, RequestRecord
+from epctl.testing.openstack import FakeOpenStack
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import (
+    CLUSTERENDPOINTS,
+    cep,
+    cep_of,
+    install_crd,
+    slices_of,
+    source_service,
+)
+
+TIMING = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
+NAMES = [f"svc-{i}" for i in range(12)]
+WRITES = ("create", "update", "patch", "delete")
+
+
+@asynccontextmanager
+async def member(api: KubeAPIServer, name: str, **timing: float) -> AsyncIterator[Controller]:
+    client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
+    controller = Controller(client, ControllerSettings(
+        batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True, shard=True,
+        identity=name, **{**TIMING, **timing}))  # type: ignore[arg-type]
+    await controller.start()
+    try:
+        yield controller
+    finally:
+        await controller.stop()
+        await client.close()
+
+
+def target_writes(api: KubeAPIServer, since: int = 0) -> list[RequestRecord]:
+    """Successful writes of the controllers about targets (their own Leases excluded)."""
+    return [r for r in api.request_log[since:] if r.verb in WRITES and r.code < 400
+            and r.user_agent.startswith("epctl/") and r.resource != "leases"]
+
+
+def assert_one_writer_at_a_time(records: Iterable[RequestRecord]) -> dict[str, list[str]]:
+    """Per target, the writers in time order; a writer that was followed by another never writes again
+    (one handover per phase of a test: an interleaving is two writers at once). Returns the runs."""
+    runs: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda r: r.time):
+        writers = runs.setdefault(record.concerns, [])
+        if not writers or writers[-1] != record.user_agent:
+            assert record.user_agent not in writers, f"{record.concerns}: writers interleaved {writers}"
+            writers.append(record.user_agent)
+    return runs
+
+
+async def populate(api: KubeAPIServer, setup: KubeClient, up: TCPBackend, down_port: int) -> None:
+    """Twelve ClusterEndpoints: port "up" healthy, port "down" refused (so each has both readinesses)."""
+    for name in NAMES:
+        await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+            {"name": "up", "port": 80, "targetPort": up.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+             "periodSeconds": 1, "failureThreshold": 1},
+            {"name": "down", "port": 81, "targetPort": down_port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+             "periodSeconds": 1, "failureThreshold": 1}]))
+
+    def published() -> bool:
+        for name in NAMES:
+            status = (cep_of(api, name) or {}).get("status") or {}
+            ready = {e["conditions"]["ready"] for s in slices_of(api, name) for e in s.get("endpoints") or []}
+            if status.get("phase") != "Degraded" or ready != {True, False}:
+                return False
+        return True
+
+    await eventually(published, timeout=30, message="every ClusterEndpoint published with both readinesses")
+
+
+def owners(members: list[str]) -> dict[str, str]:
+    return {name: f"epctl/{owner(('default', name), members)}" for name in NAMES}
+
+
+def probed_targets(controller: Controller) -> set[str]:
+    return {key.target.split("/", 1)[1] for key in controller.scheduler.keys()}
+
+
+async def settled(controllers: list[Controller], members: int) -> None:
+    await eventually(lambda: all(c.member is not None and len(c.member.ring.members) == members and c.leading
+                                 for c in controllers), timeout=15, message=f"{members} members converged")
+
+
+async def quiet(controllers: list[Controller]) -> None:
+    """Let every owner probe its targets twice more and write whatever that changes."""
+    runs = {(id(c), k): c.scheduler.state(k).runs for c in controllers for k in c.scheduler.keys()}  # type: ignore[union-attr]
+
+    def probed() -> bool:
+        return all((c.scheduler.state(k) is None or c.scheduler.state(k).runs >= runs.get((id(c), k), 0) + 2)  # type: ignore[union-attr]
+                   for c in controllers for k in c.scheduler.keys())
+
+    await eventually(probed, timeout=15, message="every check ran twice more")
+    for c in controllers:
+        await c.writer.flush()
+        await c.status.flush()
+
+
+def snapshot(api: KubeAPIServer) -> dict[str, object]:
+    """What the targets publish (readiness per address and port), to compare across a handover."""
+    out: dict[str, object] = {}
+    for name in NAMES:
+        out[name] = sorted((s["ports"][0]["name"], e["addresses"][0], e["conditions"]["ready"])
+                           for s in slices_of(api, name) for e in s.get("endpoints") or [])
+    return out
+
+
+async def test_members_share_the_targets_and_a_new_member_takes_only_its_share(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        a = await stack.enter_async_context(member(api, "a"))
+        b = await stack.enter_async_context(member(api, "b"))
+        c = await stack.enter_async_context(member(api, "c"))
+        await settled([a, b, c], 3)
+        await populate(api, setup, up, free_port())
+        expected = owners(["a", "b", "c"])
+        assert set(expected.values()) == {"epctl/a", "epctl/b", "epctl/c"}  # every member has a share
+        runs = assert_one_writer_at_a_time(target_writes(api))
+        assert {t: w for t, w in runs.items() if t in NAMES} == {t: [w] for t, w in expected.items()}
+        for controller, name in ((a, "a"), (b, "b"), (c, "c")):
+            assert probed_targets(controller) == {t for t, w in expected.items() if w == f"epctl/{name}"}
+        await quiet([a, b, c])
+        before, mark = snapshot(api), len(api.request_log)
+
+        d = await stack.enter_async_context(member(api, "d"))
+        await settled([a, b, c, d], 4)
+        after = owners(["a", "b", "c", "d"])
+        moved = {t for t in NAMES if after[t] != expected[t]}
+        assert moved and all(after[t] == "epctl/d" for t in moved) and len(moved) < len(NAMES) / 2
+        await eventually(lambda: probed_targets(d) == moved, message="d probes exactly what moved to it")
+        assert all(not (probed_targets(x) & moved) for x in (a, b, c))
+        await quiet([a, b, c, d])
+        writes = [r for r in target_writes(api, mark) if r.resource != "events"]
+        assert writes == [], f"a steady handover wrote {[(r.user_agent, r.verb, r.resource) for r in writes]}"
+        assert snapshot(api) == before
+        assert all(x.ready()[0] for x in (a, b, c, d))  # /readyz stayed true
+    await setup.close()
+
+
+async def test_partitioned_member_stops_before_its_lease_expires_then_is_replaced(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        a = await stack.enter_async_context(member(api, "a"))
+        b = await stack.enter_async_context(member(api, "b"))
+        c = await stack.enter_async_context(member(api, "c"))
+        await settled([a, b, c], 3)
+        await populate(api, setup, up, free_port())
+        theirs = {t for t, w in owners(["a", "b", "c"]).items() if w == "epctl/c"}
+        mark = len(api.request_log)
+        api.inject_fault(FaultRule(user_agent="epctl/c", code=503, count=10**6))
+        partitioned = time.monotonic()
+        await eventually(lambda: not c.leading and not probed_targets(c), timeout=10, message="c steps down")
+        stepped_down = time.monotonic() - partitioned
+        assert stepped_down < TIMING["lease_duration"]
+        await eventually(lambda: (probed_targets(a) | probed_targets(b)) == set(NAMES), timeout=15,
+                         message="a and b take c's targets")
+        took_over = time.monotonic() - partitioned
+        assert stepped_down < TIMING["lease_duration"] <= took_over + TIMING["retry_period"]
+        assert took_over < TIMING["lease_duration"] + 3 * TIMING["retry_period"] + 1.0
+        await up.set_mode("closed")  # now c's targets must change, written by their new owners
+        await eventually(lambda: all((cep_of(api, t) or {}).get("status", {}).get("phase") == "Unhealthy"
+                                     for t in NAMES), timeout=15, message="every target follows the flip")
+        c_writes = [r.time for r in target_writes(api, mark) if r.user_agent == "epctl/c"]
+        others = [r.time for r in target_writes(api, mark) if r.concerns in theirs and r.user_agent != "epctl/c"]
+        assert others and (not c_writes or max(c_writes) < min(others))
+        assert_one_writer_at_a_time(target_writes(api, mark))
+        api.faults.clear()
+        await settled([a, b, c], 3)  # c comes back and gets its share again
+        await eventually(lambda: probed_targets(c) == theirs, message="c probes its share again")
+    await setup.close()
+
+
+async def test_graceful_shutdown_hands_over_at_once_without_a_write(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        a = await stack.enter_async_context(member(api, "a"))
+        leaving = member(api, "b")
+        b = await leaving.__aenter__()
+        try:
+            await settled([a, b], 2)
+            await populate(api, setup, up, free_port())
+            await quiet([a, b])
+            before, mark = snapshot(api), len(api.request_log)
+        finally:
+            await leaving.__aexit__(None, None, None)  # SIGTERM path: flush, then delete the member Lease
+        stopped = time.monotonic()
+        await eventually(lambda: probed_targets(a) == set(NAMES), timeout=10, message="a owns everything")
+        assert time.monotonic() - stopped < TIMING["lease_duration"]  # not an expiry: the Lease was deleted
+        await quiet([a])
+        writes = [r for r in target_writes(api, mark) if r.resource != "events"]
+        assert writes == [] and snapshot(api) == before
+        leases = await setup.request("GET", LEASES.path("default"), query={"labelSelector": GROUP_LABEL})
+        assert [x["spec"]["holderIdentity"] for x in leases["items"]] == ["a"]
+    await setup.close()
+
+
+async def test_killed_member_process_is_replaced_within_the_lease_duration(api: KubeAPIServer) -> None:
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    args = ["--shard", "--leader-election-namespace", "default", "--lease-duration", "3", "--renew-deadline", "2",
+            "--retry-period", "0.3", "--metrics-addr", "", "--allow-loopback", "--batch-delay", "0.05"]
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "epctl.cli", "controller", "--kubeconfig",
+                                                api.kubeconfig_path, *args, stderr=asyncio.subprocess.DEVNULL,
+                                                env={**os.environ, "NO_PROXY": "*"})
+    try:
+        async with AsyncExitStack() as stack:
+            up = await stack.enter_async_context(TCPBackend())
+            a = await stack.enter_async_context(member(api, "a"))
+            await settled([a], 2)
+            process = next(m for m in a.member.ring.members if m != "a")  # type: ignore[union-attr]
+            await populate(api, setup, up, free_port())
+            theirs = {t for t, w in owners(["a", process]).items() if w == f"epctl/{process}"}
+            assert theirs and theirs != set(NAMES)
+            await quiet([a])
+            before, mark = snapshot(api), len(api.request_log)
+            proc.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            await eventually(lambda: probed_targets(a) == set(NAMES), timeout=15, message="a takes everything")
+            assert time.monotonic() - killed < TIMING["lease_duration"] + 2 * TIMING["retry_period"] + 1.0
+            await quiet([a])
+            writes = [r for r in target_writes(api, mark) if r.resource != "events"]
+            assert writes == [] and snapshot(api) == before  # taken over warm: no readiness changed
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await setup.close()
+
+
+async def test_a_new_owner_waits_until_the_old_owner_let_go(api: KubeAPIServer) -> None:
+    """b cannot list the member Leases (so it never sees d join, never acks, and keeps writing its
+    targets until it steps down). d must write none of them before b is out of its ring, even though
+    the hosts flip meanwhile; the old owner writes the flip."""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        slow = {"lease_duration": 8.0, "renew_deadline": 6.0}  # b keeps writing 6 s after it went blind
+        a = await stack.enter_async_context(member(api, "a", **slow))
+        b = await stack.enter_async_context(member(api, "b", **slow))
+        await settled([a, b], 2)
+        await populate(api, setup, up, free_port())
+        moving = {t for t in NAMES if owner(("default", t), "ab") == "b" and owner(("default", t), "abd") == "d"}
+        assert moving
+        mark = len(api.request_log)
+        api.inject_fault(FaultRule(user_agent="epctl/b", verb="list", resource="leases", code=503, count=10**6))
+        d = await stack.enter_async_context(member(api, "d", **slow))
+        await eventually(lambda: len(d.member.ring.members) == 3, message="d sees the ring with itself")  # type: ignore[union-attr]
+        await up.set_mode("closed")  # every target changes now: b writes its share while it holds it
+        await eventually(lambda: "b" not in d.member.ring.members, timeout=15,  # type: ignore[union-attr]
+                         message="b's Lease expires for d")
+        b_gone = time.monotonic()
+        early = [r for r in target_writes(api, mark) if r.user_agent == "epctl/d" and r.time < b_gone]
+        assert early == [], f"d wrote before b let go: {[(r.concerns, r.verb, r.resource) for r in early]}"
+        assert any(r.user_agent == "epctl/b" and r.concerns in moving for r in target_writes(api, mark))
+        await eventually(lambda: all((cep_of(api, t) or {}).get("status", {}).get("phase") == "Unhealthy"
+                                     for t in NAMES), timeout=15, message="every target published the flip")
+        assert_one_writer_at_a_time(target_writes(api, mark))
+        api.faults.clear()
+    await setup.close()
+
+
+async def test_mirrors_and_openstack_pollers_follow_ownership(api: KubeAPIServer) -> None:
+    """Mirror targets are written only by their owner; an OpenStack poller runs only on the member that
+    owns one of its ClusterEndpoints."""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    mirrors = [f"copy-{i}" for i in range(6)]
+    vms = [f"vms-{i}" for i in range(4)]
+    async with AsyncExitStack() as stack:
+        cloud = await stack.enter_async_context(FakeOpenStack())
+        cloud.add_server("vm-1", fixed=["10.0.0.7"])
+        a = await stack.enter_async_context(member(api, "a"))
+        b = await stack.enter_async_context(member(api, "b"))
+        await settled([a, b], 2)
+        await source_service(setup, "src", ("https", 443, 6443), {"10.0.0.1": True})
+        for name in mirrors:
+            await setup.request("POST", SERVICES.path("default"), body={
+                "metadata": {"name": name, "annotations": {"epctl.io/mirror-from": "default/src"}},
+                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": "https"}]}})
+        await setup.request("POST", SECRETS.path("default"), body={"metadata": {"name": "os"}, "stringData": {
+            "OS_AUTH_URL": cloud.auth_url, "OS_APPLICATION_CREDENTIAL_ID": cloud.credentials.app_credential_id,
+            "OS_APPLICATION_CREDENTIAL_SECRET": cloud.credentials.app_credential_secret}})
+        for i, name in enumerate(vms):  # a distinct poll interval each: one poller per ClusterEndpoint
+            await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(
+                name, [{"name": "ssh", "port": 22}],
+                discovery={"openstack": {"secretRef": {"name": "os"}, "pollSeconds": 1 + i}}))
+        await eventually(lambda: all(slices_of(api, n) for n in mirrors + vms), timeout=20,
+                         message="every mirror and discovered ClusterEndpoint written")
+        expected = {n: f"epctl/{owner(('default', n), ['a', 'b'])}" for n in mirrors + vms}
+        assert set(expected.values()) == {"epctl/a", "epctl/b"}
+        runs = assert_one_writer_at_a_time(target_writes(api))
+        assert {t: w for t, w in runs.items() if t in expected} == {t: [w] for t, w in expected.items()}
+        for controller, name in ((a, "a"), (b, "b")):
+            owned = sum(1 for n in vms if expected[n] == f"epctl/{name}")
+            assert len(controller.discovery.pollers) == owned
+    await setup.close()
