@@ -56,15 +56,16 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def apiserver_process(core: int = 1) -> Iterator[str]:
-    """``epctl dev-apiserver`` in its own process pinned to ``core``; yields its kubeconfig path."""
+def apiserver_process(core: int | None = 1) -> Iterator[str]:
+    """``epctl dev-apiserver`` in its own process pinned to ``core`` (None: any); yields its kubeconfig path."""
     from epctl.testing.backends import free_port
 
     kubeconfig = f"{tempfile.mkdtemp(prefix='epctl-bench-')}/kubeconfig"
     server = subprocess.Popen(
         [sys.executable, "-m", "epctl.cli", "dev-apiserver", "--port", str(free_port()), "--write-kubeconfig",
          kubeconfig, "--log-level", "warning"], stdout=subprocess.DEVNULL,
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}) if hasattr(os, "sched_setaffinity") else None)
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}) if core is not None and hasattr(os, "sched_setaffinity")
+        else None)
     APISERVER["pid"] = server.pid
     try:
         yield kubeconfig
