@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import yarl
 
 from epctl import __version__
 from epctl.kube.config import (
@@ -120,8 +121,13 @@ class KubeClient:
             context.verify_mode = ssl.CERT_NONE
         self.config = config
         self.on_response = on_response
+        proxy = api_proxy(config.server, keep_credentials=True)
+        proxy_url = yarl.URL(proxy) if proxy else None
+        self._proxy = proxy_url.with_user(None) if proxy_url else None
+        auth = aiohttp.BasicAuth.from_url(proxy_url) if proxy_url else None
+        self._proxy_headers = {"Proxy-Authorization": auth.encode()} if auth else None
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=pool_size, ssl=context), trust_env=True,
+            connector=aiohttp.TCPConnector(limit=pool_size, ssl=context), trust_env=False,
             read_bufsize=2**21, headers={"User-Agent": user_agent or f"epctl/{__version__}"})
 
     @classmethod
@@ -166,7 +172,8 @@ class KubeClient:
             data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
             response = await self._session.request(
                 method, self.config.server + path, params=params, data=data, headers=headers,
-                timeout=_timeout(timeout), server_hostname=self.config.tls_server_name)
+                timeout=_timeout(timeout), server_hostname=self.config.tls_server_name, proxy=self._proxy,
+                proxy_headers=self._proxy_headers)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
             if self.on_response:
                 self.on_response(method, 0)

@@ -108,13 +108,18 @@ def load_client_cert_chain(context: ssl.SSLContext, config: ClusterConfig) -> No
         context.load_cert_chain(cert_file, key_file)
 
 
-def api_proxy(server: str) -> str | None:
+def api_proxy(server: str, *, keep_credentials: bool = False) -> str | None:
     """The proxy that requests to ``server`` go through (HTTPS_PROXY/HTTP_PROXY, unless NO_PROXY
-    covers the host: what aiohttp's ``trust_env`` and kubectl both honour), without its credentials."""
+    covers the host: what kubectl honours), without its credentials unless ``keep_credentials``.
+
+    Decided once per client: aiohttp's ``trust_env`` would re-read the environment and ~/.netrc in a
+    thread for every request, a fifth of the controller's CPU while it writes."""
     parts = urllib.parse.urlsplit(server)
     proxy = urllib.request.getproxies().get(parts.scheme)
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
+    if keep_credentials:
+        return proxy
     proxy_parts = urllib.parse.urlsplit(proxy)
     return proxy_parts._replace(netloc=proxy_parts.netloc.rpartition("@")[2]).geturl()
 

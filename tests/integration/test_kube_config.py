@@ -98,3 +98,48 @@ def test_the_proxy_in_effect_is_named_without_its_credentials(monkeypatch: pytes
     monkeypatch.setenv("NO_PROXY", "10.96.0.1")
     assert api_proxy("https://api.example:6443") == "http://proxy.example:3128"
     assert api_proxy("https://10.96.0.1:443") is None
+
+
+async def test_requests_go_through_the_environment_proxy_with_its_credentials(
+        api: KubeAPIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY is honoured (as kubectl does), decided once per client, credentials included."""
+    import asyncio
+    import base64
+
+    tunnels: list[tuple[str, str]] = []  # (CONNECT target, Proxy-Authorization)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        target = head.split()[1]
+        auth = next((line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                     if line.lower().startswith("proxy-authorization:")), "")
+        tunnels.append((target, auth))
+        host, port = target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://user:s3cret@127.0.0.1:{port}")
+    try:
+        async with await KubeClient.connect(api.kubeconfig_path) as client:
+            await client.request("GET", NAMESPACES.path())
+            await client.request("GET", NAMESPACES.path())
+    finally:
+        proxy.close()
+    expected = "Basic " + base64.b64encode(b"user:s3cret").decode()
+    assert tunnels and all(t == (api.url.removeprefix("https://"), expected) for t in tunnels)
