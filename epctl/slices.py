@@ -179,3 +179,11 @@ def apply_plan(observed: list[Obj], plan: Plan) -> list[Obj]:
     updated = {o["metadata"]["name"]: o for o in plan.updates}
     result = [updated.get(o["metadata"]["name"], o) for o in observed if o["metadata"]["name"] not in doomed]
     return result + list(plan.creates)
+
+
+def service_of_slice(obj: Obj) -> str | None:
+    """``namespace/service`` an EndpointSlice belongs to (its service-name label), for the slice
+    informer's index."""
+    meta = obj.get("metadata") or {}
+    service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return f"{meta.get('namespace', '')}/{service}" if service else None

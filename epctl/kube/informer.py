@@ -106,6 +106,8 @@ class Informer:
         self.metrics = metrics
         self.name = name or resource.plural
         self.cache: dict[str, Obj] = {}
+        self._index_of: Callable[[Obj], str | None] | None = None
+        self._index: dict[str, dict[str, Obj]] = {}  # index value -> cache key -> object
         self.synced = asyncio.Event()
         self.resource_version = ""
         self.watching = False
@@ -167,6 +169,49 @@ class Informer:
 
     def get(self, namespace: str | None, name: str) -> Obj | None:
         return self.cache.get(f"{namespace}/{name}" if namespace else name)
+
+    def index_by(self, func: Callable[[Obj], str | None]) -> None:
+        """Keep the cache indexed by ``func(obj)`` (one index, like a client-go Indexer): with thousands
+        of Services, finding one Service's slices by scanning the whole cache made every write O(N)."""
+        self._index_of = func
+        self._index = {}
+        for key, obj in self.cache.items():
+            self._add_to_index(key, obj)
+
+    @property
+    def has_index(self) -> bool:
+        return self._index_of is not None
+
+    def indexed(self, value: str) -> list[Obj]:
+        """The cached objects whose index value is ``value`` (see :meth:`index_by`)."""
+        if self._index_of is None:
+            raise RuntimeError(f"informer {self.name}: no index (index_by was never called)")
+        return list(self._index.get(value, {}).values())
+
+    def _add_to_index(self, key: str, obj: Obj) -> None:
+        value = self._index_of(obj) if self._index_of else None
+        if value is not None:
+            self._index.setdefault(value, {})[key] = obj
+
+    def _remove_from_index(self, key: str, obj: Obj | None) -> None:
+        value = self._index_of(obj) if self._index_of and obj is not None else None
+        bucket = self._index.get(value) if value is not None else None
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:
+                del self._index[value]  # type: ignore[arg-type]
+
+    def _put(self, key: str, obj: Obj) -> Obj | None:
+        old = self.cache.get(key)
+        self._remove_from_index(key, old)
+        self.cache[key] = obj
+        self._add_to_index(key, obj)
+        return old
+
+    def _pop(self, key: str) -> Obj | None:
+        old = self.cache.pop(key, None)
+        self._remove_from_index(key, old)
+        return old
 
     async def run(self) -> None:
         """Run forever (until cancelled): list, watch, recover."""
@@ -252,10 +297,9 @@ class Informer:
         self.relisting = True
         try:
             for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self.cache[k])]:
-                self._dispatch(InformerEvent("DELETED", self.cache.pop(key), None))
+                self._dispatch(InformerEvent("DELETED", self._pop(key) or {}, None))
             for key, obj in items.items():
-                old = self.cache.get(key)
-                self.cache[key] = obj
+                old = self._put(key, obj)
                 if old is None:
                     self._dispatch(InformerEvent("ADDED", obj))
                 elif old.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
@@ -307,13 +351,13 @@ class Informer:
         old = self.cache.get(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):
             # a stream never does this, but a cache that missed a deletion would: same rule as a relist
-            self.cache.pop(key)
+            self._pop(key)
             self._dispatch(InformerEvent("DELETED", old, None))
             old = None
         if type_ == "DELETED":
-            self.cache.pop(key, None)
+            self._pop(key)
         else:
-            self.cache[key] = obj
+            self._put(key, obj)
             if old is None:
                 type_ = "ADDED"  # client-go semantics: first sight of an object is an add
         if rv:

@@ -29,7 +29,7 @@ from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE, desired_endpoints, end
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
-from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, Plan, plan_slices
+from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, Plan, plan_slices, service_of_slice
 from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
 from epctl.tasks import cancel_and_wait, ensure_running
 
@@ -110,6 +110,8 @@ class Writer:
         # the targets this replica may write (shard ownership, docs/design.md section 8); others are
         # neither planned nor written, whatever the desired state says about them
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
+        if not slices.has_index:
+            slices.index_by(service_of_slice)  # our slices per Service, for planning (the sources read it too)
         slices.subscribe(self._on_slice_event)
         services.subscribe(self._on_service_event)
         if endpoints is not None:
@@ -426,10 +428,8 @@ class Writer:
         """Our slices of this Service: the informer cache overlaid with our own newer writes."""
         namespace, service = key
         view: dict[tuple[str, str], Obj] = {}
-        for obj in self.slices.cache.values():
-            meta = obj["metadata"]
-            if meta.get("namespace") == namespace and (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) == service:
-                view[(namespace, meta["name"])] = obj
+        for obj in self.slices.indexed(f"{namespace}/{service}"):
+            view[(namespace, obj["metadata"]["name"])] = obj
         for slot, written in list(self._written.items()):
             if slot[0] != namespace or written.service != service:
                 continue

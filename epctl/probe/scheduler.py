@@ -134,6 +134,7 @@ class Scheduler:
         self.on_delayed = on_delayed
         self.api_backlog = api_backlog  # True while API writes queue: admission yields to them
         self._entries: dict[CheckKey, _Entry] = {}
+        self._by_target: dict[str, set[CheckKey]] = {}  # target -> its checks
         self._heap: list[tuple[float, int, CheckKey, int]] = []
         self._seq = itertools.count()
         self._generation = itertools.count(1)
@@ -193,12 +194,18 @@ class Scheduler:
         self._demand += 1.0 / period
         entry = _Entry(check, state, phase_fraction(check.key) * period, generation)
         self._entries[check.key] = entry
+        self._by_target.setdefault(check.key.target, set()).add(check.key)
         window = min(period, self.first_window)
         slot = phase_fraction(CheckKey(check.key.target, "", "")) * 0.98 + phase_fraction(check.key) * 0.02
         self._push(self._vnow(time.monotonic()) + delay + slot * window, entry)
 
     def remove(self, key: CheckKey) -> None:
         entry = self._entries.pop(key, None)
+        keys = self._by_target.get(key.target)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_target[key.target]
         if entry is not None:
             self._demand = max(0.0, self._demand - 1.0 / self._period(entry.check))
         if entry is not None and self.target_metrics:
@@ -207,7 +214,7 @@ class Scheduler:
             self._forget_grpc(key.address, entry.check.port)
 
     def remove_target(self, target: str) -> None:
-        for key in [k for k in self._entries if k.target == target]:
+        for key in self.keys_of(target):
             self.remove(key)
 
     def _forget_grpc(self, address: str, port: int) -> None:
@@ -226,6 +233,10 @@ class Scheduler:
 
     def keys(self) -> list[CheckKey]:
         return list(self._entries)
+
+    def keys_of(self, target: str) -> list[CheckKey]:
+        """The checks of one target (indexed: thousands of targets each re-planned must not scan all)."""
+        return list(self._by_target.get(target, ()))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -310,8 +310,8 @@ class ClusterEndpointSource:
             return {}
         if entry.discovered is None:
             static = {a for addresses in entry.addresses.values() for a in addresses}
-            entry.discovered = {a: h for a, h in published_addresses(self.slices.cache.values(), key).items()
-                                if a not in static}
+            published = published_addresses(self.slices.indexed(f"{key[0]}/{key[1]}"), key)
+            entry.discovered = {a: h for a, h in published.items() if a not in static}
         return entry.discovered
 
     async def _apply(self, key: TargetKey) -> None:
@@ -349,7 +349,8 @@ class ClusterEndpointSource:
 
         groups, stale = build_groups(
             key, spec.ports, lambda port: {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered,
-            self.scheduler, self.slices.cache, adopted_unhealthy, reported=_reported_readiness(entry.obj))
+            self.scheduler, self.slices.indexed(f"{key[0]}/{key[1]}"), adopted_unhealthy,
+            reported=_reported_readiness(entry.obj))
         for check_key in stale:
             self._health.pop(check_key, None)
         entry.undecided = self.state.holder(key) != SOURCE and self._undecided(key, spec, entry)

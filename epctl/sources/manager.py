@@ -301,12 +301,13 @@ class Manager:
         for problem in problems:
             log.warning(problem, extra={"service": "/".join(self.key)})
         if self.discovered is None:  # before the first answer: what our slices already publish
-            published = published_addresses(self.slices.cache.values(), self.key)
+            published = published_addresses(self.slices.indexed(f"{self.key[0]}/{self.key[1]}"), self.key)
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
         addresses = set(self.discovered)
-        groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler, self.slices.cache)
+        groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler,
+                                 self.slices.indexed(f"{self.key[0]}/{self.key[1]}"))
         if self.state.get(self.key) is None and self._undecided(ports, addresses):
             return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],

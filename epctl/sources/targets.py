@@ -75,11 +75,12 @@ def discovered_endpoints(servers: Iterable[DiscoveredServer], allow_loopback: bo
 
 
 def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[[PortSpec], Iterable[str]],
-                 scheduler: Scheduler, slices: Mapping[str, Obj] | Iterable[Obj],
+                 scheduler: Scheduler, slices: Iterable[Obj],
                  on_adopted_unhealthy: Callable[[CheckKey], None] | None = None,
                  reported: Mapping[tuple[str, str], bool] | None = None,
                  ) -> tuple[dict[str, PortGroup], list[CheckKey]]:
     """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed).
+    ``slices``: our EndpointSlices of ``key`` (other slices are skipped).
 
     A new check starts from the readiness our slices publish for it, else from ``reported``
     ((port label, address or "*" for any other address of the port) -> ready, e.g. what a
@@ -87,7 +88,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
     are not ours (yet)."""
     target_name = f"{key[0]}/{key[1]}"
     published = {**(reported or {}),
-                 **published_readiness(slices.values() if isinstance(slices, Mapping) else slices, key)}
+                 **published_readiness(slices, key)}
     groups: dict[str, PortGroup] = {}
     wanted: set[CheckKey] = set()
     for port in ports:
@@ -106,7 +107,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
             group = groups.setdefault(f"{label}/{family(address)}", PortGroup(family(address), (SlicePort(
                 port.name, port.target_port, port.protocol),), {}))
             group.endpoints[address] = Endpoint(address, ready, ready)
-    stale = [k for k in scheduler.keys() if k.target == target_name and k not in wanted]
+    stale = [k for k in scheduler.keys_of(target_name) if k not in wanted]
     for check_key in stale:
         scheduler.remove(check_key)
     return groups, stale
