@@ -115,6 +115,7 @@ class MirrorSource:
         self.flag_pairs = flag_pairs or {}
         self._factory = informer_factory or self._informer
         self.mirrors: dict[TargetKey, TargetKey] = {}  # target -> source
+        self._sources: set[TargetKey] = set()  # every Service some target mirrors
         self._refused: dict[TargetKey, str] = {}  # target -> reason last announced
         self._informers: dict[str, tuple[frozenset[str], Informer]] = {}
         self._started = False
@@ -136,7 +137,16 @@ class MirrorSource:
         self._informers.clear()
 
     def _on_service(self, event: InformerEvent) -> None:
-        if self._started:
+        """Recompute only for a Service that mirrors, mirrored, is refused, or is a source: with
+        thousands of Services, a full refresh per Service event made a cold start quadratic."""
+        if not self._started:
+            return
+        meta = event.obj.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        old = event.old if event.old is not None else {}
+        if (key in self.mirrors or key in self._refused or key in self._sources
+                or mirror_source(event.obj, self.flag_pairs) is not None
+                or (old and mirror_source(old, self.flag_pairs) is not None)):
             self.refresh()
 
     # --- the set of mirrors -------------------------------------------------------------------------
@@ -165,6 +175,7 @@ class MirrorSource:
             if current is None or mirror_source(current, self.flag_pairs) is None:
                 del self._refused[gone]  # no longer asks to be mirrored: a new refusal is news again
         self.mirrors = mirrors
+        self._sources = set(mirrors.values())
         self._watch_sources()
         for target in mirrors:
             self._plan(target)
