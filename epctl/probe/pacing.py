@@ -36,7 +36,7 @@ class Admission:
     min_rate: float = 20.0
     max_rate: float = 1_000_000.0
     lag_high: float = 0.050  # seconds: API responses would wait this long behind probes
-    lag_low: float = 0.015
+    lag_low: float = 0.025
     decrease: float = 0.7
     increase: float = 1.08
     throttled: bool = False
@@ -47,10 +47,14 @@ class Admission:
         beats probing: probes get at most half the demand until the writes are out). Returns the new
         rate."""
         ceiling = min(self.max_rate, max(self.min_rate, demand * 2))  # slots are random: room for bursts
-        if api_backlog:
-            self.rate = min(self.rate, max(self.min_rate, demand * 0.5))
+        if api_backlog:  # capped at half the demand, and still steered by the lag below that cap
+            cap = max(self.min_rate, demand * 0.5)
             if lag > self.lag_high:
-                self.rate = max(self.min_rate, self.rate * self.decrease)
+                self.rate = max(self.min_rate, min(self.rate, cap) * self.decrease)
+            elif lag < self.lag_low:
+                self.rate = min(cap, self.rate * self.increase + 10.0)
+            else:
+                self.rate = min(self.rate, cap)
             self.throttled = True
             return self.rate
         if lag > self.lag_high:

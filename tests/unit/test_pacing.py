@@ -32,6 +32,20 @@ def test_queued_api_writes_take_half_the_probes() -> None:
     assert admission.update(lag=0.001, demand=4000) > 2000  # the writes are out: back up
 
 
+def test_a_throttled_rate_grows_back_while_writes_queue_and_the_loop_is_idle() -> None:
+    """Found by the shard benchmark: cut to a few hundred probes/s by a lag spike during a cold start,
+    the rate stayed there for minutes (30,000 checks at 1 s stretched 400x) because API writes kept
+    queueing behind a slow API server, though the loop was idle."""
+    admission = Admission()
+    admission.update(lag=0.001, demand=30_000)
+    for _ in range(12):
+        admission.update(lag=0.3, demand=30_000, api_backlog=True)
+    assert admission.rate < 1000
+    for _ in range(100):  # 10 s of an idle loop with writes still queued
+        admission.update(lag=0.001, demand=30_000, api_backlog=True)
+    assert admission.rate == 15_000  # back at the cap: half the demand
+
+
 def test_max_probe_rate_caps_admission() -> None:
     capped = Admission(max_rate=60.0, rate=60.0)
     for _ in range(10):
