@@ -76,6 +76,9 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
             await eventually(lambda: endpoints_of(api, "legacy-db") == {
                 ("pg", "127.0.0.2"): True, ("pg", "127.0.0.3"): False}, timeout=20, message="probed: 127.0.0.3 down")
 
+            await eventually(lambda: [a["ip"] for s in (v1_endpoints(api, "legacy-db") or {}).get("subsets", [])
+                                      for a in s.get("notReadyAddresses", [])] == ["127.0.0.3"],
+                             message="the Endpoints follow the slices (both written concurrently)")
             mark, calls = len(api.request_log), cloud.calls("compute")
             await eventually(lambda: cloud.calls("compute") >= calls + 3, timeout=20, message="three more polls")
             assert api.writes(since=mark) == []  # unchanged cloud: nothing written
