@@ -50,12 +50,13 @@ class LeaderElector:
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._lease: Obj | None = None
+        self.step_downs = 0  # times leadership was lost (deadline passed, or someone else holds it)
 
-    async def _try(self) -> bool:
+    async def _try(self, timeout: tuple[float, float]) -> bool:
         """One acquire-or-renew attempt; True if we hold the Lease afterwards."""
         path = LEASES.path(self.namespace, self.name)
         try:
-            lease = await self.client.request("GET", path, timeout=(self.retry_period, self.retry_period))
+            lease = await self.client.request("GET", path, timeout=timeout)
         except ApiError as err:
             if err.code != 404:
                 raise
@@ -65,7 +66,8 @@ class LeaderElector:
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body)
+                self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body,
+                                                        timeout=timeout)
             except ApiError as create_err:
                 if create_err.code == 409:
                     return False
@@ -86,8 +88,7 @@ class LeaderElector:
                          "renewTime": now, "acquireTime": now if taking_over else spec.get("acquireTime", now),
                          "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if taking_over else 0)}
         try:
-            self._lease = await self.client.request("PUT", path, body=lease,
-                                                    timeout=(self.retry_period, self.retry_period))
+            self._lease = await self.client.request("PUT", path, body=lease, timeout=timeout)
         except ApiError as err:
             if err.code == 409:
                 return False
@@ -108,14 +109,14 @@ class LeaderElector:
         deadline = 0.0  # the leader steps down at this monotonic time unless it renews first
         while True:
             sent = time.monotonic()
-            budget = self.retry_period
-            if self.is_leader:
-                budget = max(0.0, min(budget, deadline - sent))
+            # an attempt may take until the deadline (client-go's renew loop does the same): a slow API
+            # server must not cost the leader its Lease while a renewal could still land in time
+            budget = max(0.0, deadline - sent) if self.is_leader else self.renew_deadline
             try:
                 ok = False
                 if budget > 0:
                     async with asyncio.timeout(budget):  # unlike wait_for on 3.11, never swallows a cancel
-                        ok = await self._try()
+                        ok = await self._try((budget, budget))
             except (ApiError, TimeoutError) as err:
                 log.warning("leader election: %s", err, extra={"lease": f"{self.namespace}/{self.name}"})
                 ok = False
@@ -130,6 +131,7 @@ class LeaderElector:
                     await on_started()
             elif self.is_leader and (time.monotonic() >= deadline or self._held_by_other()):
                 self.is_leader = False
+                self.step_downs += 1
                 log.warning("lost leadership", extra={"identity": self.identity})
                 await on_stopped()
             delay = self.retry_period if self.is_leader else self.retry_period * random.uniform(1.0, 1.2)

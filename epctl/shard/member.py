@@ -65,6 +65,7 @@ class ShardMember:
         self.holdings = Holdings(identity)
         self.members = Members()
         self.member = False  # our Lease was renewed within the renew deadline
+        self.step_downs = 0  # times the renew deadline passed without a renewal
         self._lease: Obj | None = None  # as last written (for the next conditional update)
         self._ack = ""  # the ring version to publish
         self._acked = ""  # the ring version our Lease publishes (last successful write)
@@ -96,40 +97,50 @@ class ShardMember:
             meta["ownerReferences"] = [self.owner_reference]
         return meta
 
-    async def _renew(self) -> None:
-        timeout = (self.retry_period, self.retry_period)
-        if self._lease is None:
+    async def _renew(self, timeout: tuple[float, float]) -> None:
+        """Write our Lease: renewTime, and the ring version we have applied. A write whose outcome we
+        do not know (a timeout, a 409 after our own timed-out write went through) leaves us without a
+        resourceVersion: read the Lease again and retry once, within the same attempt."""
+        for again in (True, False):
+            if self._lease is None:
+                try:
+                    self._lease = await self.client.request("GET", LEASES.path(self.namespace, self.name),
+                                                            timeout=timeout)
+                except ApiError as err:
+                    if err.code != 404:
+                        raise
+                    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": self._metadata(),
+                            "spec": self._spec()}
+                    self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body,
+                                                            timeout=timeout)
+                    self._acked = self._ack
+                    return
+            lease = dict(self._lease)
+            meta = self._metadata()
+            lease["metadata"] = {**lease["metadata"], "labels": meta["labels"],
+                                 "annotations": {**(lease["metadata"].get("annotations") or {}),
+                                                 **meta["annotations"]}}
+            spec = lease.get("spec") or {}
+            lease["spec"] = {**spec, **self._spec(), "acquireTime": spec.get("acquireTime") or micro_now()}
+            ack = self._ack
             try:
-                self._lease = await self.client.request("GET", LEASES.path(self.namespace, self.name), timeout=timeout)
-            except ApiError as err:
-                if err.code != 404:
-                    raise
-                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": self._metadata(),
-                        "spec": self._spec()}
-                self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body,
+                self._lease = await self.client.request("PUT", LEASES.path(self.namespace, self.name), body=lease,
                                                         timeout=timeout)
-                self._acked = self._ack
-                return
-        lease = dict(self._lease)
-        meta = self._metadata()
-        lease["metadata"] = {**lease["metadata"], "labels": meta["labels"],
-                             "annotations": {**(lease["metadata"].get("annotations") or {}), **meta["annotations"]}}
-        spec = lease.get("spec") or {}
-        lease["spec"] = {**spec, **self._spec(), "acquireTime": spec.get("acquireTime") or micro_now()}
-        ack = self._ack
-        try:
-            self._lease = await self.client.request("PUT", LEASES.path(self.namespace, self.name), body=lease,
-                                                    timeout=timeout)
-        except ApiError as err:
-            if err.code in (404, 409):
-                self._lease = None  # deleted or edited by someone: read it again next time
-            raise
-        self._acked = ack
+            except ApiError as err:
+                self._lease = None  # deleted, edited, or our own earlier write landed: read it again
+                if again and err.code == 409:
+                    continue
+                raise
+            except BaseException:
+                self._lease = None  # it may have been written: our resourceVersion may be stale
+                raise
+            self._acked = ack
+            return
 
-    async def _list(self) -> tuple[dict[str, tuple[str, str, float, str]], tuple[str, str, float] | None]:
+    async def _list(self, timeout: tuple[float, float]
+                    ) -> tuple[dict[str, tuple[str, str, float, str]], tuple[str, str, float] | None]:
         """Member Leases of our group, and the single-leader Lease (holder, renewTime, duration) if any."""
-        found = await self.client.request("GET", LEASES.path(self.namespace),
-                                          timeout=(self.retry_period, self.retry_period))
+        found = await self.client.request("GET", LEASES.path(self.namespace), timeout=timeout)
         members: dict[str, tuple[str, str, float, str]] = {}
         legacy: tuple[str, str, float] | None = None
         for lease in found.get("items") or []:
@@ -161,10 +172,11 @@ class ShardMember:
         would block every handover); it steps down at its deadline and its Lease then expires."""
         while True:
             sent = time.monotonic()
+            budget = self._budget(sent)
             try:
-                async with asyncio.timeout(self._budget(sent)):
-                    members, legacy = await self._list()
-                    await self._renew()
+                async with asyncio.timeout(budget):
+                    members, legacy = await self._list((budget, budget))
+                    await self._renew((budget, budget))
             except Exception as err:  # whatever went wrong, the deadline decides
                 self._log_failure(err)
                 await self._check_deadline()
@@ -176,9 +188,10 @@ class ShardMember:
             self.member = True
             if await self._look(members, legacy):
                 sent = time.monotonic()
+                budget = self._budget(sent)
                 try:  # publish the ack of the ring just applied (what we lost is released by now)
-                    async with asyncio.timeout(self._budget(sent)):
-                        await self._renew()
+                    async with asyncio.timeout(budget):
+                        await self._renew((budget, budget))
                     self._deadline = sent + self.renew_deadline
                 except Exception as err:
                     self._log_failure(err)
@@ -186,11 +199,12 @@ class ShardMember:
             await asyncio.sleep(self._delay())
 
     def _budget(self, sent: float) -> float:
-        """An attempt never runs past our deadline: stepping down is checked on time."""
-        budget = self.retry_period
+        """How long one attempt may take: a member's, until its deadline (as client-go's renew loop:
+        a slow API server answering in 3 s must not cost a member its targets when the deadline is
+        10 s), so stepping down is still checked on time; a joining replica's, the renew deadline."""
         if self.member:
-            budget = min(budget, self._deadline - sent)
-        return max(budget, 0.001)
+            return max(self._deadline - sent, 0.001)
+        return self.renew_deadline
 
     def _log_failure(self, err: BaseException) -> None:
         where = {"lease": f"{self.namespace}/{self.name}"}
@@ -202,6 +216,7 @@ class ShardMember:
     async def _check_deadline(self) -> None:
         if self.member and time.monotonic() >= self._deadline:
             self.member = False
+            self.step_downs += 1
             log.warning("could not renew the member Lease: dropping every target before it expires",
                         extra={"identity": self.identity})
             if self.holdings.drop():

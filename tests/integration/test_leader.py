@@ -162,6 +162,34 @@ async def test_step_down_counts_from_when_the_last_renewal_was_sent(api: KubeAPI
         await setup.close()
 
 
+async def test_a_slow_api_server_does_not_cost_the_leader_its_lease(api: KubeAPIServer) -> None:
+    """Lease requests answered in 0.6 s, twice the retry period (an API server busy with a cold
+    start's writes): an attempt may take until the renew deadline, as client-go's does, so the
+    leader keeps renewing and never steps down. (Bounded by the retry period, every attempt timed
+    out and the leader stepped down over and over: found by benchmarks/shards.py.)"""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    client = await KubeClient.connect(api.kubeconfig_path, user_agent="epctl/busy")
+    timing = {"lease_duration": 6.0, "renew_deadline": 4.0, "retry_period": 0.3}
+    controller = Controller(client, ControllerSettings(
+        metrics_addr=None, allow_loopback_hosts=True, leader_elect=True, identity="busy", **timing))  # type: ignore[arg-type]
+    await controller.start()
+    try:
+        await eventually(lambda: controller.leading, message="leads")
+        api.inject_fault(FaultRule(user_agent="epctl/busy", resource="leases", code=0, delay=0.6, count=10**6))
+        mark = len(api.request_log)
+        await eventually(lambda: sum(r.resource == "leases" and r.verb == "update" and r.code == 200
+                                     for r in api.request_log[mark:]) >= 4, timeout=20, message="four slow renewals")
+        assert controller.elector is not None and controller.elector.step_downs == 0
+        assert controller.leading
+    finally:
+        api.faults.clear()
+        await controller.stop()
+        await client.close()
+        await setup.close()
+        await setup.close()
+
+
 async def test_a_handover_writes_nothing_when_nothing_changed(api: KubeAPIServer) -> None:
     """Found by the fuzzer: the standby had adopted the status conditions once, when it first saw the
     ClusterEndpoint ("not written yet"); on taking over it republished that, then flipped it back."""

@@ -190,6 +190,28 @@ async def test_partitioned_member_stops_before_its_lease_expires_then_is_replace
     await setup.close()
 
 
+async def test_a_slow_api_server_does_not_cost_a_member_its_targets(api: KubeAPIServer) -> None:
+    """Lease requests of one member answered in 0.6 s, twice the retry period (list + renew take
+    1.2 s): an attempt may take until the renew deadline, so the member keeps its Lease and the ring
+    never changes. (Bounded by the retry period, busy members stepped down and took over from each
+    other every few seconds under load: found by benchmarks/shards.py.)"""
+    timing = {"lease_duration": 6.0, "renew_deadline": 4.0, "retry_period": 0.3}
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with member(api, "a", **timing) as a, member(api, "b", **timing) as b:
+        await settled([a, b], 2)
+        api.inject_fault(FaultRule(user_agent="epctl/a", resource="leases", code=0, delay=0.6, count=10**6))
+        mark = len(api.request_log)
+        await eventually(lambda: sum(r.user_agent == "epctl/a" and r.resource == "leases" and r.verb == "update"
+                                     and r.code == 200 for r in api.request_log[mark:]) >= 4,
+                         timeout=20, message="four slow renewals")
+        assert a.member is not None and b.member is not None
+        assert a.member.step_downs == 0 and a.leading
+        assert a.member.ring.members == b.member.ring.members == ("a", "b")
+        api.faults.clear()
+    await setup.close()
+
+
 async def test_graceful_shutdown_hands_over_at_once_without_a_write(api: KubeAPIServer) -> None:
     setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
     await install_crd(setup)
