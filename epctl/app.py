@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from epctl import __version__
 from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE
 from epctl.health import HealthServer
+from epctl.heap import HeapKeeper
 from epctl.kube.client import ENDPOINTS as V1_ENDPOINTS
 from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.events import EventRecorder
@@ -24,12 +25,13 @@ from epctl.kube.informer import Informer
 from epctl.kube.lease import LeaderElector, default_identity
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
-from epctl.lifecycle import settle_heap, until_terminated
+from epctl.lifecycle import until_terminated
 from epctl.metrics import (
     BUILD,
     DESIRED_SLICES,
     ENDPOINTS,
     ENDPOINTS_DESIRED,
+    GC_FULL_PAUSE,
     HANDOVERS,
     LEADER,
     NUM_SLICES,
@@ -128,6 +130,7 @@ class Controller:
                        if settings.metrics_addr else None)
         self._core: list[asyncio.Task[None]] = []
         self._gauge_task: asyncio.Task[None] | None = None
+        self.heap = HeapKeeper(on_full_collection=GC_FULL_PAUSE.observe)
         self.elector: LeaderElector | None = None
         self.member: ShardMember | None = None
         if settings.shard:
@@ -219,7 +222,7 @@ class Controller:
                                self.settings.sync_timeout)
         self.source.start()  # owned targets only: a standby or another member's target stays parsed, idle
         await self.source.settle()
-        settle_heap()  # caches and checks are in: keep full GC pauses off the event loop
+        self.heap.start()  # caches and checks are in: keep full GC pauses off the event loop
         self.mirror.start()
         self._core += [self.writer.start(), self.status.start(), self.events.start()]
         self._gauge_task = asyncio.create_task(self._gauges(), name="gauges")
@@ -274,6 +277,7 @@ class Controller:
         await self.events.stop()
         for informer in self.informers:
             await informer.stop()
+        await self.heap.stop()
         if self.health:
             await self.health.stop()
         log.info("controller stopped", extra={"flushed": flushed})

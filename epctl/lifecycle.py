@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import signal
 from typing import Any
 
@@ -35,16 +34,3 @@ async def until_terminated() -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-
-
-def settle_heap() -> None:
-    """After start-up (caches listed, checks created): collect once, then move every surviving object
-    out of the cyclic garbage collector's reach (``gc.freeze``).
-
-    A controller holds hundreds of thousands of long-lived objects (cached API objects, checks); every
-    full collection walks them all, a pause of 100+ ms measured at 20,000 checks, during which no
-    probe answer, API response or Lease renewal is read. Those pauses throttled probing and delayed
-    API work for nothing: the long-lived objects are not garbage. Objects created later are still
-    collected normally."""
-    gc.collect()
-    gc.freeze()

@@ -163,6 +163,9 @@ SHARD_TARGETS_OWNED = Gauge("epctl_shard_targets_owned", "Targets (Services) thi
 HANDOVERS = Counter("epctl_shard_handovers", "Targets this replica let go of or took over", ["direction"])
 for _direction in ("acquired", "released"):  # exported from the start: rate() needs the zero
     HANDOVERS.labels(_direction)
+GC_FULL_PAUSE = Histogram("epctl_gc_full_collection_seconds", "Pauses of the cyclic garbage collector's full "
+                          "collections (the event loop stands still meanwhile; epctl/heap.py keeps them short)",
+                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
 HANDOVER_SECONDS = Histogram("epctl_shard_handover_seconds", "From seeing a new shard ring to every member having "
                              "applied it (targets that moved are written again from then on)",
                              buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
