@@ -95,7 +95,7 @@ class _Entry:
     generation: int
     first: bool = True
     in_flight: bool = False
-    last: ProbeResult | None = None
+    last: tuple[bool, str, float, bool] | None = None  # the last ProbeResult's fields
 
 
 def phase_fraction(key: CheckKey) -> float:
@@ -112,6 +112,10 @@ def next_slot(after: float, phase: float, period: float) -> float:
 
 TICK = 0.01  # seconds between launches while checks wait for admission
 LAG_WINDOW = 0.1  # admission adjusts once per window; the loop is looked at at least this often
+# admitted probes saved up at most for this long: a tick that runs late launches two ticks' worth, not
+# a window's (probes launched together complete together, in one loop iteration: a window's worth at
+# 4,000/s was a 40 ms iteration, which the lag measurement then read as overload)
+BURST = 2 * TICK
 STRETCH_WINDOW = 1.0  # the stretch factor is re-estimated once per window
 DELAYED_ON, DELAYED_OFF = 2.0, 1.5  # "ProbesDelayed" above 2x the spec's period, cleared below 1.5x ...
 DELAYED_SUSTAIN_ON, DELAYED_SUSTAIN_OFF = 30.0, 60.0  # ... once that has held for this many seconds
@@ -135,8 +139,10 @@ class Scheduler:
         self.api_backlog = api_backlog  # True while API writes queue: admission yields to them
         self._entries: dict[CheckKey, _Entry] = {}
         self._by_target: dict[str, set[CheckKey]] = {}  # target -> its checks
-        self._heap: list[tuple[float, int, CheckKey, int]] = []
-        self._seq = itertools.count()
+        # (due, generation): atomic values only, so the collector untracks them (30,000 queued entries
+        # holding a CheckKey each made every full collection walk them; docs/design.md section 6)
+        self._heap: list[tuple[float, int]] = []
+        self._queued: dict[int, _Entry] = {}  # generation -> entry, for the heap
         self._generation = itertools.count(1)
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -192,8 +198,11 @@ class Scheduler:
             delay = 0.0
         period = self._period(check)
         self._demand += 1.0 / period
+        if entry is not None:
+            del self._queued[entry.generation]
         entry = _Entry(check, state, phase_fraction(check.key) * period, generation)
         self._entries[check.key] = entry
+        self._queued[generation] = entry
         self._by_target.setdefault(check.key.target, set()).add(check.key)
         window = min(period, self.first_window)
         slot = phase_fraction(CheckKey(check.key.target, "", "")) * 0.98 + phase_fraction(check.key) * 0.02
@@ -201,6 +210,8 @@ class Scheduler:
 
     def remove(self, key: CheckKey) -> None:
         entry = self._entries.pop(key, None)
+        if entry is not None:
+            del self._queued[entry.generation]
         keys = self._by_target.get(key.target)
         if keys is not None:
             keys.discard(key)
@@ -229,7 +240,7 @@ class Scheduler:
 
     def last_result(self, key: CheckKey) -> ProbeResult | None:
         entry = self._entries.get(key)
-        return entry.last if entry else None
+        return ProbeResult(*entry.last) if entry and entry.last else None
 
     def keys(self) -> list[CheckKey]:
         return list(self._entries)
@@ -271,7 +282,7 @@ class Scheduler:
 
     def _push(self, due: float, entry: _Entry) -> None:
         first = not self._heap or due < self._heap[0][0]
-        heapq.heappush(self._heap, (due, next(self._seq), entry.check.key, entry.generation))
+        heapq.heappush(self._heap, (due, entry.generation))
         if first:
             self._wakeup.set()
 
@@ -289,9 +300,9 @@ class Scheduler:
         while heap and heap[0][0] <= vnow:
             if self._in_flight >= self.max_concurrent or self._tokens < 1.0:
                 return launched, True
-            due, _, key, generation = heapq.heappop(heap)
-            entry = self._entries.get(key)
-            if entry is None or entry.generation != generation:
+            due, generation = heapq.heappop(heap)
+            entry = self._queued.get(generation)
+            if entry is None:
                 continue  # removed or replaced since it was queued
             self._tokens -= 1.0
             launched += 1
@@ -316,7 +327,7 @@ class Scheduler:
             now = time.monotonic()
             lag = max(0.0, now - self._expected_at) if self._expected_at is not None else 0.0
             rate = self.admission.rate
-            self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * LAG_WINDOW))
+            self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * BURST))
             self._refilled = now
             launched, waiting = self._dispatch_due(now)
             self._account(now, lag, launched, waiting)
@@ -431,7 +442,7 @@ class Scheduler:
             self.metrics.observe(kind, result.ok, result.duration)
         if self._entries.get(check.key) is not entry or entry.generation != generation:
             return  # the check changed or went away while this probe ran: its result is moot
-        entry.last = result
+        entry.last = (result.ok, result.reason, result.duration, result.timed_out)  # atomic: untracked
         self.progress.set()
         if self.target_metrics:
             self.target_metrics.result(check.key.target, check.key.port, check.key.address, result.ok,
