@@ -23,11 +23,11 @@ WRITES = ("create", "update", "patch", "delete")
 
 
 @asynccontextmanager
-async def replica(api: KubeAPIServer, name: str) -> AsyncIterator[Controller]:
+async def replica(api: KubeAPIServer, name: str, **timing: float) -> AsyncIterator[Controller]:
     client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
     controller = Controller(client, ControllerSettings(
         batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True, leader_elect=True,
-        identity=name, **TIMING))  # type: ignore[arg-type]
+        identity=name, **{**TIMING, **timing}))  # type: ignore[arg-type]
     await controller.start()
     try:
         yield controller
@@ -139,12 +139,8 @@ async def test_step_down_counts_from_when_the_last_renewal_was_sent(api: KubeAPI
     renew_deadline after its last renewal reached the server, well before a standby may take over."""
     setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
     await install_crd(setup)
-    client = await KubeClient.connect(api.kubeconfig_path, user_agent="epctl/slow")
     timing = {"lease_duration": 4.0, "renew_deadline": 2.0, "retry_period": 1.0}
-    controller = Controller(client, ControllerSettings(
-        metrics_addr=None, allow_loopback_hosts=True, leader_elect=True, identity="slow", **timing))  # type: ignore[arg-type]
-    await controller.start()
-    try:
+    async with replica(api, "slow", **timing) as controller:
         await eventually(lambda: controller.leading, message="leads")
         mark = len(api.request_log)
         await eventually(lambda: any(r.resource == "leases" and r.verb == "update" for r in api.request_log[mark:]),
@@ -155,11 +151,8 @@ async def test_step_down_counts_from_when_the_last_renewal_was_sent(api: KubeAPI
         last_renewal = max(r.time for r in api.request_log
                            if r.resource == "leases" and r.verb == "update" and r.code == 200)
         assert stepped_down - last_renewal < timing["renew_deadline"] + 0.5 < timing["lease_duration"]
-    finally:
         api.faults.clear()
-        await controller.stop()
-        await client.close()
-        await setup.close()
+    await setup.close()
 
 
 async def test_a_slow_api_server_does_not_cost_the_leader_its_lease(api: KubeAPIServer) -> None:
@@ -169,12 +162,7 @@ async def test_a_slow_api_server_does_not_cost_the_leader_its_lease(api: KubeAPI
     out and the leader stepped down over and over: found by benchmarks/shards.py.)"""
     setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
     await install_crd(setup)
-    client = await KubeClient.connect(api.kubeconfig_path, user_agent="epctl/busy")
-    timing = {"lease_duration": 6.0, "renew_deadline": 4.0, "retry_period": 0.3}
-    controller = Controller(client, ControllerSettings(
-        metrics_addr=None, allow_loopback_hosts=True, leader_elect=True, identity="busy", **timing))  # type: ignore[arg-type]
-    await controller.start()
-    try:
+    async with replica(api, "busy", lease_duration=6.0, renew_deadline=4.0, retry_period=0.3) as controller:
         await eventually(lambda: controller.leading, message="leads")
         api.inject_fault(FaultRule(user_agent="epctl/busy", resource="leases", code=0, delay=0.6, count=10**6))
         mark = len(api.request_log)
@@ -182,12 +170,8 @@ async def test_a_slow_api_server_does_not_cost_the_leader_its_lease(api: KubeAPI
                                      for r in api.request_log[mark:]) >= 4, timeout=20, message="four slow renewals")
         assert controller.elector is not None and controller.elector.step_downs == 0
         assert controller.leading
-    finally:
         api.faults.clear()
-        await controller.stop()
-        await client.close()
-        await setup.close()
-        await setup.close()
+    await setup.close()
 
 
 async def test_a_handover_writes_nothing_when_nothing_changed(api: KubeAPIServer) -> None:
