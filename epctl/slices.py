@@ -181,9 +181,14 @@ def apply_plan(observed: list[Obj], plan: Plan) -> list[Obj]:
     return result + list(plan.creates)
 
 
+def service_index(namespace: str, service: str) -> str:
+    """The slice informer's index value for a Service's slices (see :func:`service_of_slice`)."""
+    return f"{namespace}/{service}"
+
+
 def service_of_slice(obj: Obj) -> str | None:
-    """``namespace/service`` an EndpointSlice belongs to (its service-name label), for the slice
-    informer's index."""
+    """The index value of the Service an EndpointSlice belongs to (its service-name label), for the
+    slice informer's index."""
     meta = obj.get("metadata") or {}
     service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return f"{meta.get('namespace', '')}/{service}" if service else None
+    return service_index(meta.get("namespace", ""), service) if service else None

@@ -195,11 +195,12 @@ class Informer:
 
     def _remove_from_index(self, key: str, obj: Obj | None) -> None:
         value = self._index_of(obj) if self._index_of and obj is not None else None
-        bucket = self._index.get(value) if value is not None else None
-        if bucket is not None:
-            bucket.pop(key, None)
-            if not bucket:
-                del self._index[value]  # type: ignore[arg-type]
+        if value is None or value not in self._index:
+            return
+        bucket = self._index[value]
+        bucket.pop(key, None)
+        if not bucket:
+            del self._index[value]
 
     def _put(self, key: str, obj: Obj) -> Obj | None:
         old = self.cache.get(key)

@@ -29,7 +29,15 @@ from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE, desired_endpoints, end
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
-from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, Plan, plan_slices, service_of_slice
+from epctl.slices import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SERVICE_NAME_LABEL,
+    Plan,
+    plan_slices,
+    service_index,
+    service_of_slice,
+)
 from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
 from epctl.tasks import cancel_and_wait, ensure_running
 
@@ -428,7 +436,7 @@ class Writer:
         """Our slices of this Service: the informer cache overlaid with our own newer writes."""
         namespace, service = key
         view: dict[tuple[str, str], Obj] = {}
-        for obj in self.slices.indexed(f"{namespace}/{service}"):
+        for obj in self.slices.indexed(service_index(namespace, service)):
             view[(namespace, obj["metadata"]["name"])] = obj
         for slot, written in list(self._written.items()):
             if slot[0] != namespace or written.service != service:

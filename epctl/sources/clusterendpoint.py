@@ -37,6 +37,7 @@ from epctl.kube.status import StatusWriter, conditions_with_times
 from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import CheckKey, Scheduler, Transition
+from epctl.slices import service_index
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
 from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
@@ -310,7 +311,7 @@ class ClusterEndpointSource:
             return {}
         if entry.discovered is None:
             static = {a for addresses in entry.addresses.values() for a in addresses}
-            published = published_addresses(self.slices.indexed(f"{key[0]}/{key[1]}"), key)
+            published = published_addresses(self.slices.indexed(service_index(*key)), key)
             entry.discovered = {a: h for a, h in published.items() if a not in static}
         return entry.discovered
 
@@ -349,7 +350,7 @@ class ClusterEndpointSource:
 
         groups, stale = build_groups(
             key, spec.ports, lambda port: {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered,
-            self.scheduler, self.slices.indexed(f"{key[0]}/{key[1]}"), adopted_unhealthy,
+            self.scheduler, self.slices.indexed(service_index(*key)), adopted_unhealthy,
             reported=_reported_readiness(entry.obj))
         for check_key in stale:
             self._health.pop(check_key, None)

@@ -52,7 +52,7 @@ from epctl.metrics import (
     api_request,
 )
 from epctl.probe.scheduler import CheckKey, Scheduler, Transition
-from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
+from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, service_index
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.openstack_auth import Credentials, credentials_from_env
 from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
@@ -301,13 +301,13 @@ class Manager:
         for problem in problems:
             log.warning(problem, extra={"service": "/".join(self.key)})
         if self.discovered is None:  # before the first answer: what our slices already publish
-            published = published_addresses(self.slices.indexed(f"{self.key[0]}/{self.key[1]}"), self.key)
+            published = published_addresses(self.slices.indexed(service_index(*self.key)), self.key)
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
         addresses = set(self.discovered)
         groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler,
-                                 self.slices.indexed(f"{self.key[0]}/{self.key[1]}"))
+                                 self.slices.indexed(service_index(*self.key)))
         if self.state.get(self.key) is None and self._undecided(ports, addresses):
             return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
