@@ -46,6 +46,7 @@ from epctl.metrics import (
     api_request,
 )
 from epctl.probe.scheduler import Scheduler
+from epctl.shard.fence import Fence
 from epctl.shard.member import ShardMember
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
@@ -79,7 +80,7 @@ class ControllerSettings:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     identity: str | None = None
-    pod_owner: dict[str, str] | None = None  # the Pod (name, uid) our member Lease is garbage-collected with
+    pod_owner: dict[str, str] | None = None  # the Pod (name, uid, namespace) our member Lease goes with
     per_target_metrics: bool = False
     max_probe_rate: float = 0.0  # probes started per second at most (0: as many as the loop affords)
     openstack_timeout: float = 10.0  # per OpenStack HTTP request
@@ -133,20 +134,28 @@ class Controller:
         self.heap = HeapKeeper(on_full_collection=GC_FULL_PAUSE.observe)
         self.elector: LeaderElector | None = None
         self.member: ShardMember | None = None
+        self.fence = Fence(self.owns)  # without election: every target, forever
         if settings.shard:
             identity = settings.identity or default_identity()
-            owner = ({"apiVersion": "v1", "kind": "Pod", **settings.pod_owner} if settings.pod_owner else None)
+            pod = settings.pod_owner or {}
+            # the garbage collector deletes at once an object whose owner is in another namespace
+            owner = ({"apiVersion": "v1", "kind": "Pod", "name": pod["name"], "uid": pod["uid"]}
+                     if pod and pod.get("namespace") == settings.leader_election_namespace else None)
             self.member = ShardMember(client, settings.leader_election_namespace, identity,
                                       group=settings.leader_election_id, lease_duration=settings.lease_duration,
                                       renew_deadline=settings.renew_deadline, retry_period=settings.retry_period,
                                       on_change=self._follow_ownership, legacy_leader=settings.leader_election_id,
                                       owner_reference=owner, metrics=PrometheusShardMetrics())
+            self.fence = self.member.fence
         elif settings.leader_elect:
             self.elector = LeaderElector(client, settings.leader_election_namespace, settings.leader_election_id,
                                          identity=settings.identity, lease_duration=settings.lease_duration,
                                          renew_deadline=settings.renew_deadline, retry_period=settings.retry_period)
+            self.fence = Fence(self.owns, self.elector.valid_until)
         for part in (self.writer, self.status, self.events, self.source, self.mirror):
             part.owns = self.owns
+        for writer in (self.writer, self.status, self.events):
+            writer.fence = self.fence  # every write asks it at the moment of sending
 
     def owns(self, key: TargetKey) -> bool:
         """May this replica probe and write the target ``key`` (a Service) now? One leader owns every
@@ -160,9 +169,11 @@ class Controller:
         for it (only then may the new owner start); take over what is newly ours."""
         released, acquired = self.source.reconcile_ownership()
         mirror_released, mirror_acquired = self.mirror.reconcile_ownership()
-        await self.writer.release_unowned()
-        await self.status.release_unowned()
-        await self.events.release_unowned()
+        # bounded: a handover never waits longer than the renew deadline for a slow write (renewals go
+        # on meanwhile); what is still running then is cancelled, and the fence stops anything later
+        bound = self.settings.renew_deadline
+        await asyncio.gather(self.writer.release_unowned(bound), self.status.release_unowned(bound),
+                             self.events.release_unowned(bound))
         HANDOVERS.labels("released").inc(released + mirror_released)
         HANDOVERS.labels("acquired").inc(acquired + mirror_acquired)
         if released or acquired or mirror_released or mirror_acquired:

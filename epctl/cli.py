@@ -187,7 +187,7 @@ def _pod_owner() -> dict[str, str] | None:
     """The Pod we run in, from the downward API (POD_NAME, POD_UID in manifests/base/deployment.yaml):
     the owner of our member Lease, so the garbage collector removes it with the Pod."""
     name, uid = os.environ.get("POD_NAME"), os.environ.get("POD_UID")
-    return {"name": name, "uid": uid} if name and uid else None
+    return {"name": name, "uid": uid, "namespace": _pod_namespace() or ""} if name and uid else None
 
 
 def _slice_size(text: str) -> int:

@@ -34,3 +34,29 @@ def core_health(tasks: list[asyncio.Task[None]]) -> tuple[bool, str]:
     """``/healthz``: unhealthy once a task that should run forever has ended."""
     dead = [t.get_name() for t in tasks if t.done()]
     return (not dead, f"core tasks stopped: {', '.join(dead)}" if dead else "ok")
+
+
+async def wait_or_cancel(task: asyncio.Task[Any] | None, timeout: float) -> None:
+    """Wait for ``task`` at most ``timeout`` seconds, then cancel it and wait until it has stopped.
+    Whatever it ended with is its owner's business (this never raises it): a handover only needs to
+    know the write is no longer running."""
+    if task is None or task.done():
+        return
+    await asyncio.wait({task}, timeout=max(timeout, 0.0))
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+
+
+async def run_child_task(task: asyncio.Task[None]) -> tuple[asyncio.Task[None], BaseException | None]:
+    """Wait for ``task``, a child the caller created so a handover can wait for it or cancel it alone.
+    Returns it and what it raised (its own cancellation included), never raising that; a
+    cancellation of the caller still propagates, after cancelling the child."""
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task.cancelled():
+        return task, asyncio.CancelledError()
+    return task, task.exception()

@@ -100,12 +100,22 @@ class ApiError(Exception):
         return self.code == 429 or self.code >= 500 or self.code == 0
 
 
+class Fenced(Exception):
+    """A write was not sent: this replica may no longer write that target (its claim lapsed or moved).
+    Not an API error: nothing was asked of the server, and retrying is pointless until ownership
+    returns (``epctl.shard.fence``)."""
+
+
 class TLSVerificationRequired(ConfigError):
     """The kubeconfig disables TLS verification and nobody explicitly allowed that."""
 
 
-def _timeout(timeout: tuple[float, float] | None) -> aiohttp.ClientTimeout:
+def _timeout(timeout: tuple[float, float] | None, fence_left: float | None = None) -> aiohttp.ClientTimeout:
     connect, read = timeout or DEFAULT_TIMEOUT
+    if fence_left is not None:
+        # aiohttp's connect timeout covers the wait for a pooled connection and the handshake: a write
+        # must not leave the process after its fence closes, however long it queued for a connection
+        connect = min(connect, fence_left)
     return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
 
 
@@ -161,7 +171,8 @@ class KubeClient:
         await self.close()
 
     async def _send(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str,
-                    timeout: tuple[float, float] | None) -> aiohttp.ClientResponse:
+                    timeout: tuple[float, float] | None, fence: Callable[[], float] | None = None
+                    ) -> aiohttp.ClientResponse:
         headers = {"Accept": JSON, "Content-Type": content_type}
         params = [(k, str(v).lower() if isinstance(v, bool) else str(v))
                   for k, v in (query or {}).items() if v is not None]
@@ -170,9 +181,14 @@ class KubeClient:
             if authorization:
                 headers["Authorization"] = authorization
             data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+            left = None
+            if fence is not None:  # asked last, right before the request goes out (epctl.shard.fence)
+                left = fence()
+                if left <= 0:
+                    raise Fenced(f"{method} {path}: not sent, this replica may no longer write it")
             response = await self._session.request(
                 method, self.config.server + path, params=params, data=data, headers=headers,
-                timeout=_timeout(timeout), server_hostname=self.config.tls_server_name, proxy=self._proxy,
+                timeout=_timeout(timeout, left), server_hostname=self.config.tls_server_name, proxy=self._proxy,
                 proxy_headers=self._proxy_headers)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as err:
             if self.on_response:
@@ -197,9 +213,13 @@ class KubeClient:
                         float(retry_after) if retry_after and retry_after.isdigit() else None)
 
     async def request(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None,
-                      content_type: str = JSON, timeout: tuple[float, float] | None = None) -> Obj:
-        """One request; returns the decoded JSON body or raises :class:`ApiError`."""
-        response = await self._send(method, path, query, body, content_type, timeout)
+                      content_type: str = JSON, timeout: tuple[float, float] | None = None,
+                      fence: Callable[[], float] | None = None) -> Obj:
+        """One request; returns the decoded JSON body or raises :class:`ApiError`.
+
+        ``fence``: for writes of a target this replica holds; it returns the seconds left in which the
+        write may still be sent. Asked at the moment of sending; raises :class:`Fenced` when none."""
+        response = await self._send(method, path, query, body, content_type, timeout, fence)
         async with response:
             if response.status >= 400:
                 raise await self._error(response)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, KubeClient
-from epctl.tasks import cancel_and_wait, ensure_running
+from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, Fenced, KubeClient
+from epctl.shard.fence import UNFENCED, Fence
+from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -58,6 +59,7 @@ class EventRecorder:
         self._task: asyncio.Task[None] | None = None
         # shard ownership: Events only about objects of the targets this replica owns
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True
+        self.fence: Fence = UNFENCED  # asked at the moment each Event is sent (epctl.shard.fence)
         self._writing: asyncio.Task[None] | None = None
 
     def record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
@@ -86,11 +88,10 @@ class EventRecorder:
         await cancel_and_wait(self._task)
         self._task = None
 
-    async def release_unowned(self) -> None:
-        """Wait for an Event write in flight about an object no longer ours (queued ones are skipped)."""
-        writing = self._writing
-        if writing is not None:
-            await asyncio.wait({writing})
+    async def release_unowned(self, timeout: float = 10.0) -> None:
+        """Wait for an Event write in flight about an object no longer ours (queued ones are skipped),
+        at most ``timeout`` (the handover's bound: then it is cancelled)."""
+        await wait_or_cancel(self._writing, timeout)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued events are written (tests, shutdown)."""
@@ -103,13 +104,15 @@ class EventRecorder:
         while True:
             involved, type_, reason, message = await self._queue.get()
             try:
-                if self.owns(_key_of(involved)):  # not let go since it was queued
-                    self._writing = asyncio.create_task(self._write(involved, type_, reason, message))
-                    await self._writing
-            except ApiError as err:
-                log.warning("could not record event", extra={"reason": reason, "error": str(err)})
-            except Exception:
-                log.exception("event recorder failed")
+                if not self.owns(_key_of(involved)):  # let go since it was queued
+                    continue
+                # its own task, so a handover can wait for exactly this write (or cancel it)
+                self._writing = asyncio.create_task(self._write(involved, type_, reason, message), name="event")
+                _task, error = await run_child_task(self._writing)
+                if isinstance(error, ApiError):
+                    log.warning("could not record event", extra={"reason": reason, "error": str(error)})
+                elif error is not None and not isinstance(error, Fenced | asyncio.CancelledError):
+                    log.error("event recorder failed", exc_info=error)
             finally:
                 self._writing = None
                 self._queue.task_done()
@@ -126,7 +129,7 @@ class EventRecorder:
             try:
                 await self.client.request("PATCH", EVENTS.path(namespace, seen.name),
                                           body={"count": seen.count, "lastTimestamp": _now()},
-                                          content_type=MERGE_PATCH)
+                                          content_type=MERGE_PATCH, fence=self.fence.for_key(_key_of(involved)))
                 return
             except ApiError as err:
                 if err.code != 404:
@@ -143,7 +146,8 @@ class EventRecorder:
             "source": {"component": self.component, "host": self.instance},
             "reportingComponent": "epctl.io/controller", "reportingInstance": self.instance,
         }
-        created = await self.client.request("POST", EVENTS.path(namespace), body=body)
+        created = await self.client.request("POST", EVENTS.path(namespace), body=body,
+                                            fence=self.fence.for_key(_key_of(involved)))
         self._seen[key] = _Seen(created["metadata"]["name"], 1, now)
         if len(self._seen) > 10_000:  # forget the oldest correlations
             for old in sorted(self._seen, key=lambda k: self._seen[k].last)[:1000]:

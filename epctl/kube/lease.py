@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 import time
@@ -29,6 +30,13 @@ Obj = dict[str, Any]
 
 def micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def published_duration(lease_duration: float) -> int:
+    """``leaseDurationSeconds`` is an integer: round *up*, so the others never count us as expired
+    sooner than the duration our renew deadline was checked against (10.9 s published as 10 would let
+    them take over 0.4 s before a 10.5 s deadline)."""
+    return max(1, math.ceil(lease_duration))
 
 
 def default_identity() -> str:
@@ -51,6 +59,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._lease: Obj | None = None
         self.step_downs = 0  # times leadership was lost (deadline passed, or someone else holds it)
+        self.deadline = 0.0  # monotonic: the leader sends nothing after this unless it renews first
 
     async def _try(self, timeout: tuple[float, float]) -> bool:
         """One acquire-or-renew attempt; True if we hold the Lease afterwards."""
@@ -63,7 +72,8 @@ class LeaderElector:
             now = micro_now()
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
+                    "spec": {"holderIdentity": self.identity,
+                             "leaseDurationSeconds": published_duration(self.lease_duration),
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
                 self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body,
@@ -84,8 +94,9 @@ class LeaderElector:
                 return False  # held by someone who renewed within its lease duration, as far as we saw
         now = micro_now()
         taking_over = holder != self.identity
-        lease["spec"] = {**spec, "holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
-                         "renewTime": now, "acquireTime": now if taking_over else spec.get("acquireTime", now),
+        lease["spec"] = {**spec, "holderIdentity": self.identity,
+                         "leaseDurationSeconds": published_duration(self.lease_duration), "renewTime": now,
+                         "acquireTime": now if taking_over else spec.get("acquireTime", now),
                          "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if taking_over else 0)}
         try:
             self._lease = await self.client.request("PUT", path, body=lease, timeout=timeout)
@@ -107,6 +118,7 @@ class LeaderElector:
         the margin for loop lag and for writes already on the wire when the leader stepped down.
         """
         deadline = 0.0  # the leader steps down at this monotonic time unless it renews first
+        self.deadline = deadline
         while True:
             sent = time.monotonic()
             # an attempt may take until the deadline (client-go's renew loop does the same): a slow API
@@ -124,7 +136,7 @@ class LeaderElector:
                 log.exception("leader election attempt failed", extra={"lease": f"{self.namespace}/{self.name}"})
                 ok = False
             if ok:
-                deadline = sent + self.renew_deadline
+                deadline = self.deadline = sent + self.renew_deadline
                 if not self.is_leader:
                     self.is_leader = True
                     log.info("became leader", extra={"identity": self.identity})
@@ -138,6 +150,10 @@ class LeaderElector:
             if self.is_leader:
                 delay = max(0.0, min(delay, deadline - time.monotonic()))
             await asyncio.sleep(delay)
+
+    def valid_until(self) -> float:
+        """The write fence's limit (``epctl.shard.fence``): the renew deadline while leading."""
+        return self.deadline if self.is_leader else 0.0
 
     def _held_by_other(self) -> bool:
         return bool(self._observed and self._observed[0] and self._observed[0] != self.identity)

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.kube.backoff import Backoff
-from epctl.kube.client import MERGE_PATCH, ApiError, KubeClient, Resource
-from epctl.tasks import cancel_and_wait, ensure_running
+from epctl.kube.client import MERGE_PATCH, ApiError, Fenced, KubeClient, Resource
+from epctl.shard.fence import UNFENCED, Fence
+from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -70,6 +71,7 @@ class StatusWriter:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True  # shard ownership: write only these
+        self.fence: Fence = UNFENCED  # asked at the moment each patch is sent (epctl.shard.fence)
         self._writing: asyncio.Task[None] | None = None
 
     def set(self, namespace: str, name: str, status: Obj) -> None:
@@ -97,15 +99,14 @@ class StatusWriter:
         await cancel_and_wait(self._task)
         self._task = None
 
-    async def release_unowned(self) -> None:
-        """Drop what is pending for objects no longer ours and wait for a write to one in flight."""
+    async def release_unowned(self, timeout: float = 10.0) -> None:
+        """Drop what is pending for objects no longer ours and wait for a write to one in flight, at
+        most ``timeout`` (the handover's bound: then it is cancelled)."""
         for key in [k for k in self._pending if not self.owns(k)]:
             del self._pending[key]
         for key in [k for k in self._last if not self.owns(k)]:
             del self._last[key]  # a later owner may have written something else meanwhile
-        writing = self._writing
-        if writing is not None:
-            await asyncio.wait({writing})
+        await wait_or_cancel(self._writing, timeout)
 
     async def flush(self, timeout: float = 5.0) -> None:
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
@@ -123,12 +124,14 @@ class StatusWriter:
             for key in due:
                 item = self._pending.pop(key, None)  # set() or forget() may have dropped it meanwhile
                 if item is not None and self.owns(key):
-                    # its own task, so a handover can wait for exactly this write to finish
-                    self._writing = asyncio.create_task(self._write(key, item[0]))
+                    # its own task, so a handover can wait for exactly this write to finish (or cancel it)
+                    self._writing = asyncio.create_task(self._write(key, item[0]), name="status")
                     try:
-                        await self._writing
+                        _task, error = await run_child_task(self._writing)
                     finally:
                         self._writing = None
+                    if error is not None and not isinstance(error, asyncio.CancelledError):
+                        log.error("status write failed", exc_info=error)
             if not self._pending:
                 self._idle.set()
             self._wakeup.clear()
@@ -150,10 +153,13 @@ class StatusWriter:
         try:
             current = (self.current(namespace, name) or {}).get("status") or {}
             await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
-                                      body={"status": merge_patch(current, status)}, content_type=MERGE_PATCH)
+                                      body={"status": merge_patch(current, status)}, content_type=MERGE_PATCH,
+                                      fence=self.fence.for_key(key))
             self._last[key] = status
             self.writes += 1
             self._backoff.pop(key, None)
+        except Fenced:
+            return  # no longer ours: its owner writes the status
         except ApiError as err:
             if err.code == 404:
                 return  # the object is gone

@@ -27,8 +27,9 @@ from typing import Any, Protocol
 
 from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE, desired_endpoints, endpoints_update, is_ours
 from epctl.kube.backoff import Backoff
-from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, KubeClient
+from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, Fenced, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
+from epctl.shard.fence import UNFENCED, Fence
 from epctl.slices import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -118,6 +119,7 @@ class Writer:
         # the targets this replica may write (shard ownership, docs/design.md section 8); others are
         # neither planned nor written, whatever the desired state says about them
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
+        self.fence: Fence = UNFENCED  # asked at the moment each write is sent (epctl.shard.fence)
         if not slices.has_index:
             slices.index_by(service_of_slice)  # our slices per Service, for planning (the sources read it too)
         slices.subscribe(self._on_slice_event)
@@ -297,6 +299,10 @@ class Writer:
                 self.reporter.synced(key)
             if self.metrics:
                 self.metrics.sync("success", time.monotonic() - started)
+        except Fenced:  # no longer ours to write (or our claim lapsed): the owner writes it, not us
+            log.debug("write fenced off", extra={"target": "/".join(key)})
+            if self.metrics:
+                self.metrics.sync("fenced", time.monotonic() - started)
         except ServiceConflict as err:  # not requeued: the next change of the target retries
             log.warning("Service conflict: not writing", extra={"target": "/".join(key), "error": str(err)})
             if self.reporter:
@@ -394,7 +400,7 @@ class Writer:
             if is_ours(observed):
                 assert observed is not None
                 try:
-                    gone = await self.client.request("DELETE", ENDPOINTS.path(namespace, name), body={
+                    gone = await self._send(key, "DELETE", ENDPOINTS.path(namespace, name), body={
                         "preconditions": {"uid": observed["metadata"].get("uid")}})
                     self._record_endpoints(key, _rv(gone) or _rv(observed), None, "endpoints_delete")
                 except ApiError as err:
@@ -405,13 +411,13 @@ class Writer:
         for _attempt in range(3):
             try:
                 if observed is None:
-                    written = await self.client.request("POST", ENDPOINTS.path(namespace), body=desired)
+                    written = await self._send(key, "POST", ENDPOINTS.path(namespace), body=desired)
                     self._record_endpoints(key, _rv(written), written, "endpoints_create")
                     return
                 body = endpoints_update(observed, desired)
                 if body is None:
                     return
-                written = await self.client.request("PUT", ENDPOINTS.path(namespace, name), body=body)
+                written = await self._send(key, "PUT", ENDPOINTS.path(namespace, name), body=body)
                 self._record_endpoints(key, _rv(written), written, "endpoints_update")
                 return
             except ApiError as err:
@@ -468,8 +474,7 @@ class Writer:
         for obj in plan.deletes:
             name = obj["metadata"]["name"]
             try:
-                gone = await self.client.request(
-                    "DELETE", ENDPOINTSLICES.path(namespace, name),
+                gone = await self._send(key, "DELETE", ENDPOINTSLICES.path(namespace, name),
                     body={"preconditions": {"resourceVersion": obj["metadata"].get("resourceVersion")}})
                 self._record(namespace, name, service, _rv(gone) or _rv(obj), None, "delete")
             except ApiError as err:
@@ -480,7 +485,7 @@ class Writer:
                 self._raise(err)
         for obj in plan.updates:
             try:
-                written = await self.client.request("PUT", ENDPOINTSLICES.path(namespace, obj["metadata"]["name"]),
+                written = await self._send(key, "PUT", ENDPOINTSLICES.path(namespace, obj["metadata"]["name"]),
                                                     body=obj)
                 self._record(namespace, obj["metadata"]["name"], service, _rv(written), written, "update")
             except ApiError as err:
@@ -488,7 +493,7 @@ class Writer:
                 self._raise(err)
         for obj in plan.creates:
             try:
-                written = await self.client.request("POST", ENDPOINTSLICES.path(namespace), body=obj)
+                written = await self._send(key, "POST", ENDPOINTSLICES.path(namespace), body=obj)
                 self._record(namespace, obj["metadata"]["name"], service, _rv(written), written, "create")
             except ApiError as err:
                 self._count("create", err)
@@ -527,11 +532,12 @@ class Writer:
         return body
 
     async def _ensure_service(self, target: Target, spec: ServiceSpec) -> None:
+        key = (target.namespace, target.name)
         existing = self.services.get(target.namespace, target.name)
         desired = self._service_body(target, spec)
         if existing is None:
             try:
-                await self.client.request("POST", SERVICES.path(target.namespace), body=desired)
+                await self._send(key, "POST", SERVICES.path(target.namespace), body=desired)
                 self._count_ok("service_create")
                 return
             except ApiError as err:
@@ -549,9 +555,9 @@ class Writer:
         is_headless = existing.get("spec", {}).get("clusterIP") == "None"
         if is_headless != spec.headless:
             # clusterIP is immutable: replace the Service (its slices are matched by label, not owned by it)
-            await self.client.request("DELETE", SERVICES.path(target.namespace, target.name), body={
+            await self._send(key, "DELETE", SERVICES.path(target.namespace, target.name), body={
                 "preconditions": {"uid": existing["metadata"]["uid"]}})
-            await self.client.request("POST", SERVICES.path(target.namespace), body=desired)
+            await self._send(key, "POST", SERVICES.path(target.namespace), body=desired)
             self._count_ok("service_replace")
             return
         current_ports = [{"name": p.get("name", ""), "port": p.get("port"), "targetPort": p.get("targetPort"),
@@ -569,13 +575,17 @@ class Writer:
                 *(r for r in refs if r.get("uid") != owner_uid and r.get("controller") is not True), target.owner]
         if patch:
             try:
-                await self.client.request("PATCH", SERVICES.path(target.namespace, target.name), body=patch,
+                await self._send(key, "PATCH", SERVICES.path(target.namespace, target.name), body=patch,
                                           content_type=MERGE_PATCH)
                 self._count_ok("service_update")
             except ApiError as err:
                 if err.code == 422:
                     raise Permanent(err.message) from err
                 raise
+
+    async def _send(self, key: TargetKey, method: str, path: str, **kwargs: Any) -> Obj:
+        """Every write of the writer: sent only while the fence lets this replica write ``key``."""
+        return await self.client.request(method, path, fence=self.fence.for_key(key), **kwargs)
 
     def _count_ok(self, operation: str) -> None:
         if self.metrics:

@@ -59,41 +59,80 @@ class Ring:
         return owner(key, self.members)
 
 
-@dataclass
-class Observation:
-    """One member Lease as this process last saw it."""
+@dataclass(frozen=True)
+class LeaseRecord:
+    """One member Lease as a listing showed it."""
 
     holder: str
     renew_time: str
     duration: float
     ack: str  # the ring version the holder has applied (released everything it does not own in it)
-    seen_at: float  # monotonic time we first saw this (holder, renew_time)
+    released_by: str = ""  # set by the holder itself when it shut down after its last write
+
+
+@dataclass
+class Observation:
+    """One member Lease as this process last saw it."""
+
+    holder: str  # the member: a Lease's holder never changes (its name is derived from the identity)
+    renew_time: str
+    duration: float
+    ack: str
+    seen_at: float  # monotonic time we first saw this renewal
+    released: bool = False
 
 
 @dataclass
 class Members:
-    """Liveness from observed member Leases: a record that changed is fresh *now*; one that did not
-    change is alive until its duration has passed since we first saw it."""
+    """Liveness from observed member Leases: a renewal seen is fresh *now*; without a new one a member
+    is alive until its duration has passed since we saw the last.
+
+    Only the member itself can end its membership early, by releasing its Lease (holder cleared and
+    ``released_by`` set to its identity) after its last write. Everything else that can happen to a
+    Lease — deleted (by a person, a cascading delete, the garbage collector), its holder or group
+    label edited, its duration shortened — is *not* a renewal and *not* a release: the member is
+    still alive until its last seen renewal expires. That is what fences a member that has not yet
+    noticed: it stops writing ``renew_deadline`` after its last renewal started, before that."""
 
     observed: dict[str, Observation] = field(default_factory=dict)  # Lease name -> last observation
 
-    def observe(self, leases: Mapping[str, tuple[str, str, float, str]], now: float) -> None:
-        """Take one complete listing: Lease name -> (holder, renewTime, duration, ack)."""
+    def observe(self, leases: Mapping[str, LeaseRecord], now: float) -> None:
+        """Take one complete listing: Lease name -> what it said."""
         fresh: dict[str, Observation] = {}
-        for name, (holder, renew_time, duration, ack) in leases.items():
+        for name, gone in self.observed.items():
+            if name not in leases and not gone.released and now - gone.seen_at < gone.duration:
+                fresh[name] = gone  # vanished without a release: alive until it would have expired
+        for name, rec in leases.items():
             old = self.observed.get(name)
-            seen_at = old.seen_at if old is not None and (old.holder, old.renew_time) == (holder, renew_time) else now
-            fresh[name] = Observation(holder, renew_time, duration, ack, seen_at)
+            if old is None:
+                fresh[name] = Observation(rec.holder, rec.renew_time, rec.duration, rec.ack, now,
+                                          released=not rec.holder)
+            elif not rec.holder and rec.released_by and rec.released_by == old.holder:
+                fresh[name] = Observation(old.holder, rec.renew_time, old.duration, old.ack, old.seen_at, True)
+            elif rec.holder and rec.holder == old.holder and not old.released:
+                renewed = rec.renew_time != old.renew_time
+                fresh[name] = Observation(old.holder, rec.renew_time, max(rec.duration, old.duration) if not renewed
+                                          else rec.duration, rec.ack, now if renewed else old.seen_at)
+            elif rec.holder and (old.released or not old.holder):
+                fresh[name] = Observation(rec.holder, rec.renew_time, rec.duration, rec.ack, now)  # (re)joined
+            else:  # edited by someone else: not a renewal, not a release
+                if now - old.seen_at < old.duration:
+                    fresh[name] = old
         self.observed = fresh
 
     def alive(self, now: float) -> dict[str, str]:
         """holder -> ack of every live member."""
-        return {o.holder: o.ack for o in self.observed.values() if o.holder and now - o.seen_at < o.duration}
+        return {o.holder: o.ack for o in self.observed.values()
+                if o.holder and not o.released and now - o.seen_at < o.duration}
+
+    def released(self) -> list[str]:
+        """Names of Leases their members released (to be deleted: nobody renews them again)."""
+        return [name for name, o in self.observed.items() if o.released]
 
     def next_expiry(self, now: float) -> float | None:
         """Seconds until the next live member would expire if it stopped renewing (to look again then)."""
         left = [o.seen_at + o.duration - now for o in self.observed.values()
-                if o.holder and now - o.seen_at < o.duration]
+                if o.holder and not o.released and now - o.seen_at < o.duration]
         return min(left) if left else None
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from epctl.shard.member import lease_name
-from epctl.shard.ring import Holdings, Members, Ring, owner
+from epctl.shard.ring import Holdings, LeaseRecord, Members, Ring, owner
 
 KEYS = [("ns", f"svc-{i}") for i in range(3000)]
 
@@ -39,17 +39,48 @@ def test_ring_version_depends_only_on_the_member_set() -> None:
     assert Ring.of(["b", "a"]).version == Ring.of(["a", "b", "a"]).version != Ring.of(["a"]).version
 
 
+def R(holder: str, renewed: str, ack: str = "v", released_by: str = "", duration: float = 3.0) -> LeaseRecord:
+    return LeaseRecord(holder, renewed, duration, ack, released_by)
+
+
 def test_liveness_is_measured_on_our_clock_from_when_a_renewal_was_seen() -> None:
     members = Members()
-    members.observe({"m-a": ("a", "t1", 3.0, "v"), "m-b": ("b", "t1", 3.0, "v"), "m-c": ("", "t1", 3.0, "")}, now=0)
+    members.observe({"m-a": R("a", "t1"), "m-b": R("b", "t1"), "m-c": R("", "t1", "")}, now=0)
     assert members.alive(1.0) == {"a": "v", "b": "v"}  # a released Lease (no holder) is no member
-    members.observe({"m-a": ("a", "t2", 3.0, "v"), "m-b": ("b", "t1", 3.0, "v")}, now=2.5)
+    members.observe({"m-a": R("a", "t2"), "m-b": R("b", "t1")}, now=2.5)
     assert set(members.alive(3.2)) == {"a"}  # b has not renewed since we first saw it, 3 s ago
-    members.observe({"m-a": ("a", "t2", 3.0, "w")}, now=4.0)  # an ack changes, renewTime does not
+    members.observe({"m-a": R("a", "t2", "w")}, now=4.0)  # an ack changes, renewTime does not
     assert members.alive(5.4) == {"a": "w"} and members.alive(5.6) == {}
     # a renewal we could not see (our listing failed for a while) counts from when we see it
-    members.observe({"m-a": ("a", "t9", 3.0, "w")}, now=60.0)
+    members.observe({"m-a": R("a", "t9", "w")}, now=60.0)
     assert set(members.alive(61.0)) == {"a"}
+
+
+def test_a_deleted_or_edited_lease_is_alive_until_its_last_renewal_expires() -> None:
+    """Only the member itself ends its membership early (a release after its last write). A Lease
+    deleted by someone (kubectl, a cascading delete, the garbage collector), or whose holder or group
+    label someone changed, may belong to a member still writing: it counts until it would expire."""
+    members = Members()
+    members.observe({"m-a": R("a", "t1"), "m-b": R("b", "t1")}, now=0)
+    members.observe({"m-a": R("a", "t2")}, now=1.0)  # m-b deleted (or relabelled out of the group)
+    assert set(members.alive(2.9)) == {"a", "b"} and set(members.alive(3.1)) == {"a"}
+    members.observe({"m-a": R("a", "t2"), "m-b": R("", "t1")}, now=1.0)  # holder cleared by hand, unsigned
+    assert set(members.alive(2.9)) == {"a", "b"}
+    members.observe({"m-a": R("a", "t2"), "m-b": R("x", "t5", duration=99)}, now=1.0)  # holder edited
+    assert set(members.alive(2.9)) == {"a", "b"} and set(members.alive(3.1)) == {"a"}
+    members.observe({"m-a": R("a", "t2"), "m-b": R("b", "t6")}, now=2.0)  # b wrote its Lease again
+    assert set(members.alive(4.9)) == {"b"}  # a last renewed at 1.0; b at 2.0
+
+
+def test_a_release_signed_by_the_member_ends_it_at_once() -> None:
+    members = Members()
+    members.observe({"m-a": R("a", "t1"), "m-b": R("b", "t1")}, now=0)
+    members.observe({"m-a": R("a", "t1"), "m-b": R("", "t2", released_by="someone-else")}, now=0.5)
+    assert "b" in members.alive(0.6) and members.released() == []
+    members.observe({"m-a": R("a", "t1"), "m-b": R("", "t2", released_by="b")}, now=0.6)
+    assert set(members.alive(0.7)) == {"a"} and members.released() == ["m-b"]
+    members.observe({"m-a": R("a", "t1")}, now=0.8)  # deleted after its release: stays gone
+    assert set(members.alive(0.9)) == {"a"} and members.released() == []
 
 
 def test_a_new_member_takes_nothing_until_the_ring_converges() -> None:
