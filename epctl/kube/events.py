@@ -61,6 +61,7 @@ class EventRecorder:
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True
         self.fence: Fence = UNFENCED  # asked at the moment each Event is sent (epctl.shard.fence)
         self._writing: asyncio.Task[None] | None = None
+        self._writing_key: tuple[str, str] | None = None
 
     def record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``involved`` (a full object, or at least apiVersion/kind/metadata)."""
@@ -91,7 +92,8 @@ class EventRecorder:
     async def release_unowned(self, timeout: float = 10.0) -> None:
         """Wait for an Event write in flight about an object no longer ours (queued ones are skipped),
         at most ``timeout`` (the handover's bound: then it is cancelled)."""
-        await wait_or_cancel(self._writing, timeout)
+        if self._writing_key is not None and not self.owns(self._writing_key):
+            await wait_or_cancel(self._writing, timeout)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued events are written (tests, shutdown)."""
@@ -108,13 +110,14 @@ class EventRecorder:
                     continue
                 # its own task, so a handover can wait for exactly this write (or cancel it)
                 self._writing = asyncio.create_task(self._write(involved, type_, reason, message), name="event")
+                self._writing_key = _key_of(involved)
                 _task, error = await run_child_task(self._writing)
                 if isinstance(error, ApiError):
                     log.warning("could not record event", extra={"reason": reason, "error": str(error)})
                 elif error is not None and not isinstance(error, Fenced | asyncio.CancelledError):
                     log.error("event recorder failed", exc_info=error)
             finally:
-                self._writing = None
+                self._writing, self._writing_key = None, None
                 self._queue.task_done()
 
     async def _write(self, involved: Obj, type_: str, reason: str, message: str) -> None:

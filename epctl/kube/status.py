@@ -73,6 +73,7 @@ class StatusWriter:
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True  # shard ownership: write only these
         self.fence: Fence = UNFENCED  # asked at the moment each patch is sent (epctl.shard.fence)
         self._writing: asyncio.Task[None] | None = None
+        self._writing_key: tuple[str, str] | None = None
 
     def set(self, namespace: str, name: str, status: Obj) -> None:
         key = (namespace, name)
@@ -106,7 +107,8 @@ class StatusWriter:
             del self._pending[key]
         for key in [k for k in self._last if not self.owns(k)]:
             del self._last[key]  # a later owner may have written something else meanwhile
-        await wait_or_cancel(self._writing, timeout)
+        if self._writing_key is not None and not self.owns(self._writing_key):
+            await wait_or_cancel(self._writing, timeout)
 
     async def flush(self, timeout: float = 5.0) -> None:
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
@@ -126,10 +128,11 @@ class StatusWriter:
                 if item is not None and self.owns(key):
                     # its own task, so a handover can wait for exactly this write to finish (or cancel it)
                     self._writing = asyncio.create_task(self._write(key, item[0]), name="status")
+                    self._writing_key = key
                     try:
                         _task, error = await run_child_task(self._writing)
                     finally:
-                        self._writing = None
+                        self._writing, self._writing_key = None, None
                     if error is not None and not isinstance(error, asyncio.CancelledError):
                         log.error("status write failed", exc_info=error)
             if not self._pending:
@@ -150,6 +153,7 @@ class StatusWriter:
         if (self.current(namespace, name) or {}).get("status") == status:
             self._last[key] = status
             return
+        self._last.pop(key, None)  # until this write is known to have landed (it may be cancelled)
         try:
             current = (self.current(namespace, name) or {}).get("status") or {}
             await self.client.request("PATCH", self.resource.path(namespace, name, "status"),

@@ -84,7 +84,9 @@ class RequestRecord:
 class FaultRule:
     """Make the next ``count`` matching requests fail with ``code`` (0 = only delay, then serve).
 
-    ``None`` fields match anything. ``delay`` seconds are waited before failing or serving.
+    ``None`` fields match anything. ``delay`` seconds are waited before failing or serving;
+    ``respond_after`` seconds after serving, before the answer goes out (a slow response to a write
+    the server has already applied, as a busy or distant API server gives).
     """
 
     verb: str | None = None
@@ -97,6 +99,7 @@ class FaultRule:
     retry_after: int | None = None
     subresource: str | None = None
     user_agent: str | None = None  # prefix: fault only one client (e.g. partition one controller replica)
+    respond_after: float = 0.0
 
     def matches(self, verb: str, resource: str, subresource: str, namespace: str, name: str,
                 user_agent: str = "") -> bool:
@@ -247,13 +250,15 @@ class KubeAPIServer:
             record.verb, record.resource, record.group = verb, route.plural, route.group
             record.subresource = route.subresource
             record.namespace, record.name = route.namespace or "", route.name or ""
-            await self._apply_faults(record)
+            rule = await self._apply_faults(record)
             if verb == "watch":
                 record.code = 200
                 self.request_log.append(record)
                 return await self._watch(request, route)
             response = await self._dispatch(request, route, verb)
             record.code = response.status
+            if rule is not None and rule.respond_after:
+                await asyncio.sleep(rule.respond_after)
             if record.is_write:
                 record.concerns = _concerns(request.get(_OBJECT))
         except StatusError as err:
@@ -271,7 +276,7 @@ class KubeAPIServer:
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":
             raise apierrors.unauthorized()
 
-    async def _apply_faults(self, record: RequestRecord) -> None:
+    async def _apply_faults(self, record: RequestRecord) -> FaultRule | None:
         for rule in list(self.faults):
             if rule.count > 0 and rule.matches(record.verb, record.resource, record.subresource, record.namespace,
                                                record.name, record.user_agent):
@@ -282,7 +287,8 @@ class KubeAPIServer:
                     await asyncio.sleep(rule.delay)
                 if rule.code:
                     raise apierrors.injected(rule.code, rule.retry_after)
-                return
+                return rule
+        return None
 
     def _route(self, path: str) -> Route:
         parts = [p for p in path.split("/") if p]

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from epctl.app import Controller, ControllerSettings
-from epctl.kube.client import LEASES, SECRETS, SERVICES, KubeClient
-from epctl.shard.member import GROUP_LABEL
+from epctl.kube.client import LEASES, MERGE_PATCH, SECRETS, SERVICES, KubeClient
+from epctl.shard.member import GROUP_LABEL, lease_name
 from epctl.shard.ring import owner
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer, RequestRecord
@@ -338,4 +338,121 @@ async def test_mirrors_and_openstack_pollers_follow_ownership(api: KubeAPIServer
         for controller, name in ((a, "a"), (b, "b")):
             owned = sum(1 for n in vms if expected[n] == f"epctl/{name}")
             assert len(controller.discovery.pollers) == owned
+    await setup.close()
+
+
+@asynccontextmanager
+async def watch_for_two_senders(controllers: dict[str, Controller]) -> AsyncIterator[list[str]]:
+    """Samples, every few milliseconds, whether two members' fences let a write of one target out at
+    the same moment (what "two writers" means before any write happens). Yields the findings."""
+    found: list[str] = []
+
+    async def sample() -> None:
+        while True:
+            for name in NAMES:
+                key = ("default", name)
+                open_for = [m for m, c in controllers.items() if c.fence.remaining(key) > 0]
+                if len(open_for) > 1:
+                    found.append(f"{name}: {open_for}")
+            await asyncio.sleep(0.005)  # a sampling interval, not synchronisation
+
+    task = asyncio.create_task(sample())
+    try:
+        yield found
+    finally:
+        task.cancel()
+
+
+async def test_a_handover_waiting_on_a_slow_write_keeps_renewing_and_shares_nothing(api: KubeAPIServer) -> None:
+    """Issue 22, case 1: a's status patches are applied at once but answered only after three lease
+    durations. A third member joins, so a hands over while such a write is in flight. The handover
+    waits at most the renew deadline for it; a renews meanwhile (it never steps down); nobody else
+    may write a's targets before a acked; a flip in the window is written by one member per target.
+    (Before the fence, a's handover blocked its renewals, its Lease expired, b and c took its targets
+    and a wrote them too.)"""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        a = await stack.enter_async_context(member(api, "a"))
+        b = await stack.enter_async_context(member(api, "b"))
+        await settled([a, b], 2)
+        await populate(api, setup, up, free_port())
+        await quiet([a, b])
+        mine = {t for t, w in owners(["a", "b"]).items() if w == "epctl/a"}
+        mark = len(api.request_log)
+        api.inject_fault(FaultRule(user_agent="epctl/a", resource="clusterendpoints", subresource="status",
+                                   code=0, respond_after=3 * TIMING["lease_duration"], count=2))
+        sharing = await stack.enter_async_context(watch_for_two_senders({"a": a, "b": b}))
+        await up.set_mode("closed")  # every target's status changes: a's first patches hang in flight
+        await eventually(lambda: a.status._writing is not None, message="a status write in flight")
+        c = await stack.enter_async_context(member(api, "c"))
+        moved = {t for t in mine if owner(("default", t), ["a", "b", "c"]) == "c"}
+        assert moved
+        await eventually(lambda: probed_targets(c) == {t for t, w in owners(["a", "b", "c"]).items()
+                                                       if w == "epctl/c"}, timeout=15, message="c takes its share")
+        await up.set_mode("accepting")  # a flip in the window after the handover
+        await eventually(lambda: all((cep_of(api, t) or {}).get("status", {}).get("phase") == "Degraded"
+                                     for t in NAMES), timeout=20, message="every target follows the flip")
+        assert a.member is not None and a.member.step_downs == 0, "a stopped renewing during its handover"
+        assert sharing == []
+        assert_one_writer_at_a_time(target_writes(api, mark))
+    await setup.close()
+
+
+async def test_a_deleted_member_lease_never_makes_two_writers(api: KubeAPIServer) -> None:
+    """Issue 22, case 2: a's member Lease is deleted (kubectl delete lease, a cascading delete). b keeps
+    counting a as alive until a's last renewal expires (a deletion is not a release), a finds its Lease
+    gone at its next renewal and drops every target before it joins again. (Before: b converged
+    without a at once and wrote a's targets while a, having re-created its Lease, kept them.)"""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        a = await stack.enter_async_context(member(api, "a"))
+        b = await stack.enter_async_context(member(api, "b"))
+        await settled([a, b], 2)
+        await populate(api, setup, up, free_port())
+        await quiet([a, b])
+        assert a.member is not None
+        mark = len(api.request_log)
+        sharing = await stack.enter_async_context(watch_for_two_senders({"a": a, "b": b}))
+        await setup.request("DELETE", LEASES.path("default", lease_name("a")))
+        await up.set_mode("closed")  # a flip right in the window
+        await eventually(lambda: a.member is not None and a.member.step_downs == 1, message="a drops everything")
+        await settled([a, b], 2)  # and joins again
+        await eventually(lambda: all((cep_of(api, t) or {}).get("status", {}).get("phase") == "Unhealthy"
+                                     for t in NAMES), timeout=20, message="every target follows the flip")
+        assert sharing == []
+        assert_one_writer_at_a_time(target_writes(api, mark))
+        # edited by hand: holder cleared without our release signature, then the group label removed
+        for edit in ({"spec": {"holderIdentity": None}}, {"metadata": {"labels": {GROUP_LABEL: None}}}):
+            drops = a.member.step_downs
+            await setup.request("PATCH", LEASES.path("default", lease_name("a")), body=edit,
+                                content_type=MERGE_PATCH)
+            await eventually(lambda d=drops: a.member is not None and a.member.step_downs == d + 1,  # type: ignore[misc]
+                             message="a drops everything after its Lease was edited")
+            await settled([a, b], 2)
+        assert sharing == []
+    await setup.close()
+
+
+async def test_lease_durations_are_published_rounded_up_and_never_owned_across_namespaces(
+        api: KubeAPIServer) -> None:
+    """Issue 22, case 3: 3.5 s is published as 4 (as 3, the others would expire us 0.5 s early); and a
+    member Lease in another namespace than its Pod gets no owner reference (the garbage collector
+    deletes an object with a cross-namespace owner at once)."""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    async with member(api, "a", lease_duration=3.5) as a:
+        await settled([a], 1)
+        lease = await setup.request("GET", LEASES.path("default", lease_name("a")))
+        assert lease["spec"]["leaseDurationSeconds"] == 4
+    pods = {"name": "epctl-0", "uid": "u-1"}
+    for namespace, owned in (("default", True), ("elsewhere", False)):
+        controller = Controller(setup, ControllerSettings(
+            metrics_addr=None, shard=True, identity="x", leader_election_namespace="default",
+            pod_owner={**pods, "namespace": namespace}))
+        assert controller.member is not None
+        assert (controller.member.owner_reference is not None) == owned
     await setup.close()
