@@ -166,7 +166,15 @@ class Controller:
 
     async def _follow_ownership(self) -> None:
         """Ownership changed: let go of what is no longer ours and wait until nothing more is written
-        for it (only then may the new owner start); take over what is newly ours."""
+        for it (only then may the new owner start); take over what is newly ours, from caches at least
+        as new as the handover (a lagging watch would otherwise hand us a host the previous owner had
+        already marked not ready, and our repair would publish it ready again)."""
+        if self.member is not None and self.member.converged_at_rv:
+            fresh = await asyncio.gather(*(i.caught_up(self.member.converged_at_rv, self.settings.renew_deadline)
+                                           for i in self.informers))
+            behind = [i.name for i, ok in zip(self.informers, fresh, strict=True) if not ok]
+            if behind:
+                log.warning("taking over from caches older than the handover", extra={"informers": behind})
         released, acquired = self.source.reconcile_ownership()
         mirror_released, mirror_acquired = self.mirror.reconcile_ownership()
         # bounded: a handover never waits longer than the renew deadline for a slow write (renewals go

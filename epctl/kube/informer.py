@@ -83,6 +83,14 @@ class InformerMetrics(Protocol):
     def relist(self, resource: str) -> None: ...
 
 
+def _not_older(seen: str, wanted: str) -> bool:
+    if not wanted:
+        return True
+    if seen.isdigit() and wanted.isdigit():
+        return int(seen) >= int(wanted)
+    return seen == wanted
+
+
 class _Relist(Exception):
     """The watch's resourceVersion is gone from the server's history (410): list again."""
 
@@ -109,7 +117,8 @@ class Informer:
         self._index_of: Callable[[Obj], str | None] | None = None
         self._index: dict[str, dict[str, Obj]] = {}  # index value -> cache key -> object
         self.synced = asyncio.Event()
-        self.resource_version = ""
+        self._resource_version = ""
+        self._advanced = asyncio.Event()  # set whenever resource_version moves
         self.watching = False
         self.watch_lost_at: float | None = None  # monotonic time the last live watch ended (None: live)
         # True while a (re)list's differences are being delivered one object at a time: a subscriber
@@ -119,6 +128,36 @@ class Informer:
         self._synced_callbacks: list[Callable[[], None]] = []
         self._queues: list[asyncio.Queue[InformerEvent]] = []
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def resource_version(self) -> str:
+        """The newest resourceVersion this cache has seen (a list, an event or a bookmark)."""
+        return self._resource_version
+
+    @resource_version.setter
+    def resource_version(self, value: str) -> None:
+        self._resource_version = value
+        self._advanced.set()
+
+    async def caught_up(self, resource_version: str, timeout: float) -> bool:
+        """Wait until this cache has seen ``resource_version`` (or later), at most ``timeout`` seconds.
+
+        resourceVersions are opaque by contract, but kube-apiserver's are etcd revisions, one counter
+        for every resource, and a watch delivers them in order: a cache that has seen revision N
+        holds every change of its resource up to N. Used where a decision must start from state at
+        least as new as something seen elsewhere (a shard takeover, docs/design.md section 8)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not _not_older(self._resource_version, resource_version):
+            self._advanced.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     # --- subscription ---------------------------------------------------------------------------
 

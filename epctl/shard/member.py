@@ -93,6 +93,10 @@ class ShardMember:
         self._handover_for: str | None = None  # the ring version the running handover releases for
         self._wakeup = asyncio.Event()
         self._uids: dict[str, tuple[str, str]] = {}  # member Lease name -> (uid, resourceVersion) last listed
+        self._listed_rv = ""
+        # the resourceVersion of the listing that showed the ring converged: whatever the previous
+        # owners wrote before they acked is older, so a new owner starts from caches at least this new
+        self.converged_at_rv = ""
 
     def holds(self, key: TargetKey) -> bool:
         """May this member probe and write ``key`` now?"""
@@ -185,6 +189,7 @@ class ShardMember:
     async def _list(self, timeout: tuple[float, float]) -> tuple[dict[str, LeaseRecord], tuple[str, str, float] | None]:
         """Member Leases of our group, and the single-leader Lease (holder, renewTime, duration) if any."""
         found = await self.client.request("GET", LEASES.path(self.namespace), timeout=timeout)
+        self._listed_rv = str((found.get("metadata") or {}).get("resourceVersion") or "")
         members: dict[str, LeaseRecord] = {}
         legacy: tuple[str, str, float] | None = None
         self._uids = {}
@@ -340,6 +345,7 @@ class ShardMember:
         if self._acked != ring.version or self._legacy_alive(legacy, now):
             return  # our ack is not out yet; or an old single-leader replica still writes everything
         if self.holdings.converge(alive):
+            self.converged_at_rv = self._listed_rv
             log.info("shard ring converged", extra={"members": ",".join(ring.members), "version": ring.version})
             self._start_handover(ring.version)  # take what is ours now (beside the renewals, too)
             if self.metrics and self._ring_since is not None:
