@@ -37,9 +37,15 @@ from epctl.kube.status import StatusWriter, conditions_with_times
 from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import CheckKey, Scheduler, Transition
-from epctl.slices import service_index
+from epctl.slices import SERVICE_NAME_LABEL, service_index
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
-from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
+from epctl.sources.targets import (
+    build_groups,
+    discovered_endpoints,
+    family,
+    published_addresses,
+    published_readiness,
+)
 from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
 
 log = logging.getLogger(__name__)
@@ -139,6 +145,7 @@ class ClusterEndpointSource:
         # state, discovery and status here; the others are parsed and resolved, ready to take over warm
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
         informer.subscribe(self._on_event)
+        slices.subscribe(self._on_slice)  # before the writer's: the desired state is right when it re-plans
         if services is not None:
             services.subscribe(self._on_service)
 
@@ -254,6 +261,30 @@ class ClusterEndpointSource:
         self._spawn(self._apply(key))
         if entry.active:
             self._follow_discovery(key, spec)
+
+    def _on_slice(self, event: InformerEvent) -> None:
+        """No repair may make a host ready that has not passed a probe of ours. A check held ready
+        whose last probe of ours did not pass (none yet: adopted from our cache when we took the
+        target over; or failing, below the failure threshold) follows a slice that now says not
+        ready: that is the previous owner's last word seen late (a lagging watch), or someone who
+        knows better, not an edit to undo. The next passing probe makes it ready again."""
+        if event.type == "DELETED" or not self._started:
+            return
+        meta = event.obj.get("metadata", {})
+        key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
+        entry = self._entries.get(key)
+        if entry is None or not entry.active:
+            return
+        target, corrected = f"{key[0]}/{key[1]}", False
+        for (label, address), ready in published_readiness([event.obj], key).items():
+            state = None if ready else self.scheduler.state(CheckKey(target, label, address))
+            if state is not None and state.healthy and state.successes == 0:  # ready, but not by our last probe
+                state.healthy = False
+                check_key = CheckKey(target, label, address)
+                self._health[check_key] = self._previous_health(entry, label, address)
+                corrected = True
+        if corrected and entry.spec is not None and entry.resolved is entry.spec:
+            self._materialise(key, entry)
 
     def _forget(self, key: TargetKey) -> None:
         """The ClusterEndpoint ``key`` is gone: its checks, desired state and pending status go too."""

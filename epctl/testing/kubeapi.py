@@ -137,6 +137,7 @@ class KubeAPIServer:
         self.token = token or "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=32))
         self.request_log: list[RequestRecord] = []
         self.faults: list[FaultRule] = []
+        self.watch_lag: dict[str, float] = {}  # User-Agent prefix -> seconds every watch event is late
         self._runner: web.AppRunner | None = None
         self._watch_tasks: set[asyncio.Task[Any]] = set()
         self._owns_state_dir = state_dir is None  # removed on exit: certs, key, kubeconfig
@@ -221,6 +222,18 @@ class KubeAPIServer:
     def stall_watches(self) -> None:
         """Keep every open watch connected but send nothing more, not even bookmarks."""
         self.store.stall_watches()
+
+    def lag_watches(self, user_agent: str, seconds: float) -> None:
+        """Deliver every watch event to clients whose User-Agent starts with ``user_agent`` ``seconds``
+        late (0: on time again), bookmarks included: a busy API server, or a watch cache behind etcd,
+        as one replica sees it. Applies to watches open now and later."""
+        if seconds > 0:
+            self.watch_lag[user_agent] = seconds
+        else:
+            self.watch_lag.pop(user_agent, None)
+
+    def _lag_for(self, user_agent: str) -> float:
+        return max((lag for prefix, lag in self.watch_lag.items() if user_agent.startswith(prefix)), default=0.0)
 
     def compact(self) -> None:
         """Forget the event history so any watch from an older resourceVersion gets 410 Gone."""
@@ -516,6 +529,15 @@ class KubeAPIServer:
         task = asyncio.current_task()
         assert task is not None
         self._watch_tasks.add(task)
+        user_agent = request.headers.get("User-Agent", "")
+        stamped: asyncio.Queue[tuple[float, tuple[str, Obj] | None]] = asyncio.Queue()
+
+        async def stamp() -> None:  # when each event happened, so a lagging watch delivers it late
+            while True:
+                got = await watcher.queue.get()
+                stamped.put_nowait((time.monotonic(), got))
+
+        stamper = asyncio.create_task(stamp())
         try:
             await response.prepare(request)
             deadline = time.monotonic() + timeout
@@ -526,11 +548,14 @@ class KubeAPIServer:
                     break
                 wait = min(deadline, next_bookmark if bookmarks else deadline) - now
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(), timeout=max(wait, 0.001))
+                    happened, item = await asyncio.wait_for(stamped.get(), timeout=max(wait, 0.001))
+                    lag = self._lag_for(user_agent)
+                    if lag:
+                        await asyncio.sleep(max(0.0, happened + lag - time.monotonic()))
                 except TimeoutError:
                     if bookmarks and time.monotonic() >= next_bookmark:
                         next_bookmark = time.monotonic() + self.bookmark_interval
-                        if watcher.queue.empty() and not watcher.stalled:
+                        if watcher.queue.empty() and stamped.empty() and not watcher.stalled:
                             mark = {"kind": rt.kind, "apiVersion": rt.api_version,
                                     "metadata": {"resourceVersion": str(self.store.rv)}}
                             await response.write(json.dumps({"type": "BOOKMARK", "object": mark}).encode() + b"\n")
@@ -547,6 +572,7 @@ class KubeAPIServer:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            stamper.cancel()
             self.store.stop_watch(watcher)
             self._watch_tasks.discard(task)
         return response

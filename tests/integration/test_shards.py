@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from epctl.app import Controller, ControllerSettings
 from epctl.kube.client import LEASES, MERGE_PATCH, SECRETS, SERVICES, KubeClient
@@ -28,6 +29,7 @@ from tests.integration.controller_helpers import (
     source_service,
 )
 
+Obj = dict[str, Any]
 TIMING = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
 NAMES = [f"svc-{i}" for i in range(12)]
 WRITES = ("create", "update", "patch", "delete")
@@ -455,4 +457,52 @@ async def test_lease_durations_are_published_rounded_up_and_never_owned_across_n
             pod_owner={**pods, "namespace": namespace}))
         assert controller.member is not None
         assert (controller.member.owner_reference is not None) == owned
+    await setup.close()
+
+
+async def test_a_new_owner_with_lagging_watches_never_publishes_a_dead_host_ready(api: KubeAPIServer) -> None:
+    """Issue 22, case 4: a marks its hosts not ready; b's watches run 1.5 s late; a hands over (a
+    graceful shutdown). b must start from caches at least as new as the handover: before, b's checks
+    started from its stale cache (ready), and when its watch caught up the writer took a's not-ready
+    slices for a foreign edit and "repaired" them to ready: a dead host routed again until b's own
+    failures counted up."""
+    setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
+    await install_crd(setup)
+    names = [f"lag-{i}" for i in range(6)]
+    flips: list[str] = []  # a slice version that made the host ready again after it was published not ready
+    seen_down: set[str] = set()
+
+    def watch_slices(rt: object, obj: Obj) -> None:
+        service = (obj.get("metadata", {}).get("labels") or {}).get("kubernetes.io/service-name", "")
+        ready = [e["conditions"].get("ready") for e in obj.get("endpoints") or []]
+        if service in names and ready:
+            if ready == [False]:
+                seen_down.add(service)
+            elif service in seen_down:
+                flips.append(service)
+
+    api.store.listeners.append(lambda rt, obj: watch_slices(rt, obj) if getattr(rt, "plural", "") ==
+                               "endpointslices" else None)
+    async with AsyncExitStack() as stack:
+        up = await stack.enter_async_context(TCPBackend())
+        leaving = member(api, "a")
+        a = await leaving.__aenter__()
+        try:
+            b = await stack.enter_async_context(member(api, "b"))
+            await settled([a, b], 2)
+            for name in names:
+                await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+                    {"name": "up", "port": 80, "targetPort": up.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+                     "periodSeconds": 1, "failureThreshold": 3}]))
+            await eventually(lambda: all((cep_of(api, n) or {}).get("status", {}).get("phase") == "Healthy"
+                                         for n in names), timeout=20, message="all healthy")
+            api.lag_watches("epctl/b", 1.5)
+            await up.set_mode("closed")
+            await eventually(lambda: seen_down >= set(names), timeout=20, message="every host published not ready")
+        finally:
+            await leaving.__aexit__(None, None, None)  # a hands everything to b
+        await eventually(lambda: probed_targets(b) == set(names), timeout=15, message="b takes over")
+        await quiet([b])
+        assert flips == [], f"a dead host was published ready again: {flips}"
+        api.lag_watches("epctl/b", 0)
     await setup.close()
