@@ -45,10 +45,11 @@ from epctl.metrics import (
     PrometheusWriterMetrics,
     api_request,
 )
+from epctl.orphans import orphaned
 from epctl.probe.scheduler import Scheduler
 from epctl.shard.fence import Fence
 from epctl.shard.member import ShardMember
-from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
+from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
 from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
@@ -182,11 +183,35 @@ class Controller:
         bound = self.settings.renew_deadline
         await asyncio.gather(self.writer.release_unowned(bound), self.status.release_unowned(bound),
                              self.events.release_unowned(bound))
+        if acquired or mirror_acquired:
+            self._sweep()  # what changed while nobody held these targets
         HANDOVERS.labels("released").inc(released + mirror_released)
         HANDOVERS.labels("acquired").inc(acquired + mirror_acquired)
         if released or acquired or mirror_released or mirror_acquired:
             log.info("targets handed over", extra={"released": released + mirror_released,
                                                    "acquired": acquired + mirror_acquired})
+
+    def _sweep(self) -> None:
+        """Delete the slices and Endpoints of held targets that no front-end claims any more (edits made
+        while no controller held them: docs/design.md section 5)."""
+        objects = [((o["metadata"].get("namespace", ""),
+                     (o["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL, "")), o)
+                   for o in self.slices.cache.values()]
+        if self.endpoints is not None:
+            objects += [((o["metadata"].get("namespace", ""), o["metadata"].get("name", "")), o)
+                        for o in self.endpoints.cache.values()]
+        uids = {str(o["metadata"].get("uid", "")) for o in self.ceps.cache.values()}
+
+        def mirrored(key: TargetKey) -> bool:
+            service = self.services.get(*key)
+            return service is not None and mirror_source(service, self.settings.mirror_pairs) is not None
+
+        gone = orphaned(objects, claimed=lambda key: self.state.get(key) is not None, holds=self.owns,
+                        clusterendpoint_uids=uids, mirrored=mirrored)
+        if gone:
+            log.info("deleting what no front-end claims any more",
+                     extra={"targets": ",".join("/".join(k) for k in sorted(gone))})
+            self.writer.sweep(gone)
 
     @property
     def informers(self) -> list[Informer]:
@@ -244,6 +269,7 @@ class Controller:
         self.heap.start()  # caches and checks are in: keep full GC pauses off the event loop
         self.mirror.start()
         self._core += [self.writer.start(), self.status.start(), self.events.start()]
+        self._sweep()
         self._gauge_task = asyncio.create_task(self._gauges(), name="gauges")
         self.scheduler.start()
         self.discovery.resume()

@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from epctl.state import Endpoint, PortGroup, SlicePort, Target
+from epctl.state import Endpoint, PortGroup, SlicePort, Target, front_end_labels
 
 Obj = dict[str, Any]
 
@@ -98,7 +98,7 @@ def desired_endpoints(target: Target) -> Obj:
     """The whole Endpoints object epctl wants for ``target`` (metadata as far as it is ours)."""
     subsets, truncated = desired_subsets(target.groups.values())
     metadata: Obj = {"name": target.name, "namespace": target.namespace,
-                     "labels": {SKIP_MIRROR_LABEL: "true", MANAGED_LABEL: MANAGED_VALUE}}
+                     "labels": {SKIP_MIRROR_LABEL: "true", MANAGED_LABEL: MANAGED_VALUE, **front_end_labels(target)}}
     if truncated:
         metadata["annotations"] = {OVER_CAPACITY: "truncated"}
     if target.owner:

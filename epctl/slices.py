@@ -83,7 +83,8 @@ class _Work:
 
 
 def plan_slices(namespace: str, service: str, groups: list[PortGroup], observed: list[Obj], *,
-                max_per_slice: int = 100, owner_references: list[Obj] | None = None) -> Plan:
+                max_per_slice: int = 100, owner_references: list[Obj] | None = None,
+                extra_labels: dict[str, str] | None = None) -> Plan:
     """The writes that turn ``observed`` (our slices of this Service) into ``groups``."""
     if not 1 <= max_per_slice <= MAX_PER_SLICE_LIMIT:
         raise ValueError(f"max_per_slice must be between 1 and {MAX_PER_SLICE_LIMIT}")
@@ -102,14 +103,14 @@ def plan_slices(namespace: str, service: str, groups: list[PortGroup], observed:
     taken_names = {o["metadata"]["name"] for o in observed}
     for digest, group in wanted.items():
         _plan_group(plan, namespace, service, digest, group, by_group.get(digest, []), max_per_slice, owners,
-                    taken_names)
+                    taken_names, extra_labels or {})
     return plan
 
 
 def _plan_group(plan: Plan, namespace: str, service: str, digest: str, group: PortGroup, slices: list[Obj],
-                max_per_slice: int, owners: list[Obj], taken_names: set[str]) -> None:
+                max_per_slice: int, owners: list[Obj], taken_names: set[str], extra_labels: dict[str, str]) -> None:
     want: dict[str, Endpoint] = group.endpoints
-    labels = slice_labels(service, group)
+    labels = {**slice_labels(service, group), **extra_labels}
     ports = [p.to_api() for p in group.ports]
     placed: set[str] = set()
     work: list[_Work] = []

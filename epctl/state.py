@@ -104,6 +104,17 @@ class Target:
         return (self.namespace, self.name)
 
 
+MIRRORED_LABEL = "epctl.io/mirrored"  # on what a mirror wrote: the sweep's only way to tell it from a manager's
+
+
+def front_end_labels(target: Target) -> dict[str, str]:
+    """Labels epctl's slices and Endpoints carry for their front-end: a mirror's are marked, so what
+    it wrote can be found (and swept) when its annotation went away while no controller ran. A
+    ClusterEndpoint's are recognised by their owner; the manager's are left alone (no controller
+    can know whether a manager still serves them)."""
+    return {MIRRORED_LABEL: "true"} if target.source == "mirror" else {}
+
+
 class DesiredState:
     """One holder per Service. A front-end (``Target.source``) that claims a Service another one holds
     is refused: its claim waits, is kept current, and takes over only when the holder releases the

@@ -39,7 +39,7 @@ from epctl.slices import (
     service_index,
     service_of_slice,
 )
-from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
+from epctl.state import DesiredState, ServiceSpec, Target, TargetKey, front_end_labels
 from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,14 @@ class Writer:
         self._wakeup.set()
         return len(gone)
 
+    def sweep(self, keys: set[TargetKey]) -> None:
+        """Delete what we published for ``keys`` (targets nobody claims, ``epctl.orphans``): like a
+        target that went away while we ran, so the same delete path, owned and fenced, does it."""
+        for key in keys:
+            if self.state.get(key) is None and self.owns(key):
+                self._known.add(key)
+                self.notify(key)
+
     async def flush(self, timeout: float = 8.0) -> bool:
         """Write everything pending now, ignoring the debounce; True if all went out in time."""
         for entry in self._pending.values():
@@ -364,7 +372,7 @@ class Writer:
         for _attempt in range(4):
             observed = await self._list_slices(key) if fresh else self._observed(key)
             plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
-                               owner_references=owners)
+                               owner_references=owners, extra_labels=front_end_labels(target) if target else None)
             if plan.empty:
                 break
             log.debug("writing slices", extra={"target": "/".join(key), "create": len(plan.creates),

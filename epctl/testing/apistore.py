@@ -92,6 +92,7 @@ class ObjectStore:
         self._snapshots: dict[str, tuple[int, list[Obj]]] = {}
         self._snapshot_ids = itertools.count(1)
         self._gc_scheduled = False
+        self.gc_paused = False  # kube-controller-manager down or busy: deletions wait for the collector
         # controllers emulated beside the store (epctl.testing.kcm) hear of every committed change
         self.listeners: list[Callable[[ResourceType, Obj], None]] = []
         self._ip_counter = itertools.count(10)
@@ -507,7 +508,7 @@ class ObjectStore:
         return gone
 
     def _schedule_gc(self) -> None:
-        if self._gc_scheduled:
+        if self._gc_scheduled or self.gc_paused:
             return
         self._gc_scheduled = True
         try:
@@ -526,9 +527,16 @@ class ObjectStore:
             for key, obj in list(store.items()):
                 yield rt, key, obj
 
+    def resume_gc(self) -> None:
+        """The collector is back: it catches up with everything it missed."""
+        self.gc_paused = False
+        self._schedule_gc()
+
     def _run_gc(self) -> None:
         """One pass of the garbage collector and namespace controller; repeats until stable."""
         self._gc_scheduled = False
+        if self.gc_paused:
+            return
         changed = True
         while changed:
             changed = False
