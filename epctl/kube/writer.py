@@ -44,6 +44,7 @@ from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+SLICE_CONTROLLER = "endpointslice-controller.k8s.io"  # kube-controller-manager's, for selector Services
 
 
 class SyncReporter(Protocol):
@@ -111,6 +112,7 @@ class Writer:
         self._known: set[TargetKey] = set()
         self._written: dict[tuple[str, str], _Written] = {}
         self._written_endpoints: dict[tuple[str, str], _Written] = {}
+        self._deselected: set[TargetKey] = set()  # adopted Services whose selector we removed
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -352,6 +354,7 @@ class Writer:
                     raise
         if self.endpoints is None:
             await self._sync_slices(key, target)
+            await self._delete_controller_slices(key)
         elif is_ours(self._observed_endpoints(key)):
             # Both ours already: independent writes, so one reconcile costs the slower of the two.
             results = await asyncio.gather(self._sync_slices(key, target), self._sync_endpoints(key, target),
@@ -359,11 +362,33 @@ class Writer:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
+            await self._delete_controller_slices(key)
         else:
             # Taking the Endpoints over (from a seed tool, a person): our slices first, so the slice that
             # Kubernetes mirrored from the old Endpoints is only removed once ours are there.
             await self._sync_slices(key, target)
+            await self._delete_controller_slices(key)
             await self._sync_endpoints(key, target)
+
+    async def _delete_controller_slices(self, key: TargetKey) -> None:
+        """After adopting a Service that had a selector (ours are published by now): delete the slices
+        kube-controller-manager's EndpointSlice controller made for it. It does not do so itself when a
+        Service loses its selector (its sync skips selector-less Services), so kube-proxy would keep
+        routing to those Pods beside our hosts."""
+        if key not in self._deselected:
+            return
+        found = await self.client.request("GET", ENDPOINTSLICES.path(key[0]), query={
+            "labelSelector": f"{SERVICE_NAME_LABEL}={key[1]},{MANAGED_BY_LABEL}={SLICE_CONTROLLER}"})
+        for obj in found.get("items") or []:
+            meta = obj["metadata"]
+            try:
+                await self._send(key, "DELETE", ENDPOINTSLICES.path(key[0], meta["name"]),
+                                 body={"preconditions": {"uid": meta.get("uid")}})
+                self._count_ok("foreign_slice_delete")
+            except ApiError as err:
+                if err.code not in (404, 409):
+                    raise
+        self._deselected.discard(key)
 
     async def _sync_slices(self, key: TargetKey, target: Target | None) -> None:
         groups = list(target.groups.values()) if target else []
@@ -586,6 +611,8 @@ class Writer:
                 await self._send(key, "PATCH", SERVICES.path(target.namespace, target.name), body=patch,
                                           content_type=MERGE_PATCH)
                 self._count_ok("service_update")
+                if existing.get("spec", {}).get("selector"):
+                    self._deselected.add(key)
             except ApiError as err:
                 if err.code == 422:
                     raise Permanent(err.message) from err

@@ -411,6 +411,7 @@ def builtin_types() -> list[ResourceType]:
         ResourceType("", "v1", "secrets", "Secret", True, validate=validate_secret, default=default_secret,
                      selectable_fields=frozenset({"type"})),
         ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
+        ResourceType("", "v1", "pods", "Pod", True, ("po",), status_subresource=True, categories=("all",)),
         ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
         ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
                      validate=validate_endpointslice, default=default_endpointslice),

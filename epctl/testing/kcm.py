@@ -14,9 +14,16 @@ collector lives in :mod:`epctl.testing.apistore`; this module adds:
   ``endpointslice.kubernetes.io/skip-mirror: "true"`` or a leader-election annotation, or when the
   Service is gone or has a selector. Slices someone else changed are put back.
 
-Not emulated: the EndpointSlice and Endpoints controllers for Services *with* a selector. They
-derive endpoints from Pods, and epctl never manages a Service with a selector (it refuses them), so
-nothing epctl does depends on them.
+- **EndpointSlice** (pkg/controller/endpointslice), where epctl meets it: a Service *with* a
+  selector gets one slice per address family managed by ``endpointslice-controller.k8s.io`` (owned by
+  the Service), from the Pods its selector matches (``status.podIP``, ``ready`` from the Pod's Ready
+  condition). A Service *without* a selector is skipped outright, as upstream's ``syncService`` does:
+  so when a Service loses its selector (epctl adopting it), the controller's slices stay, and
+  kube-proxy keeps routing to those Pods, until someone deletes them (epctl does, once its own
+  slices are published).
+
+Not emulated: the Endpoints controller for Services with a selector (epctl takes their Endpoints
+over by writing them).
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ def mirrored_slices(endpoints: Obj) -> list[Obj]:
                     endpoint[field] = address[field]
             group["endpoints"].append(endpoint)
     return list(groups.values())
+
+
+SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 
 
 def _shape(obj: Obj) -> str:
@@ -141,3 +151,66 @@ class EndpointSliceMirroring:
             body = copy.deepcopy(desired)
             body["metadata"]["generateName"] = f"{name}-"
             self.store.create(slices_rt, namespace, body, manager=MIRRORING)
+
+
+class EndpointSliceController:
+    """The EndpointSlice controller for Services with a selector, as far as epctl meets it (see the
+    module docstring): reconciles a namespace's selector Services after any Service or Pod change."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._scheduled: set[str] = set()
+        store.listeners.append(self._on_change)
+
+    def _type(self, group: str, plural: str) -> ResourceType:
+        return next(rt for rt in self.store.types.values() if rt.group == group and rt.plural == plural)
+
+    def _on_change(self, rt: ResourceType, obj: Obj) -> None:
+        if rt.group == "" and rt.plural in ("services", "pods"):
+            namespace = obj["metadata"].get("namespace", "")
+            if namespace not in self._scheduled:
+                self._scheduled.add(namespace)
+                try:
+                    asyncio.get_running_loop().call_soon(self._drain, namespace)
+                except RuntimeError:
+                    self._drain(namespace)
+
+    def _drain(self, namespace: str) -> None:
+        self._scheduled.discard(namespace)
+        for (ns, _), service in list(self.store.objects[("", "services")].items()):
+            if ns == namespace:
+                self.reconcile(service)
+
+    def reconcile(self, service: Obj) -> None:
+        selector = (service.get("spec") or {}).get("selector")
+        if not selector:
+            return  # upstream: "services without a selector receive no endpoint slices from this controller"
+        meta = service["metadata"]
+        namespace, name = meta.get("namespace", ""), meta["name"]
+        slices_rt = self._type("discovery.k8s.io", "endpointslices")
+        pods = [p for (ns, _), p in sorted(self.store.objects[("", "pods")].items())
+                if ns == namespace and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+                and (p.get("status") or {}).get("podIP")]
+        ports = [{"name": p.get("name", ""), "port": p.get("targetPort") if isinstance(p.get("targetPort"), int)
+                  else p["port"], "protocol": p.get("protocol", "TCP")} for p in service["spec"].get("ports") or []]
+        endpoints = [{"addresses": [p["status"]["podIP"]],
+                      "conditions": {"ready": any(c.get("type") == "Ready" and c.get("status") == "True"
+                                                  for c in p["status"].get("conditions") or [])},
+                      "targetRef": {"kind": "Pod", "namespace": namespace, "name": p["metadata"]["name"],
+                                    "uid": p["metadata"]["uid"]}} for p in pods]
+        desired: Obj = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {
+            "namespace": namespace, "labels": {SERVICE_NAME: name, MANAGED_BY: SLICE_CONTROLLER},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta["uid"],
+                                 "controller": True, "blockOwnerDeletion": True}]},
+            "addressType": "IPv4", "ports": ports, "endpoints": endpoints}
+        existing = next((o for (ns, _), o in self.store.objects[slices_rt.storage_key].items()
+                         if ns == namespace and (o["metadata"].get("labels") or {}).get(SERVICE_NAME) == name
+                         and o["metadata"]["labels"].get(MANAGED_BY) == SLICE_CONTROLLER), None)
+        if existing is None:
+            body = copy.deepcopy(desired)
+            body["metadata"]["generateName"] = f"{name}-"
+            self.store.create(slices_rt, namespace, body, manager=SLICE_CONTROLLER)
+        elif _content(existing) != _content(desired):
+            body = copy.deepcopy(desired)
+            body["metadata"]["name"] = existing["metadata"]["name"]
+            self.store.update(slices_rt, namespace, existing["metadata"]["name"], body, manager=SLICE_CONTROLLER)

@@ -37,7 +37,7 @@ from epctl.testing import apierrors
 from epctl.testing.apierrors import StatusError
 from epctl.testing.apistore import ObjectStore
 from epctl.testing.builtins import ALL_VERBS, ResourceType
-from epctl.testing.kcm import EndpointSliceMirroring
+from epctl.testing.kcm import EndpointSliceController, EndpointSliceMirroring
 from epctl.testing.openapi import openapi_v3_document, openapi_v3_index
 from epctl.testing.protobuf import ProtobufError, decode_object
 from epctl.testing.selectors import make_filter
@@ -133,6 +133,7 @@ class KubeAPIServer:
         self.store = ObjectStore(allow_loopback=allow_loopback, history_window=history_window)
         # what kube-controller-manager does to our objects in every cluster (GC is in the store)
         self.mirroring = EndpointSliceMirroring(self.store) if controllers else None
+        self.slice_controller = EndpointSliceController(self.store) if controllers else None
         self.bookmark_interval = bookmark_interval
         self.token = token or "".join(random.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=32))
         self.request_log: list[RequestRecord] = []

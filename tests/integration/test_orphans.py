@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from epctl.kube.client import SERVICES, KubeClient
+from epctl.kube.client import MERGE_PATCH, SERVICES, KubeClient, Resource
 from epctl.state import MIRRORED_LABEL
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
@@ -21,6 +21,7 @@ from tests.integration.controller_helpers import (
 
 Obj = dict[str, Any]
 MIRROR = "epctl.io/mirror-from"
+PODS = Resource("", "v1", "pods", "Pod")
 
 
 def ours(api: KubeAPIServer, name: str) -> list[Obj]:
@@ -67,4 +68,44 @@ async def test_what_nobody_claims_after_edits_without_a_controller_is_swept(api:
         deletes = {(r.resource, r.name) for r in api.writes(since=mark) if r.verb == "delete"}
         assert {r for r in deletes if r[0] == "endpoints"} == {("endpoints", "copy"), ("endpoints", "gone")}
         api.store.resume_gc()
+    await client.close()
+
+
+def controller_slices(api: KubeAPIServer, name: str) -> list[Obj]:
+    return [s for s in slices_of(api, name) if (s["metadata"].get("labels") or {}).get(
+        "endpointslice.kubernetes.io/managed-by") == "endpointslice-controller.k8s.io"]
+
+
+async def test_adopting_a_service_with_a_selector_removes_the_pod_slices_once_ours_are_up(
+        api: KubeAPIServer) -> None:
+    """Issue 22, case 6: kube-controller-manager's EndpointSlice controller does not delete its slices
+    when a Service loses its selector (the test server does the same), so the Pod IPs would stay
+    routable beside our hosts. epctl deletes them once its own slices are published."""
+    client = await KubeClient.connect(api.kubeconfig_path)
+    await install_crd(client)
+    await client.request("POST", SERVICES.path("default"), body={
+        "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "p", "port": 80}]}})
+    pod = await client.request("POST", PODS.path("default"), body={
+        "metadata": {"name": "web-0", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx"}]}})
+    pod["status"] = {"podIP": "10.244.0.5", "conditions": [{"type": "Ready", "status": "True"}]}
+    await client.request("PUT", PODS.path("default", "web-0", "status"), body=pod)
+    await eventually(lambda: len(controller_slices(api, "web")) == 1, message="the Pod slice exists")
+    # without epctl: a Service that loses its selector keeps the controller's slice
+    await client.request("PATCH", SERVICES.path("default", "web"), body={"spec": {"selector": None}},
+                         content_type=MERGE_PATCH)
+    await eventually(lambda: (api.store.objects[("", "services")][("default", "web")]["spec"].get("selector")
+                              is None), message="selector removed")
+    assert len(controller_slices(api, "web")) == 1
+    await client.request("PATCH", SERVICES.path("default", "web"), body={"spec": {"selector": {"app": "web"}}},
+                         content_type=MERGE_PATCH)
+    async with TCPBackend() as up:
+        body = cep("web", [{"name": "p", "port": 80, "targetPort": up.port, "hosts": ["127.0.0.1"], "tcpSocket": {}}])
+        body["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=body)
+        async with running_controller(api, client):
+            await eventually(lambda: not controller_slices(api, "web") and ours(api, "web"), timeout=20,
+                             message="our slices up, the Pod slice gone")
+            service = api.store.objects[("", "services")][("default", "web")]
+            assert not service["spec"].get("selector")
     await client.close()
