@@ -9,6 +9,16 @@ deleted or edited by someone else, hand-written Endpoints objects (as the old to
 dropped watches, forced compaction, bursts of 409/429/500 on the next writes, and, with two
 replicas under Lease leader election, replica restarts, leader hand-overs and a partitioned leader.
 
+Shard mode (``--shard``) runs three ``--shard`` members instead, and its world also holds what broke
+ownership before (issue 22): members joining, leaving, killed (no release), paused longer than their
+Lease (every request hangs, then fails, so nothing they sent meanwhile lands), their member Leases
+deleted or hand-edited, slow answers to writes already applied, lagging watches during handovers, and
+edits made while no controller runs (a mirror annotation removed, a ClusterEndpoint deleted while the
+garbage collector is down). Its invariants, besides the settled state: no two members' write fences
+are open for one target at the same instant (sampled every few ms through the whole walk), no host
+is published ready after it was published not ready while its backend stayed down, and nothing
+labelled as epctl's exists that no front-end claims.
+
 After each step the system must quiesce into the state derived from the API objects and the
 backends' health alone (see :func:`violations`: Services, slices, v1 Endpoints, status), with one
 leader and at most one writer at any time (every write comes from the replica whose Lease write
@@ -17,6 +27,7 @@ precedes it in the server's commit order), and an idle system must write nothing
 can be shrunk by dropping steps.
 
     python -m tests.fuzz.controller_fuzz --seeds 20 --steps 40      # soak: prints the figures
+    python -m tests.fuzz.controller_fuzz --shard --seeds 10 --steps 30
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epctl.app import Controller, ControllerSettings
-from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, SERVICES, ApiError, KubeClient
+from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, LEASES, MERGE_PATCH, SERVICES, ApiError, KubeClient
+from epctl.shard.member import GROUP_LABEL, lease_name
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
@@ -72,13 +84,31 @@ def random_spec(rng: random.Random, port: int) -> Obj:
     return {"ports": ports}
 
 
-def random_step(rng: random.Random, port: int) -> Step:
+SHARD_KINDS = ("join", "leave", "kill", "pause", "delete_lease", "edit_lease", "slow", "lag", "offline")
+SHARD_WEIGHTS = (2, 2, 1, 1, 2, 1, 2, 2, 1)
+MAX_MEMBERS = 4
+
+
+def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
+    if shard and rng.random() < 0.4:
+        kind = rng.choices(SHARD_KINDS, weights=SHARD_WEIGHTS)[0]
+        step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
+        if kind in ("slow", "lag"):
+            step["then"] = random_step(rng, port, shard)
+            while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
+                step["then"] = random_step(rng, port, shard)
+        elif kind == "offline":
+            step["edit"] = rng.choice(("unannotate", "delete_slow_gc", "delete", "backend"))
+            step["address"] = rng.choice(ADDRESSES)
+        elif kind == "edit_lease":
+            step["edit"] = rng.choice(("holder", "label"))
+        return step
     kind = rng.choices(
         ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
          "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile",
          "legacy_endpoints", "leader_change", "partition"),
-        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 1, 1))[0]
-    step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
+        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 0 if shard else 1, 0 if shard else 1))[0]
+    step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
     if kind in ("apply", "recreate", "recreate_relist"):
         step["spec"] = random_spec(rng, port)
         step["adopt"] = rng.random() < 0.5
@@ -89,9 +119,9 @@ def random_step(rng: random.Random, port: int) -> Step:
         step["rule"] = {"verb": rng.choice(("create", "update", "patch", "delete")),
                         "resource": rng.choice(("endpointslices", "services", "clusterendpoints")),
                         "code": rng.choice((409, 429, 500)), "count": rng.randint(1, 3)}
-        step["then"] = random_step(rng, port)  # the burst hits whatever the next change writes
-        while step["then"]["kind"] == "faults":
-            step["then"] = random_step(rng, port)
+        step["then"] = random_step(rng, port, shard)  # the burst hits whatever the next change writes
+        while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
+            step["then"] = random_step(rng, port, shard)
     elif kind == "hostile":
         step["host"] = rng.choice(HOSTILE)
     return step
@@ -268,40 +298,88 @@ class Stats:
 
 
 class World:
-    def __init__(self, api: KubeAPIServer, client: KubeClient, port: int) -> None:
-        self.api, self.client, self.port = api, client, port
+    def __init__(self, api: KubeAPIServer, client: KubeClient, port: int, shard: bool = False) -> None:
+        self.api, self.client, self.port, self.shard = api, client, port, shard
         self.backends = {a: TCPBackend(port, host=a) for a in ADDRESSES}
         self.up = dict.fromkeys(ADDRESSES, True)
-        self.replicas: list[Replica] = []  # two, with Lease leader election: one writes, one stands by
+        # leader election: two, one writes, one stands by; shard mode: three members sharing the targets
+        self.replicas: list[Replica] = []
         self._names = (f"r{n}" for n in itertools.count())
+        self.sharing: list[str] = []  # moments two members' write fences were open for one target
+        self.reopened: list[str] = []  # a host published ready after not ready while its backend stayed down
+        self._published_down: set[tuple[str, str, str]] = set()  # (service, port, address) not ready, host down
+        self._foreign_edit = False  # the fuzzer itself is editing a slice (not epctl's publication)
+        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for backend in self.backends.values():
             await backend.start()
         await install_crd(self.client)
         await source_service(self.client, "origin", ("db", 5432, 5432), {"10.1.0.1": True})
-        for _ in range(2):
+        for _ in range(3 if self.shard else 2):
             await self.start_replica()
+        if self.shard:
+            self.api.store.listeners.append(self._on_stored)
+            self._sampler = asyncio.create_task(self._sample_fences())
 
     async def start_replica(self) -> None:
         name = next(self._names)
         client = await KubeClient.connect(self.api.kubeconfig_path, user_agent=f"{CONTROLLER_AGENT}/{name}")
+        election = {"shard": True} if self.shard else {"leader_elect": True}
         controller = Controller(client, ControllerSettings(
             batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True, metrics_addr=None,
-            resolve_interval=3600, leader_elect=True, leader_election_namespace="default", identity=name,
-            **LEASE))  # type: ignore[arg-type]
+            resolve_interval=3600, leader_election_namespace="default", identity=name,
+            **election, **LEASE))  # type: ignore[arg-type]
         await controller.start()
         self.replicas.append(Replica(name, client, controller))
 
-    async def stop_replica(self, replica: Replica) -> None:
+    async def stop_replica(self, replica: Replica, killed: bool = False) -> None:
+        """Stop one replica: gracefully (flush, release), or killed: its connection goes first, so
+        nothing more of it reaches the API server and its Lease is never released."""
         self.replicas.remove(replica)
-        await replica.controller.stop()
+        cut = (self.api.inject_fault(FaultRule(user_agent=f"{CONTROLLER_AGENT}/{replica.name}", code=503,
+                                               count=10**9)) if killed else None)
+        await replica.controller.stop(flush_timeout=0.5 if killed else 8.0)
         await replica.client.close()
+        if cut is not None:
+            self.api.faults.remove(cut)
+
+    # --- shard-mode invariants, watched all the time -------------------------------------------------
+
+    async def _sample_fences(self) -> None:
+        """No two members may send a write for one target at the same moment (every few ms, all walk)."""
+        while True:
+            for name in (*NAMES, "h"):
+                key = ("default", name)
+                open_for = [r.name for r in self.replicas if r.controller.fence.remaining(key) > 0]
+                if len(open_for) > 1:
+                    self.sharing.append(f"{name}: {open_for}")
+            await asyncio.sleep(0.005)  # a sampling interval, not synchronisation
+
+    def _on_stored(self, rt: Any, obj: Obj) -> None:
+        """Every stored slice version: once published not ready while its backend is down, a host must
+        not be published ready before its backend comes back (no passing probe can have happened)."""
+        labels = obj.get("metadata", {}).get("labels") or {}
+        if getattr(rt, "plural", "") != "endpointslices" or labels.get(MANAGED[0]) != MANAGED[1]:
+            return
+        service = labels.get("kubernetes.io/service-name", "")
+        port = (obj.get("ports") or [{}])[0].get("name", "")
+        for endpoint in obj.get("endpoints") or []:
+            address = endpoint["addresses"][0]
+            if address not in self.up or self.up[address]:
+                continue
+            slot = (service, port, address)
+            if not endpoint["conditions"].get("ready"):
+                self._published_down.add(slot)
+            elif slot in self._published_down and not self._foreign_edit:
+                self.reopened.append(f"{service} {port} {address}: ready again while down")
 
     def leader(self) -> Replica | None:
         return next((r for r in self.replicas if r.controller.leading), None)
 
     async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         for replica in list(self.replicas):
             await self.stop_replica(replica)
         for backend in self.backends.values():
@@ -382,6 +460,8 @@ class World:
 
     async def _backend(self, step: Step, stats: Stats) -> None:
         self.up[step["address"]] = step["up"]
+        if step["up"]:  # a passing probe is possible from now on
+            self._published_down = {s for s in self._published_down if s[2] != step["address"]}
         await self.backends[step["address"]].set_mode("accepting" if step["up"] else "closed")
 
     def _ours(self) -> list[Obj]:
@@ -401,7 +481,11 @@ class World:
             victim = copy.deepcopy(ours[step["pick"] % len(ours)])
             conditions = victim["endpoints"][0]["conditions"]
             conditions["ready"] = conditions["serving"] = not conditions.get("ready")
-            await self._try("PUT", ENDPOINTSLICES.path("default", victim["metadata"]["name"]), victim)
+            self._foreign_edit = True
+            try:
+                await self._try("PUT", ENDPOINTSLICES.path("default", victim["metadata"]["name"]), victim)
+            finally:
+                self._foreign_edit = False
 
     async def _delete_service(self, step: Step, stats: Stats) -> None:
         await self._try("DELETE", SERVICES.path("default", step["name"]))
@@ -474,6 +558,98 @@ class World:
                          message="the standby takes over")  # only then does the partition heal
         self.api.faults.remove(rule)
 
+    # --- shard-mode steps --------------------------------------------------------------------------
+
+    def _pick(self, step: Step) -> Replica:
+        picked: Replica = self.replicas[step["pick"] % len(self.replicas)]
+        return picked
+
+    async def _join(self, step: Step, stats: Stats) -> None:
+        if len(self.replicas) < MAX_MEMBERS:
+            await self.start_replica()
+
+    async def _leave(self, step: Step, stats: Stats) -> None:
+        """A member shuts down gracefully (flushes, releases its Lease)."""
+        if len(self.replicas) > 1:
+            stats.restarts += 1
+            await self.stop_replica(self._pick(step))
+
+    async def _kill(self, step: Step, stats: Stats) -> None:
+        """kill -9 of a member: nothing more of it reaches the API server; its Lease expires. Its
+        Deployment starts a new one."""
+        stats.restarts += 1
+        await self.stop_replica(self._pick(step), killed=True)
+        await self.start_replica()
+
+    async def _pause(self, step: Step, stats: Stats) -> None:
+        """A member is stopped longer than its Lease (SIGSTOP, a VM paused): everything it sends hangs
+        and never lands, until the others have taken its targets; then it runs on and must notice."""
+        victim = self._pick(step)
+        if len(self.replicas) < 2:
+            return
+        rule = self.api.inject_fault(FaultRule(user_agent=f"{CONTROLLER_AGENT}/{victim.name}", code=503,
+                                               delay=LEASE["lease_duration"] * 1.5, count=10**9))
+        others = [r for r in self.replicas if r is not victim]
+        await eventually(lambda: all(r.controller.member is not None
+                                     and victim.name not in r.controller.member.ring.members for r in others),
+                         timeout=15, message="the others count the paused member out")
+        self.api.faults.remove(rule)
+
+    async def _delete_lease(self, step: Step, stats: Stats) -> None:
+        """kubectl delete lease (or a cascading delete) of a live member's Lease."""
+        await self._try("DELETE", LEASES.path("default", lease_name(self._pick(step).name)))
+
+    async def _edit_lease(self, step: Step, stats: Stats) -> None:
+        """Someone edits a live member's Lease: clears its holder, or takes it out of the group."""
+        edit = ({"spec": {"holderIdentity": None}} if step["edit"] == "holder"
+                else {"metadata": {"labels": {GROUP_LABEL: None}}})
+        await self._try("PATCH", LEASES.path("default", lease_name(self._pick(step).name)), edit,
+                        content_type=MERGE_PATCH)
+
+    async def _slow(self, step: Step, stats: Stats) -> None:
+        """The next writes of the controllers are applied at once but answered only after longer than
+        a Lease lasts, while the next step (perhaps a handover) happens."""
+        stats.faults += 3
+        self.api.inject_fault(FaultRule(user_agent=CONTROLLER_AGENT, code=0, count=3,
+                                        respond_after=LEASE["lease_duration"] * 1.5,
+                                        verb=("patch", "update", "create")[step["pick"] % 3]))
+        await self.run(step["then"], stats)
+
+    async def _lag(self, step: Step, stats: Stats) -> None:
+        """One member's watches run a second late while the next step happens."""
+        self.api.lag_watches(f"{CONTROLLER_AGENT}/{self._pick(step).name}", 1.0)
+        await self.run(step["then"], stats)
+
+    async def _offline(self, step: Step, stats: Stats) -> None:
+        """Every member stops (an upgrade); an edit is made while none runs; they start again. What no
+        front-end claims must be gone before the garbage collector runs again."""
+        count = len(self.replicas)
+        for replica in list(self.replicas):
+            await self.stop_replica(replica)
+        stats.restarts += count
+        edit, gone_uid = step["edit"], ""
+        if edit == "unannotate":
+            await self._unannotate(step, stats)
+        elif edit in ("delete", "delete_slow_gc"):
+            current = self._get("clusterendpoints", step["name"])
+            gone_uid = current["metadata"]["uid"] if current and edit == "delete_slow_gc" else ""
+            self.api.store.gc_paused = bool(gone_uid)
+            await self._delete(step, stats)
+        else:
+            await self._backend({"address": step["address"], "up": not self.up[step["address"]]}, stats)
+        for _ in range(count):
+            await self.start_replica()
+        if gone_uid:
+            def swept() -> bool:
+                return not any(_owned_by(o, gone_uid) for kind in ("endpointslices", "endpoints")
+                               for o in self.objects()[kind].values())
+            try:
+                await eventually(swept, timeout=10, message="what the deleted ClusterEndpoint published is swept")
+            except AssertionError as err:
+                raise InvariantViolation(str(err)) from None
+            finally:
+                self.api.store.resume_gc()
+
     async def _hostile(self, step: Step, stats: Stats) -> None:
         body = cep("h", [{"name": "p0", "port": 8000, "targetPort": self.port, "hosts": [step["host"]],
                           "tcpSocket": {}, "periodSeconds": 1}])
@@ -481,6 +657,14 @@ class World:
         await self._try("POST", CLUSTERENDPOINTS.path("default"), body)
 
     # --- invariants -----------------------------------------------------------------------------
+
+    def converged(self) -> list[str]:
+        """Shard mode: every member sees the same ring of every member, and it converged."""
+        rings = {r.controller.member.ring.members for r in self.replicas if r.controller.member is not None}
+        names = tuple(sorted(r.name for r in self.replicas))
+        if rings != {names} or not all(r.controller.leading for r in self.replicas):
+            return [f"ring not converged: members {names}, rings seen {sorted(rings)}"]
+        return []
 
     def writers(self) -> list[str]:
         """Problems with who wrote: at most one replica writes at any time. Only the Lease holder renews
@@ -501,11 +685,16 @@ class World:
     async def quiesce(self, stats: Stats) -> None:
         """Wait for the state the objects and backends call for; then an idle window writes nothing."""
         self.api.faults.clear()  # a burst lasts one step
+        self.api.watch_lag.clear()
 
         def problems() -> list[str]:
+            if self.shard:
+                return violations(self.objects(), self.up) + self.converged() + self.sharing[:3] + self.reopened[:3]
             return (violations(self.objects(), self.up) + self.writers()
                     + ([] if self.leader() is not None else ["no leader"]))
 
+        if self.sharing or self.reopened:
+            raise InvariantViolation("; ".join(self.sharing[:3] + self.reopened[:3]))
         try:
             await eventually(lambda: not problems(), timeout=QUIESCE_TIMEOUT, interval=0.05)
         except AssertionError:
@@ -530,12 +719,12 @@ class Failure:
     error: str
 
 
-async def run_walk(steps: list[Step], port: int, stats: Stats) -> Failure | None:
+async def run_walk(steps: list[Step], port: int, stats: Stats, shard: bool = False) -> Failure | None:
     """Run ``steps`` in a fresh world; the first violation, or None."""
     started = time.monotonic()
     async with KubeAPIServer(allow_loopback=True, bookmark_interval=0.5) as api:
-        client = await KubeClient.connect(api.kubeconfig_path)
-        world = World(api, client, port)
+        client = await KubeClient.connect(api.kubeconfig_path, user_agent="fuzzer")
+        world = World(api, client, port, shard)
         done = 0
         try:
             await world.start()
@@ -555,12 +744,12 @@ async def run_walk(steps: list[Step], port: int, stats: Stats) -> Failure | None
     return None
 
 
-def generate(seed: int, count: int, port: int) -> list[Step]:
+def generate(seed: int, count: int, port: int, shard: bool = False) -> list[Step]:
     rng = random.Random(seed)
-    return [random_step(rng, port) for _ in range(count)]
+    return [random_step(rng, port, shard) for _ in range(count)]
 
 
-async def shrink(failure: Failure, port: int, budget: float) -> Failure:
+async def shrink(failure: Failure, port: int, budget: float, shard: bool = False) -> Failure:
     """Drop runs of steps while the walk still fails: halves first, then quarters, down to single
     steps (delta debugging), bounded by ``budget`` seconds. Any failure counts as the same failure."""
     deadline = time.monotonic() + budget
@@ -570,7 +759,7 @@ async def shrink(failure: Failure, port: int, budget: float) -> Failure:
         start = len(best.steps) - 1 - chunk  # the failing step itself stays
         while start >= 0 and time.monotonic() < deadline:
             candidate = best.steps[:start] + best.steps[start + chunk:]
-            result = await run_walk(candidate, port, Stats())
+            result = await run_walk(candidate, port, Stats(), shard)
             if result is not None:
                 best = Failure(failure.seed, candidate[:result.failed_at + 1], result.failed_at, result.error)
             start = min(start, len(best.steps) - 1) - chunk
@@ -587,15 +776,15 @@ def report(failure: Failure) -> str:
     return "\n".join(lines)
 
 
-async def fuzz(seeds: list[int], steps: int, *, shrink_budget: float = 0.0, stats: Stats | None = None
-               ) -> Failure | None:
+async def fuzz(seeds: list[int], steps: int, *, shrink_budget: float = 0.0, stats: Stats | None = None,
+               shard: bool = False) -> Failure | None:
     stats = stats or Stats()
     port = free_port()
     for seed in seeds:
-        failure = await run_walk(generate(seed, steps, port), port, stats)
+        failure = await run_walk(generate(seed, steps, port, shard), port, stats, shard)
         if failure is not None:
             failure.seed = seed
-            return await shrink(failure, port, shrink_budget) if shrink_budget else failure
+            return await shrink(failure, port, shrink_budget, shard) if shrink_budget else failure
     return None
 
 
@@ -605,12 +794,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=None, help="default: random")
     parser.add_argument("--steps", type=int, default=40, help="steps per walk")
     parser.add_argument("--shrink-seconds", type=float, default=300.0)
+    parser.add_argument("--shard", action="store_true", help="three --shard members and ownership's failures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the controller's warnings are expected here: faults, refusals
     first = args.first_seed if args.first_seed is not None else random.randrange(1 << 30)
     stats = Stats()
     failure = asyncio.run(fuzz(list(range(first, first + args.seeds)), args.steps,
-                               shrink_budget=args.shrink_seconds, stats=stats))
+                               shrink_budget=args.shrink_seconds, stats=stats, shard=args.shard))
     print(f"walks {stats.walks}  steps {stats.steps}  seeds {first}..{first + args.seeds - 1}  "
           f"faults injected {stats.faults}  relists forced {stats.relists}  restarts {stats.restarts}  "
           f"invariant checks passed {stats.checks}  time {stats.seconds:.0f} s")
