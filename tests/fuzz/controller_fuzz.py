@@ -93,7 +93,10 @@ def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
     if shard and rng.random() < 0.4:
         kind = rng.choices(SHARD_KINDS, weights=SHARD_WEIGHTS)[0]
         step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
-        if kind in ("slow", "lag"):
+        if kind == "slow":
+            step["address"] = rng.choice(ADDRESSES)
+            step["then"] = {"kind": rng.choice(("join", "leave")), "name": step["name"], "pick": rng.randrange(1 << 30)}
+        elif kind == "lag":
             step["then"] = random_step(rng, port, shard)
             while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
                 step["then"] = random_step(rng, port, shard)
@@ -607,12 +610,21 @@ class World:
                         content_type=MERGE_PATCH)
 
     async def _slow(self, step: Step, stats: Stats) -> None:
-        """The next writes of the controllers are applied at once but answered only after longer than
-        a Lease lasts, while the next step (perhaps a handover) happens."""
-        stats.faults += 3
-        self.api.inject_fault(FaultRule(user_agent=CONTROLLER_AGENT, code=0, count=3,
+        """One member's next writes are applied at once but answered only after longer than a Lease
+        lasts; a backend flips (so it has writes in flight) and the ring changes meanwhile: its
+        handover waits on a write that outlives its Lease."""
+        victim = self._pick(step)
+        stats.faults += 4
+        self.api.inject_fault(FaultRule(user_agent=f"{CONTROLLER_AGENT}/{victim.name}", code=0, count=4,
                                         respond_after=LEASE["lease_duration"] * 1.5,
                                         verb=("patch", "update", "create")[step["pick"] % 3]))
+        await self._backend({"address": step["address"], "up": not self.up[step["address"]]}, stats)
+        writing = victim.controller
+        try:
+            await eventually(lambda: bool(writing.writer._in_flight) or writing.status._writing is not None,
+                             timeout=3, message="a write in flight")
+        except AssertionError:
+            pass  # it owned nothing that changed: the handover below is still worth walking
         await self.run(step["then"], stats)
 
     async def _lag(self, step: Step, stats: Stats) -> None:
