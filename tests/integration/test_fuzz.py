@@ -2,7 +2,8 @@
 
 A failure prints the seed and the (shrunk) steps; replay it with
 ``python -m tests.fuzz.controller_fuzz --first-seed SEED --seeds 1 --steps N``.
-Longer soaks: ``python -m tests.fuzz.controller_fuzz --seeds 50 --steps 60`` (README, reliability).
+Longer soaks: ``python -m tests.fuzz.controller_fuzz --seeds 50 --steps 60`` (README, reliability), and
+``--shard`` for shard members and ownership's failures.
 """
 
 from __future__ import annotations
@@ -26,3 +27,14 @@ async def test_random_walks_keep_every_invariant() -> None:
         failure = await fuzz(seeds[1:], 12, shrink_budget=120, stats=stats)
     assert failure is None, report(failure)
     assert stats.steps == 25 + 12 * RANDOM_SEEDS and stats.checks >= 2 * stats.steps
+
+
+@pytest.mark.timeout(600)
+async def test_random_walks_of_shard_members_keep_ownership_unshared() -> None:
+    """Shard mode: members join, leave, are killed or paused, their Leases deleted or edited, writes
+    answered late, watches lagging, edits made while none runs (issue 22)."""
+    seeds = [FIXED_SEED, random.randrange(1 << 30)]
+    stats = Stats()
+    failure = await fuzz(seeds, 15, shrink_budget=120, stats=stats, shard=True)
+    assert failure is None, report(failure)
+    assert stats.steps == 30 and stats.checks >= 2 * stats.steps
