@@ -314,14 +314,64 @@ def default_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> 
 
 # --- Endpoints --------------------------------------------------------------------------------
 
+def default_endpoints(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
+    """SetDefaults_EndpointPort: an empty protocol is TCP."""
+    for subset in obj.get("subsets") or []:
+        for port in subset.get("ports") or []:
+            if not port.get("protocol"):
+                port["protocol"] = "TCP"
+
+
+def _label_causes(value: Any, path: str) -> list[FieldCause]:
+    if isinstance(value, str) and len(value) <= 63 and DNS1123_LABEL.match(value):
+        return []
+    return [FieldCause(path, f'Invalid value: "{value}": a lowercase RFC 1123 label must consist of lower case '
+                             "alphanumeric characters or '-', and must start and end with an alphanumeric character")]
+
+
 def validate_endpoints(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    """ValidateEndpoints / validateEndpointSubsets: a subset needs ``addresses`` or
+    ``notReadyAddresses``; each address a valid, non-special IP, an RFC 1123 label hostname and a
+    subdomain nodeName; each port a number in 1-65535, a supported protocol, and a name (an RFC
+    1123 label) when the subset has more than one."""
     causes: list[FieldCause] = []
     for i, subset in enumerate(obj.get("subsets") or []):
+        path = f"subsets[{i}]"
+        if not subset.get("addresses") and not subset.get("notReadyAddresses"):
+            causes.append(FieldCause(path, "Required value: must specify `addresses` or `notReadyAddresses`",
+                                     "FieldValueRequired"))
         for key in ("addresses", "notReadyAddresses"):
             for j, address in enumerate(subset.get(key) or []):
+                where = f"{path}.{key}[{j}]"
                 ip = address.get("ip", "")
                 family = "IPv6" if ":" in str(ip) else "IPv4"
-                causes += _address_causes(ip, family, f"subsets[{i}].{key}[{j}].ip", ctx.allow_loopback)
+                causes += _address_causes(ip, family, f"{where}.ip", ctx.allow_loopback)
+                if address.get("hostname"):
+                    causes += _label_causes(address["hostname"], f"{where}.hostname")
+                node = address.get("nodeName")
+                if node is not None and not (isinstance(node, str) and len(node) <= 253
+                                             and DNS1123_SUBDOMAIN.match(node)):
+                    causes.append(FieldCause(f"{where}.nodeName", f'Invalid value: "{node}": a lowercase RFC 1123 '
+                                             "subdomain must consist of lower case alphanumeric characters, '-' or "
+                                             "'.', and must start and end with an alphanumeric character"))
+        ports = subset.get("ports") or []
+        for j, port in enumerate(ports):
+            where = f"{path}.ports[{j}]"
+            name = port.get("name") or ""
+            if len(ports) > 1 and not name:
+                causes.append(FieldCause(f"{where}.name", "Required value", "FieldValueRequired"))
+            elif name:
+                causes += _label_causes(name, f"{where}.name")
+            number = port.get("port")
+            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                causes.append(FieldCause(f"{where}.port", f"Invalid value: {number}: must be between 1 and 65535, "
+                                         "inclusive"))
+            protocol = port.get("protocol")
+            if not protocol:
+                causes.append(FieldCause(f"{where}.protocol", "Required value", "FieldValueRequired"))
+            elif protocol not in PROTOCOLS:
+                causes.append(FieldCause(f"{where}.protocol", f'Unsupported value: "{protocol}": supported '
+                                         'values: "SCTP", "TCP", "UDP"', "FieldValueNotSupported"))
     return causes
 
 
@@ -405,7 +455,7 @@ def builtin_types() -> list[ResourceType]:
                      name_rule="dns1035", validate=validate_service, default=default_service,
                      categories=("all",)),
         ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",), allow_create_on_update=True,
-                     validate=validate_endpoints),
+                     validate=validate_endpoints, default=default_endpoints),
         ResourceType("", "v1", "events", "Event", True, ("ev",), allow_create_on_update=True,
                      selectable_fields=event_fields),
         ResourceType("", "v1", "secrets", "Secret", True, validate=validate_secret, default=default_secret,

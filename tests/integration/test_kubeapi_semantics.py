@@ -13,6 +13,7 @@ import yaml
 from epctl.kube.client import (
     APPLY_PATCH,
     CONFIGMAPS,
+    ENDPOINTS,
     ENDPOINTSLICES,
     JSON_PATCH,
     LEASES,
@@ -229,6 +230,34 @@ async def test_endpointslice_validation(api: KubeAPIServer, client: KubeClient) 
     with pytest.raises(ApiError) as err:
         await create(client, ENDPOINTSLICES, too_many)
     assert "must have at most 1000 items" in err.value.message
+
+
+async def test_endpoints_validation_as_kube_apiserver(client: KubeClient) -> None:
+    """ValidateEndpoints: a subset needs addresses or notReadyAddresses; ports need names when there are
+    several, numbers in 1-65535 and a known protocol (defaulted to TCP); addresses valid IPs with label
+    hostnames and subdomain nodeNames."""
+    def body(name: str, subsets: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name}, "subsets": subsets}
+
+    created = await create(client, ENDPOINTS, body("ok", [{"notReadyAddresses": [{"ip": "10.0.0.1"}],
+                                                            "ports": [{"port": 80}]}]))
+    assert created["subsets"][0]["ports"][0]["protocol"] == "TCP"
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTS, body("empty", [{"ports": [{"port": 80}]}]))
+    assert err.value.code == 422 and err.value.status["details"]["causes"][0]["field"] == "subsets[0]"
+    assert "must specify `addresses` or `notReadyAddresses`" in err.value.message
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTS, body("bad", [{
+            "addresses": [{"ip": "10.0.0.1", "hostname": "Not_A_Label", "nodeName": "node_1"}, {"ip": "10.0.0.300"}],
+            "ports": [{"port": 80}, {"name": "b", "port": 0, "protocol": "HTTP"}]}]))
+    fields = {c["field"] for c in err.value.status["details"]["causes"]}
+    assert fields == {"subsets[0].addresses[0].hostname", "subsets[0].addresses[0].nodeName",
+                      "subsets[0].addresses[1].ip", "subsets[0].ports[0].name", "subsets[0].ports[1].port",
+                      "subsets[0].ports[1].protocol"}
+    with pytest.raises(ApiError) as err:  # an update is validated the same way
+        await client.request("PUT", ENDPOINTS.path("default", "ok"), body={**created, "subsets": [{"ports": [
+            {"port": 80}]}]})
+    assert err.value.code == 422
 
 
 async def test_gc_background_foreground_orphan(api: KubeAPIServer, client: KubeClient) -> None:
