@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 import time
@@ -25,6 +26,12 @@ from epctl.kube.client import LEASES, ApiError, KubeClient
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
+
+
+def lease_seconds(duration: float) -> int:
+    """``leaseDurationSeconds`` for a duration in seconds: a whole number above 0 (the API server
+    refuses 0), rounded up so that others never wait less than the holder assumes it holds it."""
+    return max(1, math.ceil(duration))
 
 
 def micro_now() -> str:
@@ -63,8 +70,9 @@ class LeaderElector:
             now = micro_now()
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
-                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+                    "spec": {"holderIdentity": self.identity,
+                             "leaseDurationSeconds": lease_seconds(self.lease_duration), "acquireTime": now,
+                             "renewTime": now, "leaseTransitions": 0}}
             try:
                 self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body,
                                                         timeout=timeout)
@@ -84,8 +92,9 @@ class LeaderElector:
                 return False  # held by someone who renewed within its lease duration, as far as we saw
         now = micro_now()
         taking_over = holder != self.identity
-        lease["spec"] = {**spec, "holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
-                         "renewTime": now, "acquireTime": now if taking_over else spec.get("acquireTime", now),
+        lease["spec"] = {**spec, "holderIdentity": self.identity,
+                         "leaseDurationSeconds": lease_seconds(self.lease_duration), "renewTime": now,
+                         "acquireTime": now if taking_over else spec.get("acquireTime", now),
                          "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if taking_over else 0)}
         try:
             self._lease = await self.client.request("PUT", path, body=lease, timeout=timeout)

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from epctl.kube.client import LEASES, ApiError, KubeClient
-from epctl.kube.lease import micro_now
+from epctl.kube.lease import lease_seconds, micro_now
 from epctl.shard.ring import Holdings, Members, Ring, TargetKey
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class ShardMember:
 
     def _spec(self) -> Obj:
         now = micro_now()
-        return {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": lease_seconds(self.lease_duration),
                 "renewTime": now, "acquireTime": now}
 
     def _metadata(self) -> Obj:

@@ -15,6 +15,7 @@ from epctl.kube.client import (
     CONFIGMAPS,
     ENDPOINTS,
     ENDPOINTSLICES,
+    EVENTS,
     JSON_PATCH,
     LEASES,
     MERGE_PATCH,
@@ -258,6 +259,43 @@ async def test_endpoints_validation_as_kube_apiserver(client: KubeClient) -> Non
         await client.request("PUT", ENDPOINTS.path("default", "ok"), body={**created, "subsets": [{"ports": [
             {"port": 80}]}]})
     assert err.value.code == 422
+
+
+async def test_lease_event_and_endpointslice_rules_as_kube_apiserver(client: KubeClient) -> None:
+    """ValidateLeaseSpec, legacyValidateEvent (core/v1) and the discovery rules epctl's writes meet."""
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"},
+             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 0, "leaseTransitions": -1,
+                      "preferredHolder": "b"}}
+    with pytest.raises(ApiError) as err:
+        await create(client, LEASES, lease)
+    assert {c["field"] for c in err.value.status["details"]["causes"]} == {
+        "spec.leaseDurationSeconds", "spec.leaseTransitions", "spec.preferredHolder"}
+    await create(client, LEASES, {**lease, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 1}})
+
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"}, "reason": "R", "message": "m",
+             "involvedObject": {"kind": "Service", "name": "s", "namespace": "other"}}
+    with pytest.raises(ApiError) as err:
+        await create(client, EVENTS, event)
+    assert "involvedObject.namespace" in err.value.message and "does not match event.namespace" in err.value.message
+    await create(client, EVENTS, {**event, "involvedObject": {"kind": "Node", "name": "n"}})  # cluster-scoped
+    with pytest.raises(ApiError) as err:  # a "new" Event (eventTime set) needs the reporting fields
+        await create(client, EVENTS, {**event, "metadata": {"name": "e2"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+                                      "involvedObject": {"kind": "Service", "name": "s", "namespace": "default"}})
+    assert {c["field"] for c in err.value.status["details"]["causes"]} == {
+        "reportingComponent", "reportingInstance", "action"}
+
+    fqdn = slice_body("f", ["db"], address_type="FQDN")
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTSLICES, fqdn)
+    assert "at least two segments" in err.value.message
+    await create(client, ENDPOINTSLICES, slice_body("f", ["db.example.com"], address_type="FQDN"))
+    bad_node = slice_body("n", ["10.0.0.1"])
+    bad_node["endpoints"][0].update(nodeName="Node_1", hints={"forZones": [{"name": "a"}, {"name": "a"}]})
+    bad_node["ports"][0]["appProtocol"] = "not a name"
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTSLICES, bad_node)
+    assert {c["field"] for c in err.value.status["details"]["causes"]} == {
+        "endpoints[0].nodeName", "endpoints[0].hints.forZones[1].name", "ports[0].appProtocol"}
 
 
 async def test_gc_background_foreground_orphan(api: KubeAPIServer, client: KubeClient) -> None:
