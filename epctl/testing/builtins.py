@@ -227,6 +227,14 @@ MAX_ADDRESSES = 100
 MAX_ZONE_HINTS = 8
 
 
+def _link_local_multicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Go's IP.IsLinkLocalMulticast, which ValidateNonSpecialIP uses: 224.0.0.0/24, or IPv6
+    multicast of link-local scope (other multicast addresses are accepted)."""
+    if ip.version == 4:
+        return ip in ipaddress.ip_network("224.0.0.0/24")
+    return ip.packed[0] == 0xFF and ip.packed[1] & 0x0F == 0x02
+
+
 def _address_causes(address: Any, address_type: str, path: str, allow_loopback: bool) -> list[FieldCause]:
     if address_type == "FQDN":  # IsFullyQualifiedDomainName: a subdomain of at least two labels
         name = address[:-1] if isinstance(address, str) and address.endswith(".") else address
@@ -242,6 +250,8 @@ def _address_causes(address: Any, address_type: str, path: str, allow_loopback: 
         return [FieldCause(path, f'Invalid value: "{address}": must be a valid IP address')]
     if (ip.version == 4) != (address_type == "IPv4"):
         return [FieldCause(path, f'Invalid value: "{address}": must be a valid {address_type} address')]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # Go's net.IP judges ::ffff:a.b.c.d as the IPv4 address
     if ip.is_unspecified:
         return [FieldCause(path, f'Invalid value: "{address}": may not be unspecified (0.0.0.0)')]
     if ip.is_loopback and not allow_loopback:
@@ -250,7 +260,7 @@ def _address_causes(address: Any, address_type: str, path: str, allow_loopback: 
     if ip.is_link_local:
         return [FieldCause(path, f'Invalid value: "{address}": may not be in the link-local range '
                                  "(169.254.0.0/16, fe80::/10)")]
-    if ip.is_multicast:
+    if _link_local_multicast(ip):
         return [FieldCause(path, f'Invalid value: "{address}": may not be in the link-local multicast '
                                  "range (224.0.0.0/24, ff02::/10)")]
     return []

@@ -223,6 +223,11 @@ async def test_endpointslice_validation(api: KubeAPIServer, client: KubeClient) 
     fields = [c["field"] for c in err.value.status["details"]["causes"]]
     assert fields == ["endpoints[0].addresses[0]", "endpoints[1].addresses[0]", "endpoints[2].addresses[0]"]
     assert "loopback" in err.value.message and "link-local" in err.value.message
+    with pytest.raises(ApiError) as err:  # judged as the IPv4 address it maps, as Go's net.IP does
+        await create(client, ENDPOINTSLICES, slice_body("s4", ["::ffff:127.0.0.1", "ff02::1"], "IPv6"))
+    assert [c["field"] for c in err.value.status["details"]["causes"]] == [
+        "endpoints[0].addresses[0]", "endpoints[1].addresses[0]"]
+    await create(client, ENDPOINTSLICES, slice_body("s5", ["239.1.1.1"]))  # only link-local multicast is refused
     with pytest.raises(ApiError) as err:
         await client.request("PUT", ENDPOINTSLICES.path("default", "s1"),
                              body={**created, "addressType": "IPv6", "endpoints": []})
