@@ -140,6 +140,8 @@ async def _replacement_problem(client: KubeClient, namespace: str, name: str, al
     if new is None:
         return "its epctl ClusterEndpoint does not exist"
     new_uid = new["metadata"].get("uid")
+    if new["metadata"].get("deletionTimestamp"):
+        return f"the epctl ClusterEndpoint {namespace}/{name} is being deleted"
     _, errors = parse_cluster_endpoint(new, allow_loopback=allow_loopback)
     if errors:
         return f"the epctl ClusterEndpoint {namespace}/{name} is invalid ({errors[0]}): the controller leaves it"
@@ -149,7 +151,7 @@ async def _replacement_problem(client: KubeClient, namespace: str, name: str, al
     refs = service["metadata"].get("ownerReferences") or []
     if any(ref.get("uid") == new_uid for ref in refs):
         return None
-    if ((new["metadata"].get("annotations") or {}).get(ADOPT) != "true"):
+    if (new["metadata"].get("annotations") or {}).get(ADOPT) != "true":
         return (f"the epctl ClusterEndpoint {namespace}/{name} was there before, without epctl.io/adopt: \"true\", "
                 "and does not own the Service (name taken)")
     if mirror_source(service) is not None:
