@@ -231,16 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Read manifests (-f) or the cluster and print the epctl ClusterEndpoints "
                               "that take over what endpoints-operator / kube-endpoints or hand-written Service + "
                               "Endpoints pairs left behind (with epctl.io/adopt), plus what could not be converted "
-                              "and why. Writes nothing unless --apply, which also removes endpoints-operator's "
-                              "finalizer from the old objects. Exit 0: all converted, 1: some not, 2: bad input.")
+                              "and why. Skips (with a note) Service + Endpoints pairs another controller manages. "
+                              "Writes nothing unless --apply, which also removes endpoints-operator's finalizer "
+                              "from each old object whose replacement owns (or adopts) its Service; every other "
+                              "old object is left as it was. Exit 0: all converted (and applied), 1: some not "
+                              "(run it again once fixed), 2: bad input.")
     _common(importer)
     _kube(importer)
     importer.add_argument("-f", "--filename", action="append", default=[], dest="files", metavar="FILE",
                           help="manifest file (multi-document YAML); '-' reads stdin; repeatable (default: read "
                           "the cluster)")
-    importer.add_argument("-n", "--namespace", default=None, help="only this namespace (default: all)")
+    importer.add_argument("-n", "--namespace", default=None, help="only this namespace (default: all; "
+                          "kube-system only when named here)")
+    importer.add_argument("--include", action="append", default=[], metavar="NAMESPACE/NAME",
+                          help="convert this Service + Endpoints pair although another controller seems to "
+                          "manage it (managed-by label, controller ownerReference, kube-system); repeatable")
     importer.add_argument("--apply", action="store_true", help="create the ClusterEndpoints in the cluster and "
-                          "remove the old objects' finalizers")
+                          "remove the old objects' finalizers where the replacement owns the Service")
     add_flag(importer, "--allow-loopback", default=False, boolean=True,
              help="accept 127.0.0.0/8 hosts (development clusters such as epctl dev-apiserver)")
 
@@ -347,7 +354,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             code = run_async(run_import(args.files, kubeconfig=args.kubeconfig, context=args.context,
                                         namespace=args.namespace, apply_changes=args.apply,
-                                        allow_loopback=args.allow_loopback))
+                                        allow_loopback=args.allow_loopback, include=args.include))
         except (ConfigError, OSError) as err:
             print(f"epctl import: {err}", file=sys.stderr)
             return 2

@@ -13,7 +13,8 @@ need to see.
 Layout follows ``RepackSubsets``: ports whose (address, ready) sets are equal share one subset.
 Over 1,000 addresses the object is truncated as the endpoints controller does it (ready addresses
 first, each subset keeping its proportional share) and annotated
-``endpoints.kubernetes.io/over-capacity: truncated``.
+``endpoints.kubernetes.io/over-capacity: truncated``; unlike that controller's rounding, no subset
+is ever left empty, since kube-apiserver rejects a subset without addresses.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ MANAGED_LABEL = "app.kubernetes.io/managed-by"  # the same label epctl puts on t
 MANAGED_VALUE = "epctl"
 OVER_CAPACITY = "endpoints.kubernetes.io/over-capacity"
 MAX_CAPACITY = 1000
+IP_FAMILIES = ("IPv4", "IPv6")
 
 
 def _address(endpoint: Endpoint) -> Obj:
@@ -56,6 +58,8 @@ def desired_subsets(groups: Iterable[PortGroup]) -> tuple[list[Obj], bool]:
     """(subsets, truncated) for these port groups."""
     per_port: dict[SlicePort, dict[str, Endpoint]] = {}
     for group in groups:
+        if group.address_type not in IP_FAMILIES:
+            continue  # an Endpoints address is an IP: FQDN endpoints live in slices only
         for port in group.ports:
             per_port.setdefault(port, {}).update(group.endpoints)
     shared: dict[tuple[tuple[str, bool], ...], list[SlicePort]] = {}
@@ -75,22 +79,45 @@ def desired_subsets(groups: Iterable[PortGroup]) -> tuple[list[Obj], bool]:
 
 
 def _truncate(subsets: list[Obj]) -> bool:
-    """Keep at most MAX_CAPACITY addresses: ready ones first, each subset its proportional share."""
+    """Keep at most MAX_CAPACITY addresses: ready ones first, each subset its proportional share.
+
+    As the endpoints controller's ``truncateEndpoints``, with one difference: no subset is ever
+    left with neither ``addresses`` nor ``notReadyAddresses`` (kube-apiserver's ValidateEndpoints
+    rejects that, and the whole write with it). A subset whose share rounds to nothing, or that had
+    only not-ready addresses when ready ones are being cut, keeps one address, so its ports stay
+    listed; the other subsets give up what that costs, largest share first.
+    """
     ready = sum(len(s["addresses"]) for s in subsets)
     not_ready = sum(len(s["notReadyAddresses"]) for s in subsets)
     if ready + not_ready <= MAX_CAPACITY:
         return False
     cut_ready = ready > MAX_CAPACITY
+    cut = "addresses" if cut_ready else "notReadyAddresses"
     room = MAX_CAPACITY if cut_ready else MAX_CAPACITY - ready
     total = ready if cut_ready else not_ready
-    left = room
+    keep: list[dict[str, int]] = []  # per subset: field -> how many to keep
     for subset in subsets:
-        field = "addresses" if cut_ready else "notReadyAddresses"
-        share = min(left, math.ceil(len(subset[field]) / total * room))
-        subset[field] = subset[field][:share]
-        if cut_ready:
-            subset["notReadyAddresses"] = []
-        left -= len(subset[field])
+        have = len(subset[cut])
+        share = min(have, math.ceil(have / total * room))
+        kept = {"addresses": share, "notReadyAddresses": 0} if cut_ready else {
+            "addresses": len(subset["addresses"]), "notReadyAddresses": share}
+        if not any(kept.values()):  # never an empty subset
+            kept["addresses" if subset["addresses"] else "notReadyAddresses"] = 1
+        keep.append(kept)
+    excess = sum(sum(k.values()) for k in keep) - MAX_CAPACITY
+    while excess > 0:
+        # take one from the largest count that can spare it (the field being cut first), keeping
+        # every subset non-empty; stop if none can (more subsets than MAX_CAPACITY: still valid)
+        candidates = [(name != cut, -k[name], i, name) for i, k in enumerate(keep) for name in k
+                      if k[name] > 0 and sum(k.values()) > 1]
+        if not candidates:
+            break
+        _, _, i, name = min(candidates)
+        keep[i][name] -= 1
+        excess -= 1
+    for subset, kept in zip(subsets, keep, strict=True):
+        for name, count in kept.items():
+            subset[name] = subset[name][:count]
     return True
 
 

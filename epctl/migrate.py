@@ -13,11 +13,18 @@ Two inputs (``epctl import`` reads them from files or a cluster):
 
 Every result is validated with the parser the controller uses; what cannot be converted is listed
 with the reason and never half-converted.
+
+A Service + Endpoints pair that another controller maintains is skipped with a note, not converted:
+taking it over would freeze its endpoints and then fight that controller. "Another controller" is
+read from the objects: an ``app.kubernetes.io/managed-by`` label other than epctl's, a controller
+ownerReference that is not one of the old tools' ClusterEndpoints, or the kube-system namespace
+(unless it was asked for). ``include`` names the pairs to convert anyway.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +37,12 @@ OLD_API_VERSIONS = ("sealos.io/v1beta1", "khulnasoft-lab.github.io/v1beta1", "se
 OLD_FINALIZER_HINT = "endpoints-operator put a finalizer on its ClusterEndpoints"
 ADOPT = "epctl.io/adopt"
 DROPPED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+# endpoints-operator's finalizer: sealos.io/cluster-endpoints.finalizers (sealyun.com/... before the
+# rename); only these are ever removed from an old object, whatever else it carries stays
+OLD_FINALIZER_SUFFIX = "/cluster-endpoints.finalizers"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+OURS = "epctl"
+SYSTEM_NAMESPACE = "kube-system"
 
 
 @dataclass
@@ -40,6 +53,32 @@ class Conversion:
     result: Obj | None = None
     problems: list[str] = field(default_factory=list)  # why it could not be converted
     notes: list[str] = field(default_factory=list)  # converted, but worth knowing
+    origin: Obj | None = None  # the object it was made from (an old ClusterEndpoint, or the Service)
+    skipped: str | None = None  # not attempted on purpose (another controller manages it): why
+
+
+def old_finalizers(meta: Obj) -> list[str]:
+    """The old operator's finalizers on an object (the ones ``import --apply`` may remove)."""
+    return [f for f in meta.get("finalizers") or [] if isinstance(f, str) and f.endswith(OLD_FINALIZER_SUFFIX)]
+
+
+def is_old_owner(ref: Obj) -> bool:
+    return ref.get("kind") == KIND and ref.get("apiVersion") in OLD_API_VERSIONS
+
+
+def managed_elsewhere(obj: Obj, system_ok: bool = False) -> str | None:
+    """Why another controller maintains this Service or Endpoints object, or None if none does."""
+    meta = obj.get("metadata") or {}
+    manager = (meta.get("labels") or {}).get(MANAGED_BY)
+    if manager and manager != OURS:
+        return f"{obj.get('kind')} labelled {MANAGED_BY}: {manager}"
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") is True and not is_old_owner(ref) and not (
+                ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION):
+            return f"{obj.get('kind')} controlled by {ref.get('apiVersion')} {ref.get('kind')} {ref.get('name')}"
+    if meta.get("namespace") == SYSTEM_NAMESPACE and not system_ok:
+        return f"in {SYSTEM_NAMESPACE}, where the cluster's own controllers keep their Endpoints"
+    return None
 
 
 def _identity(meta: Obj) -> str:
@@ -74,8 +113,8 @@ def is_old_clusterendpoint(doc: Any) -> bool:
 def convert_clusterendpoint(old: Obj, allow_loopback: bool = False) -> Conversion:
     """An endpoints-operator ClusterEndpoint -> an epctl one that adopts what the old one created."""
     meta = old.get("metadata") or {}
-    conversion = Conversion(f"{old.get('apiVersion')} ClusterEndpoint {_identity(meta)}")
-    if meta.get("finalizers"):
+    conversion = Conversion(f"{old.get('apiVersion')} ClusterEndpoint {_identity(meta)}", origin=old)
+    if old_finalizers(meta):
         conversion.notes.append(f"{OLD_FINALIZER_HINT} ({', '.join(meta['finalizers'])}); remove it before you "
                                 "delete the old object (epctl import --apply does)")
     doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": _metadata(meta),
@@ -86,7 +125,7 @@ def convert_clusterendpoint(old: Obj, allow_loopback: bool = False) -> Conversio
 def convert_service(service: Obj, endpoints: Obj | None, allow_loopback: bool = False) -> Conversion:
     """A selector-less Service and its hand-written Endpoints -> a ClusterEndpoint (TCP probes)."""
     meta = service.get("metadata") or {}
-    conversion = Conversion(f"Service {_identity(meta)}")
+    conversion = Conversion(f"Service {_identity(meta)}", origin=service)
     spec = service.get("spec") or {}
     if spec.get("selector"):
         conversion.problems.append("the Service has a selector: Kubernetes manages its endpoints")
@@ -136,9 +175,12 @@ def convert_service(service: Obj, endpoints: Obj | None, allow_loopback: bool = 
     return _validated(conversion, doc, allow_loopback)
 
 
-def convert_documents(documents: list[Any], allow_loopback: bool = False) -> list[Conversion]:
+def convert_documents(documents: list[Any], allow_loopback: bool = False, include: Collection[str] = (),
+                      system_ok: bool = False) -> list[Conversion]:
     """Everything convertible in a list of manifests: old ClusterEndpoints, and Service + Endpoints
-    pairs (matched by namespace and name) not already covered by an old ClusterEndpoint."""
+    pairs (matched by namespace and name) not already covered by an old ClusterEndpoint. A pair
+    another controller maintains is skipped (see :func:`managed_elsewhere`) unless ``include`` names
+    it (``namespace/name``); ``system_ok`` lets kube-system in (it was asked for)."""
     conversions: list[Conversion] = []
     covered: set[tuple[str, str]] = set()
     endpoints: dict[tuple[str, str], Obj] = {}
@@ -158,6 +200,12 @@ def convert_documents(documents: list[Any], allow_loopback: bool = False) -> lis
     for service in services:
         meta = service.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
-        if key not in covered and not (service.get("spec") or {}).get("selector"):
-            conversions.append(convert_service(service, endpoints.get(key), allow_loopback))
+        if key in covered or (service.get("spec") or {}).get("selector"):
+            continue
+        pair = [service] + ([endpoints[key]] if key in endpoints else [])
+        why = next((w for w in (managed_elsewhere(o, system_ok) for o in pair) if w), None)
+        if why is not None and f"{key[0]}/{key[1]}" not in include:
+            conversions.append(Conversion(f"Service {_identity(meta)}", origin=service, skipped=why))
+            continue
+        conversions.append(convert_service(service, endpoints.get(key), allow_loopback))
     return conversions

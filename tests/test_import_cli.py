@@ -10,7 +10,7 @@ from typing import Any
 
 from epctl.kube.client import CRDS, ENDPOINTS, SERVICES, KubeClient, Resource
 from epctl.testing.backends import TCPBackend, free_port
-from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import CLUSTERENDPOINTS, endpoints_of, install_crd, running_controller
 from tests.integration.test_endpoints_ownership import addresses, managers
@@ -113,3 +113,98 @@ async def test_import_converts_a_hand_made_service_and_endpoints_pair(api: KubeA
         (tmp_path / "left.yaml").write_text(out)
         code, _, err = await epctl("import", "-f", str(tmp_path / "left.yaml"), kubeconfig=api.kubeconfig_path)
         assert code == 0 and "nothing to convert" in err  # the output is epctl's own kind: nothing left to do
+
+
+OLD_FINALIZER = "sealos.io/cluster-endpoints.finalizers"
+
+
+async def old_object(client: KubeClient, name: str, spec: dict[str, Any], namespace: str = "default",
+                     finalizers: tuple[str, ...] = (OLD_FINALIZER,)) -> dict[str, Any]:
+    """An old ClusterEndpoint and the Service it controls (as endpoints-operator leaves them)."""
+    old = await client.request("POST", OLD.path(namespace), body={
+        "apiVersion": "sealos.io/v1beta1", "kind": "ClusterEndpoint",
+        "metadata": {"name": name, "finalizers": list(finalizers)}, "spec": spec})
+    owner = {"apiVersion": "sealos.io/v1beta1", "kind": "ClusterEndpoint", "name": name,
+             "uid": old["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    await client.request("POST", SERVICES.path(namespace), body={
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "ownerReferences": [owner]},
+        "spec": {"ports": [{"name": "p", "port": 80}]}})
+    return old
+
+
+async def test_import_apply_releases_an_old_object_only_once_its_replacement_will_own_the_service(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """The finalizer protects the Service from garbage collection when the old object is deleted: it
+    goes only from an old object whose replacement exists and owns (or adopts) that Service. Strict-parse
+    refusals, failed creations (CRD missing, 5xx, 403) and taken names keep theirs, exactly as they
+    were; running the command again finishes the rest."""
+    await client.request("POST", CRDS.path(), body=OLD_CRD)
+    spec = {"ports": [{"name": "p", "port": 80, "hosts": ["127.0.0.2"], "tcpSocket": {"enable": True}}]}
+    typo = {"ports": [{"name": "p", "port": 80, "hosts": ["127.0.0.2"], "tcpsocket": {"enable": True}}]}
+    await eventually(lambda: client.request("GET", OLD.path("default")), message="old CRD served")
+    for namespace in ("flaky", "locked"):
+        await client.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
+                                                                 "metadata": {"name": namespace}})
+    await old_object(client, "good", spec, finalizers=("example.com/keep", OLD_FINALIZER))
+    await old_object(client, "cut", spec)  # its finalizer removal is interrupted
+    await old_object(client, "typo", typo)
+    await old_object(client, "taken", spec)
+    await old_object(client, "flaky", spec, namespace="flaky")
+    await old_object(client, "locked", spec, namespace="locked")
+
+    async def olds() -> dict[str, dict[str, Any]]:
+        listed = await client.request("GET", OLD.path(None))
+        return {o["metadata"]["name"]: o for o in listed["items"]}
+
+    before = await olds()
+    code, _, err = await epctl("import", "--apply", kubeconfig=api.kubeconfig_path)  # epctl's CRD not installed
+    assert code == 1, err
+    assert await olds() == before, "an old object was changed although nothing replaced it"
+    assert err.count("NOT released") == 6, err
+
+    await install_crd(client)
+    await client.request("POST", CLUSTERENDPOINTS.path("default"), body={  # someone else's, same name
+        "apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint", "metadata": {"name": "taken"}, "spec": spec})
+    api.inject_fault(FaultRule(verb="create", resource="clusterendpoints", namespace="flaky", code=503))
+    api.inject_fault(FaultRule(verb="create", resource="clusterendpoints", namespace="locked", code=403, count=10))
+    api.inject_fault(FaultRule(verb="patch", resource="clusterendpoints", name="cut", code=500))
+    code, _, err = await epctl("import", "--apply", kubeconfig=api.kubeconfig_path)
+    assert code == 1, err
+    after = await olds()
+    assert after["good"]["metadata"]["finalizers"] == ["example.com/keep"]  # only the old operator's goes
+    for name in ("cut", "typo", "taken", "flaky", "locked"):
+        assert after[name] == before[name], f"{name} changed although it was not released"
+    for name, why in (("cut", "500"), ("typo", "not converted"), ("taken", "name taken"), ("flaky", "503"),
+                      ("locked", "403")):
+        assert any(f"/{name}" in line and why in line for line in err.splitlines() if "NOT released" in line
+                   or "could not" in line), (name, err)
+
+    code, _, err = await epctl("import", "--apply", kubeconfig=api.kubeconfig_path)  # the same command again
+    assert code == 1, err  # typo, taken and locked still need the user
+    after = await olds()
+    assert not after["cut"]["metadata"].get("finalizers") and not after["flaky"]["metadata"].get("finalizers")
+    assert after["good"]["metadata"]["finalizers"] == ["example.com/keep"]
+    for name in ("typo", "taken", "locked"):
+        assert after[name] == before[name]
+    created = await client.request("GET", CLUSTERENDPOINTS.path("flaky", "flaky"))
+    assert created["metadata"]["annotations"]["epctl.io/adopt"] == "true"
+    assert "epctl.io/adopt" not in ((await client.request("GET", CLUSTERENDPOINTS.path("default", "taken")))
+                                    ["metadata"].get("annotations") or {})
+
+
+async def test_import_skips_what_another_controller_manages_unless_included(api: KubeAPIServer, client: KubeClient,
+                                                                            ) -> None:
+    for namespace, name, labels in (("kube-system", "kubelet", {"app.kubernetes.io/managed-by": "prometheus-operator"}),
+                                    ("default", "db", {})):
+        await client.request("POST", SERVICES.path(namespace), body={
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
+            "spec": {"ports": [{"port": 10250}]}})
+        await client.request("POST", ENDPOINTS.path(namespace), body={
+            "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "labels": labels},
+            "subsets": [{"addresses": [{"ip": "127.0.0.5"}], "ports": [{"port": 10250}]}]})
+    code, out, err = await epctl("import", kubeconfig=api.kubeconfig_path)
+    assert code == 0, err
+    assert "name: db" in out and "name: kubelet" not in out
+    assert "skipped: Service kube-system/kubelet" in err and "--include kube-system/kubelet" in err
+    code, out, err = await epctl("import", "--include", "kube-system/kubelet", kubeconfig=api.kubeconfig_path)
+    assert code == 0 and "name: kubelet" in out, err

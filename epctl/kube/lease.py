@@ -33,9 +33,9 @@ def micro_now() -> str:
 
 
 def published_duration(lease_duration: float) -> int:
-    """``leaseDurationSeconds`` is an integer: round *up*, so the others never count us as expired
-    sooner than the duration our renew deadline was checked against (10.9 s published as 10 would let
-    them take over 0.4 s before a 10.5 s deadline)."""
+    """``leaseDurationSeconds`` is a whole number above 0 (the API server refuses 0): round *up*, so
+    the others never count us as expired sooner than the duration our renew deadline was checked
+    against (10.9 s published as 10 would let them take over 0.4 s before a 10.5 s deadline)."""
     return max(1, math.ceil(lease_duration))
 
 

@@ -2,7 +2,10 @@
 
 Only the rules that matter to a controller are here, but those follow kube-apiserver closely:
 names, labels, Service ports and cluster IPs, EndpointSlice address types (immutable), sizes,
-address syntax and the loopback/link-local ban, Secret data encoding.
+address syntax and the loopback/link-local ban, node names, zone hints, Endpoints subsets
+(ValidateEndpoints), Lease specs (ValidateLeaseSpec), core/v1 Events (legacyValidateEvent),
+Secret data encoding. Everything epctl writes goes through these, so what the real server would
+refuse fails in CI too.
 """
 
 from __future__ import annotations
@@ -219,14 +222,27 @@ def validate_service(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[
 
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 MAX_ENDPOINTS = 1000
-MAX_PORTS = 100
+MAX_PORTS = 20000  # discovery validation's maxPorts (it was 100 in v1beta1 days)
 MAX_ADDRESSES = 100
+MAX_ZONE_HINTS = 8
+
+
+def _link_local_multicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Go's IP.IsLinkLocalMulticast, which ValidateNonSpecialIP uses: 224.0.0.0/24, or IPv6
+    multicast of link-local scope (other multicast addresses are accepted)."""
+    if ip.version == 4:
+        return ip in ipaddress.ip_network("224.0.0.0/24")
+    return ip.packed[0] == 0xFF and ip.packed[1] & 0x0F == 0x02
 
 
 def _address_causes(address: Any, address_type: str, path: str, allow_loopback: bool) -> list[FieldCause]:
-    if address_type == "FQDN":
-        if not isinstance(address, str) or not DNS1123_SUBDOMAIN.match(address):
+    if address_type == "FQDN":  # IsFullyQualifiedDomainName: a subdomain of at least two labels
+        name = address[:-1] if isinstance(address, str) and address.endswith(".") else address
+        if not isinstance(name, str) or len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
             return [FieldCause(path, f'Invalid value: "{address}": must be a valid DNS subdomain')]
+        if "." not in name:
+            return [FieldCause(path, f'Invalid value: "{address}": should be a domain with at least two segments '
+                                     "separated by dots")]
         return []
     try:
         ip = ipaddress.ip_address(address)
@@ -234,6 +250,8 @@ def _address_causes(address: Any, address_type: str, path: str, allow_loopback: 
         return [FieldCause(path, f'Invalid value: "{address}": must be a valid IP address')]
     if (ip.version == 4) != (address_type == "IPv4"):
         return [FieldCause(path, f'Invalid value: "{address}": must be a valid {address_type} address')]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # Go's net.IP judges ::ffff:a.b.c.d as the IPv4 address
     if ip.is_unspecified:
         return [FieldCause(path, f'Invalid value: "{address}": may not be unspecified (0.0.0.0)')]
     if ip.is_loopback and not allow_loopback:
@@ -242,7 +260,7 @@ def _address_causes(address: Any, address_type: str, path: str, allow_loopback: 
     if ip.is_link_local:
         return [FieldCause(path, f'Invalid value: "{address}": may not be in the link-local range '
                                  "(169.254.0.0/16, fe80::/10)")]
-    if ip.is_multicast:
+    if _link_local_multicast(ip):
         return [FieldCause(path, f'Invalid value: "{address}": may not be in the link-local multicast '
                                  "range (224.0.0.0/24, ff02::/10)")]
     return []
@@ -281,6 +299,21 @@ def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) ->
         if hostname is not None and not DNS1123_LABEL.match(str(hostname)):
             causes.append(FieldCause(f"{path}.hostname", f'Invalid value: "{hostname}": a lowercase RFC 1123 '
                                      "label must consist of lower case alphanumeric characters or '-'"))
+        causes += _node_name_causes(endpoint.get("nodeName"), f"{path}.nodeName")
+        zones = ((endpoint.get("hints") or {}).get("forZones") or [])
+        if len(zones) > MAX_ZONE_HINTS:
+            causes.append(FieldCause(f"{path}.hints.forZones", f"Too many: {len(zones)}: must have at most "
+                                     f"{MAX_ZONE_HINTS} items", "FieldValueTooMany"))
+        seen_zones: set[str] = set()
+        for j, zone in enumerate(zones[:MAX_ZONE_HINTS]):
+            zone_name = (zone or {}).get("name", "")
+            where = f"{path}.hints.forZones[{j}].name"
+            if zone_name in seen_zones:
+                causes.append(FieldCause(where, f'Duplicate value: "{zone_name}"', "FieldValueDuplicate"))
+            seen_zones.add(zone_name)
+            if not isinstance(zone_name, str) or len(zone_name) > 63 or not LABEL_VALUE.match(zone_name):
+                causes.append(FieldCause(where, f'Invalid value: "{zone_name}": a valid label must be an empty '
+                                         "string or consist of alphanumeric characters, '-', '_' or '.'"))
     ports = obj.get("ports") or []
     if len(ports) > MAX_PORTS:
         causes.append(FieldCause("ports", f"Too many: {len(ports)}: must have at most {MAX_PORTS} items",
@@ -302,7 +335,25 @@ def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) ->
         if number is not None and (not isinstance(number, int) or not 0 <= number <= 65535):
             causes.append(FieldCause(f"ports[{i}].port", f"Invalid value: {number}: must be between 0 and "
                                      "65535, inclusive"))
+        causes += _app_protocol_causes(port.get("appProtocol"), f"ports[{i}].appProtocol")
     return causes
+
+
+def _node_name_causes(node: Any, path: str) -> list[FieldCause]:
+    """ValidateNodeName: a DNS subdomain."""
+    if node is None or (isinstance(node, str) and len(node) <= 253 and DNS1123_SUBDOMAIN.match(node)):
+        return []
+    return [FieldCause(path, f'Invalid value: "{node}": a lowercase RFC 1123 subdomain must consist of lower case '
+                             "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
+                             "character")]
+
+
+def _app_protocol_causes(value: Any, path: str) -> list[FieldCause]:
+    """ValidateQualifiedName, as for an appProtocol."""
+    if value is None or (isinstance(value, str) and _qualified_key_ok(value)):
+        return []
+    return [FieldCause(path, f'Invalid value: "{value}": name part must consist of alphanumeric characters, '
+                             "'-', '_' or '.', and must start and end with an alphanumeric character")]
 
 
 def default_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
@@ -314,14 +365,114 @@ def default_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> 
 
 # --- Endpoints --------------------------------------------------------------------------------
 
+def default_endpoints(obj: Obj, old: Obj | None, ctx: ValidationContext) -> None:
+    """SetDefaults_EndpointPort: an empty protocol is TCP."""
+    for subset in obj.get("subsets") or []:
+        for port in subset.get("ports") or []:
+            if not port.get("protocol"):
+                port["protocol"] = "TCP"
+
+
+def _label_causes(value: Any, path: str) -> list[FieldCause]:
+    if isinstance(value, str) and len(value) <= 63 and DNS1123_LABEL.match(value):
+        return []
+    return [FieldCause(path, f'Invalid value: "{value}": a lowercase RFC 1123 label must consist of lower case '
+                             "alphanumeric characters or '-', and must start and end with an alphanumeric character")]
+
+
 def validate_endpoints(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    """ValidateEndpoints / validateEndpointSubsets: a subset needs ``addresses`` or
+    ``notReadyAddresses``; each address a valid, non-special IP, an RFC 1123 label hostname and a
+    subdomain nodeName; each port a number in 1-65535, a supported protocol, and a name (an RFC
+    1123 label) when the subset has more than one."""
     causes: list[FieldCause] = []
     for i, subset in enumerate(obj.get("subsets") or []):
+        path = f"subsets[{i}]"
+        if not subset.get("addresses") and not subset.get("notReadyAddresses"):
+            causes.append(FieldCause(path, "Required value: must specify `addresses` or `notReadyAddresses`",
+                                     "FieldValueRequired"))
         for key in ("addresses", "notReadyAddresses"):
             for j, address in enumerate(subset.get(key) or []):
+                where = f"{path}.{key}[{j}]"
                 ip = address.get("ip", "")
                 family = "IPv6" if ":" in str(ip) else "IPv4"
-                causes += _address_causes(ip, family, f"subsets[{i}].{key}[{j}].ip", ctx.allow_loopback)
+                causes += _address_causes(ip, family, f"{where}.ip", ctx.allow_loopback)
+                if address.get("hostname"):
+                    causes += _label_causes(address["hostname"], f"{where}.hostname")
+                causes += _node_name_causes(address.get("nodeName"), f"{where}.nodeName")
+        ports = subset.get("ports") or []
+        for j, port in enumerate(ports):
+            where = f"{path}.ports[{j}]"
+            name = port.get("name") or ""
+            if len(ports) > 1 and not name:
+                causes.append(FieldCause(f"{where}.name", "Required value", "FieldValueRequired"))
+            elif name:
+                causes += _label_causes(name, f"{where}.name")
+            number = port.get("port")
+            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                causes.append(FieldCause(f"{where}.port", f"Invalid value: {number}: must be between 1 and 65535, "
+                                         "inclusive"))
+            protocol = port.get("protocol")
+            if not protocol:
+                causes.append(FieldCause(f"{where}.protocol", "Required value", "FieldValueRequired"))
+            elif protocol not in PROTOCOLS:
+                causes.append(FieldCause(f"{where}.protocol", f'Unsupported value: "{protocol}": supported '
+                                         'values: "SCTP", "TCP", "UDP"', "FieldValueNotSupported"))
+            causes += _app_protocol_causes(port.get("appProtocol"), f"{where}.appProtocol")
+    return causes
+
+
+# --- Lease / Event ------------------------------------------------------------------------------
+
+def validate_lease(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    """coordination ValidateLeaseSpec: a duration above 0, transitions not negative, a preferred
+    holder only with a strategy."""
+    causes: list[FieldCause] = []
+    spec = obj.get("spec") or {}
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        causes.append(FieldCause("spec.leaseDurationSeconds", f"Invalid value: {duration}: must be greater than 0"))
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        causes.append(FieldCause("spec.leaseTransitions", f"Invalid value: {transitions}: must be greater than or "
+                                 "equal to 0"))
+    if spec.get("preferredHolder") and not spec.get("strategy"):
+        causes.append(FieldCause("spec.preferredHolder", "Forbidden: may only be specified if `strategy` is defined",
+                                 "FieldValueForbidden"))
+    return causes
+
+
+def validate_core_event(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
+    """legacyValidateEvent, which is all a core/v1 Event gets: without eventTime (a client-go
+    broadcaster's Event) the namespaces must agree; with it, the reporting fields are required."""
+    causes: list[FieldCause] = []
+    namespace = (obj.get("metadata") or {}).get("namespace", "")
+    involved_ns = (obj.get("involvedObject") or {}).get("namespace", "")
+    if not obj.get("eventTime"):
+        mismatch = namespace not in ("", "default") if not involved_ns else namespace != involved_ns
+        if mismatch:
+            causes.append(FieldCause("involvedObject.namespace", f'Invalid value: "{involved_ns}": does not match '
+                                     "event.namespace"))
+    else:
+        if not involved_ns and namespace not in ("default", "kube-system"):
+            causes.append(FieldCause("involvedObject.namespace", f'Invalid value: "{involved_ns}": does not match '
+                                     "event.namespace"))
+        controller = obj.get("reportingComponent") or ""
+        if not controller:
+            causes.append(FieldCause("reportingComponent", "Required value", "FieldValueRequired"))
+        elif not _qualified_key_ok(controller):
+            causes.append(FieldCause("reportingComponent", f'Invalid value: "{controller}": name part must consist '
+                                     "of alphanumeric characters, '-', '_' or '.'"))
+        for key, limit in (("reportingInstance", 128), ("action", 128), ("reason", 128)):
+            value = obj.get(key) or ""
+            if not value:
+                causes.append(FieldCause(key, "Required value", "FieldValueRequired"))
+            elif len(value.encode()) > limit:
+                causes.append(FieldCause(key, f'Invalid value: "": can have at most {limit} characters'))
+        if len((obj.get("message") or "").encode()) > 1024:
+            causes.append(FieldCause("message", 'Invalid value: "": can have at most 1024 characters'))
+    if not (len(namespace) <= 253 and DNS1123_SUBDOMAIN.match(namespace)):
+        causes.append(FieldCause("namespace", f'Invalid value: "{namespace}": a lowercase RFC 1123 subdomain'))
     return causes
 
 
@@ -405,9 +556,9 @@ def builtin_types() -> list[ResourceType]:
                      name_rule="dns1035", validate=validate_service, default=default_service,
                      categories=("all",)),
         ResourceType("", "v1", "endpoints", "Endpoints", True, ("ep",), allow_create_on_update=True,
-                     validate=validate_endpoints),
+                     validate=validate_endpoints, default=default_endpoints),
         ResourceType("", "v1", "events", "Event", True, ("ev",), allow_create_on_update=True,
-                     selectable_fields=event_fields),
+                     selectable_fields=event_fields, validate=validate_core_event),
         ResourceType("", "v1", "secrets", "Secret", True, validate=validate_secret, default=default_secret,
                      selectable_fields=frozenset({"type"})),
         ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
@@ -415,7 +566,7 @@ def builtin_types() -> list[ResourceType]:
         ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
         ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
                      validate=validate_endpointslice, default=default_endpointslice),
-        ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+        ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, validate=validate_lease),
         ResourceType("events.k8s.io", "v1", "events", "Event", True, ("ev",), allow_create_on_update=True),
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
                      False, ("crd", "crds"), status_subresource=True, validate=validate_crd),

@@ -13,7 +13,9 @@ import yaml
 from epctl.kube.client import (
     APPLY_PATCH,
     CONFIGMAPS,
+    ENDPOINTS,
     ENDPOINTSLICES,
+    EVENTS,
     JSON_PATCH,
     LEASES,
     MERGE_PATCH,
@@ -221,6 +223,11 @@ async def test_endpointslice_validation(api: KubeAPIServer, client: KubeClient) 
     fields = [c["field"] for c in err.value.status["details"]["causes"]]
     assert fields == ["endpoints[0].addresses[0]", "endpoints[1].addresses[0]", "endpoints[2].addresses[0]"]
     assert "loopback" in err.value.message and "link-local" in err.value.message
+    with pytest.raises(ApiError) as err:  # judged as the IPv4 address it maps, as Go's net.IP does
+        await create(client, ENDPOINTSLICES, slice_body("s4", ["::ffff:127.0.0.1", "ff02::1"], "IPv6"))
+    assert [c["field"] for c in err.value.status["details"]["causes"]] == [
+        "endpoints[0].addresses[0]", "endpoints[1].addresses[0]"]
+    await create(client, ENDPOINTSLICES, slice_body("s5", ["239.1.1.1"]))  # only link-local multicast is refused
     with pytest.raises(ApiError) as err:
         await client.request("PUT", ENDPOINTSLICES.path("default", "s1"),
                              body={**created, "addressType": "IPv6", "endpoints": []})
@@ -229,6 +236,71 @@ async def test_endpointslice_validation(api: KubeAPIServer, client: KubeClient) 
     with pytest.raises(ApiError) as err:
         await create(client, ENDPOINTSLICES, too_many)
     assert "must have at most 1000 items" in err.value.message
+
+
+async def test_endpoints_validation_as_kube_apiserver(client: KubeClient) -> None:
+    """ValidateEndpoints: a subset needs addresses or notReadyAddresses; ports need names when there are
+    several, numbers in 1-65535 and a known protocol (defaulted to TCP); addresses valid IPs with label
+    hostnames and subdomain nodeNames."""
+    def body(name: str, subsets: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name}, "subsets": subsets}
+
+    created = await create(client, ENDPOINTS, body("ok", [{"notReadyAddresses": [{"ip": "10.0.0.1"}],
+                                                            "ports": [{"port": 80}]}]))
+    assert created["subsets"][0]["ports"][0]["protocol"] == "TCP"
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTS, body("empty", [{"ports": [{"port": 80}]}]))
+    assert err.value.code == 422 and err.value.status["details"]["causes"][0]["field"] == "subsets[0]"
+    assert "must specify `addresses` or `notReadyAddresses`" in err.value.message
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTS, body("bad", [{
+            "addresses": [{"ip": "10.0.0.1", "hostname": "Not_A_Label", "nodeName": "node_1"}, {"ip": "10.0.0.300"}],
+            "ports": [{"port": 80}, {"name": "b", "port": 0, "protocol": "HTTP"}]}]))
+    fields = {c["field"] for c in err.value.status["details"]["causes"]}
+    assert fields == {"subsets[0].addresses[0].hostname", "subsets[0].addresses[0].nodeName",
+                      "subsets[0].addresses[1].ip", "subsets[0].ports[0].name", "subsets[0].ports[1].port",
+                      "subsets[0].ports[1].protocol"}
+    with pytest.raises(ApiError) as err:  # an update is validated the same way
+        await client.request("PUT", ENDPOINTS.path("default", "ok"), body={**created, "subsets": [{"ports": [
+            {"port": 80}]}]})
+    assert err.value.code == 422
+
+
+async def test_lease_event_and_endpointslice_rules_as_kube_apiserver(client: KubeClient) -> None:
+    """ValidateLeaseSpec, legacyValidateEvent (core/v1) and the discovery rules epctl's writes meet."""
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"},
+             "spec": {"holderIdentity": "a", "leaseDurationSeconds": 0, "leaseTransitions": -1,
+                      "preferredHolder": "b"}}
+    with pytest.raises(ApiError) as err:
+        await create(client, LEASES, lease)
+    assert {c["field"] for c in err.value.status["details"]["causes"]} == {
+        "spec.leaseDurationSeconds", "spec.leaseTransitions", "spec.preferredHolder"}
+    await create(client, LEASES, {**lease, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 1}})
+
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1"}, "reason": "R", "message": "m",
+             "involvedObject": {"kind": "Service", "name": "s", "namespace": "other"}}
+    with pytest.raises(ApiError) as err:
+        await create(client, EVENTS, event)
+    assert "involvedObject.namespace" in err.value.message and "does not match event.namespace" in err.value.message
+    await create(client, EVENTS, {**event, "involvedObject": {"kind": "Node", "name": "n"}})  # cluster-scoped
+    with pytest.raises(ApiError) as err:  # a "new" Event (eventTime set) needs the reporting fields
+        await create(client, EVENTS, {**event, "metadata": {"name": "e2"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+                                      "involvedObject": {"kind": "Service", "name": "s", "namespace": "default"}})
+    assert {c["field"] for c in err.value.status["details"]["causes"]} == {
+        "reportingComponent", "reportingInstance", "action"}
+
+    fqdn = slice_body("f", ["db"], address_type="FQDN")
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTSLICES, fqdn)
+    assert "at least two segments" in err.value.message
+    await create(client, ENDPOINTSLICES, slice_body("f", ["db.example.com"], address_type="FQDN"))
+    bad_node = slice_body("n", ["10.0.0.1"])
+    bad_node["endpoints"][0].update(nodeName="Node_1", hints={"forZones": [{"name": "a"}, {"name": "a"}]})
+    bad_node["ports"][0]["appProtocol"] = "not a name"
+    with pytest.raises(ApiError) as err:
+        await create(client, ENDPOINTSLICES, bad_node)
+    assert {c["field"] for c in err.value.status["details"]["causes"]} == {
+        "endpoints[0].nodeName", "endpoints[0].hints.forZones[1].name", "ports[0].appProtocol"}
 
 
 async def test_gc_background_foreground_orphan(api: KubeAPIServer, client: KubeClient) -> None:

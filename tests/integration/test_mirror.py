@@ -28,7 +28,7 @@ async def source_slice(client: KubeClient, name: str, service: str, addresses: d
             "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
         "addressType": family, "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
         "endpoints": [{"addresses": [a], "conditions": {"ready": r, "serving": r, "terminating": False},
-                       "nodeName": f"node-{a}"} for a, r in addresses.items()]})
+                       "nodeName": f"node-{a.replace(':', '-')}"} for a, r in addresses.items()]})
 
 
 def mirrored(api: KubeAPIServer, name: str = "kubernetes-vip") -> dict[str, bool]:

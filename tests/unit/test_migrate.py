@@ -60,3 +60,42 @@ def test_a_service_the_old_operator_created_is_not_converted_twice() -> None:
     endpoints = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "wp"},
                  "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]}
     assert [c.source for c in convert_documents([service, endpoints, old])] == ["sealos.io/v1beta1 ClusterEndpoint wp"]
+
+
+def _pair(name: str, namespace: str = "default", labels: dict[str, str] | None = None,
+          owners: list[dict[str, object]] | None = None, on_endpoints: bool = False) -> list[dict[str, object]]:
+    meta: dict[str, object] = {"name": name, "namespace": namespace}
+    extra: dict[str, object] = {**({"labels": labels} if labels else {}),
+                                **({"ownerReferences": owners} if owners else {})}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {**meta, **({} if on_endpoints else extra)},
+               "spec": {"ports": [{"port": 80}]}}
+    endpoints = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {**meta, **(extra if on_endpoints else {})},
+                 "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]}
+    return [service, endpoints]
+
+
+def test_pairs_another_controller_manages_are_skipped_with_the_reason_unless_included() -> None:
+    controller = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus", "name": "k8s", "uid": "u1",
+                  "controller": True}
+    old_owner = {"apiVersion": "sealos.io/v1beta1", "kind": "ClusterEndpoint", "name": "legacy", "uid": "u2",
+                 "controller": True}
+    documents = [*_pair("kubelet", "kube-system"), *_pair("prom", labels={"app.kubernetes.io/managed-by": "Helm2"}),
+                 *_pair("scraped", labels={"app.kubernetes.io/managed-by": "prometheus-operator"}, on_endpoints=True),
+                 *_pair("owned", owners=[controller]), *_pair("legacy", owners=[old_owner]),
+                 *_pair("plain", labels={"app.kubernetes.io/managed-by": "epctl"})]
+    conversions = {c.source: c for c in convert_documents(documents)}
+    skipped = {source: c.skipped for source, c in conversions.items() if c.skipped}
+    assert set(skipped) == {"Service kube-system/kubelet", "Service default/prom", "Service default/scraped",
+                            "Service default/owned"}
+    assert "kube-system" in str(skipped["Service kube-system/kubelet"])
+    assert "prometheus-operator" in str(skipped["Service default/scraped"])  # the label on the Endpoints counts
+    assert "Prometheus k8s" in str(skipped["Service default/owned"])
+    assert all(c.result is None and not c.problems for c in conversions.values() if c.skipped)
+    assert conversions["Service default/legacy"].result is not None  # the old operator's own leftovers
+    assert conversions["Service default/plain"].result is not None
+
+    included = {c.source: c for c in convert_documents(documents, include=["default/owned", "kube-system/kubelet"])}
+    assert included["Service default/owned"].result is not None
+    assert included["Service kube-system/kubelet"].result is not None
+    asked = {c.source: c for c in convert_documents(_pair("kubelet", "kube-system"), system_ok=True)}
+    assert asked["Service kube-system/kubelet"].result is not None
