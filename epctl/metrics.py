@@ -75,6 +75,18 @@ WRITER_BATCH = Histogram("epctl_writer_batch_size", "Targets written per writer 
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 
 
+SYNC_RESULTS = ("success", "conflict", "invalid", "error")
+for _result in SYNC_RESULTS:  # exported at 0 from the start: rate() and increase() need the zero
+    SYNCS.labels(_result)
+NOT_SYNCED_REASONS = ("Pending", "ServiceConflict", "WriteRejected", "WriteFailed", "InvalidSpec")
+NOT_SYNCED = Gauge("epctl_clusterendpoints_not_synced", "ClusterEndpoints this replica owns that are not published "
+                   "as their spec says, by reason (the Synced condition's reason; InvalidSpec for an invalid spec). A "
+                   "state, not an event: a ServiceConflict is retried only when something changes, so a rate of "
+                   "failed syncs would show it once and then never again", ["reason"])
+for _reason in NOT_SYNCED_REASONS:
+    NOT_SYNCED.labels(_reason)
+
+
 class PrometheusWriterMetrics:
     """``WriterMetrics`` for the slice writer."""
 
