@@ -78,6 +78,11 @@ WRITER_BATCH = Histogram("epctl_writer_batch_size", "Targets written per writer 
 SYNC_RESULTS = ("success", "conflict", "invalid", "error")
 for _result in SYNC_RESULTS:  # exported at 0 from the start: rate() and increase() need the zero
     SYNCS.labels(_result)
+# the writer's operations (epctl/kube/writer.py): a series that first appears at 1 hides that write from rate()
+WRITE_OPERATIONS = ("create", "update", "delete", "endpoints_create", "endpoints_update", "endpoints_delete",
+                    "service_create", "service_replace", "service_update")
+for _operation in WRITE_OPERATIONS:
+    CHANGES.labels(_operation, "success")
 NOT_SYNCED_REASONS = ("Pending", "ServiceConflict", "WriteRejected", "WriteFailed", "InvalidSpec")
 NOT_SYNCED = Gauge("epctl_clusterendpoints_not_synced", "ClusterEndpoints this replica owns that are not published "
                    "as their spec says, by reason (the Synced condition's reason; InvalidSpec for an invalid spec). A "
