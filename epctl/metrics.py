@@ -151,6 +151,13 @@ OPENSTACK_POLL_SECONDS = Histogram("epctl_openstack_poll_seconds", "Duration of 
 OPENSTACK_SERVERS = Gauge("epctl_openstack_servers", "Servers matching each poller's query at its last good poll",
                           ["poller"])
 OPENSTACK_ERRORS = Counter("epctl_openstack_errors", "Failed OpenStack discovery polls by reason", ["reason"])
+# classify() in epctl/sources/openstack.py: exported at 0 from the start, so rate() sees an outage's first poll
+OPENSTACK_ERROR_REASONS = ("TLSVerificationFailed", "AuthenticationFailed", "Forbidden", "Timeout", "Unreachable",
+                           "EndpointNotFound", "IdentityDiscoveryFailed", "ServerError", "HTTPError", "Error")
+for _reason in OPENSTACK_ERROR_REASONS:
+    OPENSTACK_ERRORS.labels(_reason)
+for _result in ("success", "error"):
+    OPENSTACK_POLL_SECONDS.labels(_result)
 OPENSTACK_POLLERS = Gauge("epctl_openstack_pollers", "OpenStack pollers running (one per distinct credentials "
                           "and query)")
 

@@ -25,10 +25,11 @@ from typing import Any
 import aiohttp
 import yaml
 
-from epctl.kube.client import NAMESPACES, SERVICES, KubeClient
+from epctl.kube.client import NAMESPACES, SECRETS, SERVICES, KubeClient
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.kubectl import Kubectl
+from epctl.testing.openstack import FakeOpenStack
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd
 
@@ -259,9 +260,19 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
             "db", [port_spec("up", 80, up.port)], namespace="legacy"))
         await setup.request("POST", CLUSTERENDPOINTS.path("legacy"), body=cep(
             "cache", [port_spec("down", 81, down)], namespace="legacy"))
+        # OpenStack discovery (no probe: a discovered VM is ready while the cloud lists it)
+        cloud = await stack.enter_async_context(FakeOpenStack())
+        cloud.add_server("vm-1", fixed=["10.0.0.7"])
+        await setup.request("POST", SECRETS.path("legacy"), body={"metadata": {"name": "os"}, "stringData": {
+            "OS_AUTH_URL": cloud.auth_url, "OS_APPLICATION_CREDENTIAL_ID": cloud.credentials.app_credential_id,
+            "OS_APPLICATION_CREDENTIAL_SECRET": cloud.credentials.app_credential_secret}})
+        await setup.request("POST", CLUSTERENDPOINTS.path("legacy"), body=cep(
+            "vms", [{"name": "ssh", "port": 22}], namespace="legacy",
+            discovery={"openstack": {"secretRef": {"name": "os"}, "pollSeconds": 1}}))
         a = await stack.enter_async_context(controller_process(api, ports["epctl-a"], *shard))
         b = await stack.enter_async_context(controller_process(api, ports["epctl-b"], *shard))
-        await stack.enter_async_context(controller_process(api, ports["epctl-single"], "--namespace", "legacy"))
+        await stack.enter_async_context(controller_process(api, ports["epctl-single"], "--namespace", "legacy",
+                                                                  "--openstack-max-backoff", "1"))
         prom = await stack.enter_async_context(Prometheus(tmp_path, targets, groups))
 
         panels = {p["title"]: p for p in dashboard["panels"]}
@@ -302,18 +313,19 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
         # --- steady state: six Services half failing, a conflict, a healthy and a failing legacy Service ---
         pods = {("epctl-a",), ("epctl-b",), ("epctl-single",)}
         P1 = "Ready / total endpoints per Service"
-        truth_ready = {("apps", w): 1.0 for w in WEB} | {("legacy", "db"): 1.0, ("legacy", "cache"): 0.0}
-        truth_total = {("apps", w): 2.0 for w in WEB} | {("legacy", "db"): 1.0, ("legacy", "cache"): 1.0}
+        legacy = {("legacy", "db"): 1.0, ("legacy", "vms"): 1.0}
+        truth_ready = {("apps", w): 1.0 for w in WEB} | legacy | {("legacy", "cache"): 0.0}
+        truth_total = {("apps", w): 2.0 for w in WEB} | legacy | {("legacy", "cache"): 1.0}
         # "taken" is probed (its ClusterEndpoint reports the hosts) but not published: not epctl's Service
         truth_ready[("apps", "taken")] = truth_total[("apps", "taken")] = 1.0
         await panel(P1, "A", ("namespace", "service"), truth_ready)
         await panel(P1, "B", ("namespace", "service"), truth_total)
         P2 = "Endpoints by readiness (sum over replicas)"
-        await panel(P2, "A", ("state",), {("ready",): 8.0, ("not_ready",): 7.0})
-        await panel(P2, "B", (), {(): 15.0})
-        # the pair shares apps' 7 Services (each replica its own share), the single has legacy's 2
+        await panel(P2, "A", ("state",), {("ready",): 9.0, ("not_ready",): 7.0})
+        await panel(P2, "B", (), {(): 16.0})
+        # the pair shares apps' 7 Services (each replica its own share), the single has legacy's 3
         await panel("Shard: members seen and targets owned, per replica", "B", ("pod",),
-                    lambda got: set(got) == pods and sum(got.values()) == 9 and got[("epctl-single",)] == 2)
+                    lambda got: set(got) == pods and sum(got.values()) == 10 and got[("epctl-single",)] == 3)
         await panel("Shard: members seen and targets owned, per replica", "A", ("pod",),
                     {("epctl-a",): 2.0, ("epctl-b",): 2.0, ("epctl-single",): 0.0})
         await panel("ClusterEndpoints not synced by reason (sum over replicas)", "A", ("reason",), {
@@ -347,10 +359,9 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
                     and all(v == 0 for (p, _), v in got.items() if p == "epctl-single"))
         # the pair's ring converged at start; later empty (no new ring within the window) is the truth too
         await panel(P15, "B", (), lambda got: all(0 < v <= 10 for v in got.values()))
-        await panel("OpenStack: servers per poller, failed polls per second by reason (sum over replicas)", "A",
-                    ("poller",), {})
-        await panel("OpenStack: servers per poller, failed polls per second by reason (sum over replicas)", "B",
-                    ("reason",), {})
+        P13 = "OpenStack: servers per poller, failed polls per second by reason (sum over replicas)"
+        await panel(P13, "A", ("poller",), lambda got: list(got.values()) == [1.0])
+        await panel(P13, "B", ("reason",), lambda got: len(got) >= 9 and all(v == 0 for v in got.values()))
         await alert("EpctlEndpointsUnhealthy", ("namespace", "service"),
                     {("apps", w): 1.0 for w in WEB} | {("legacy", "cache"): 1.0})
         await alert("EpctlClusterEndpointsNotSynced", ("namespace", "reason"),
@@ -361,6 +372,7 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
 
         # --- every "up" host fails: each web Service's ready endpoint goes, and is written within seconds ---
         await up.set_mode("closed")
+        cloud.fail_next(10**6, 503, service="compute")  # and the cloud is out: the last good answer stays
         # the transitions' writes (slices of 6 web Services and db; "taken" is not written), seen while they
         # are inside the rate window: checked together
         P8 = "Writer: targets per batch p90 (all replicas), API writes per second (sum over replicas)"
@@ -371,9 +383,12 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
             panel(P8, "A", (), lambda got: 0 < got.get((), 0) <= 10),
             panel(P9, "A", ("result",), lambda got: set(got) <= {("conflict",), ("invalid",), ("error",)}
                   and got.get(("invalid",), 0) == 0 and got.get(("error",), 0) == 0),
-            panel(P9, "B", ("code",), lambda got: all(code.startswith(("4", "0")) for (code,) in got)))
+            panel(P9, "B", ("code",), lambda got: all(code.startswith(("4", "0")) for (code,) in got)),
+            panel(P13, "B", ("reason",), lambda got: got.get(("ServerError",), 0) > 0
+                  and all(v == 0 for (r,), v in got.items() if r != "ServerError")))
+        await panel(P13, "A", ("poller",), lambda got: list(got.values()) == [1.0])
 
-        await panel(P2, "A", ("state",), {("ready",): 0.0, ("not_ready",): 15.0})
+        await panel(P2, "A", ("state",), {("ready",): 1.0, ("not_ready",): 15.0})
         await alert("EpctlEndpointsUnhealthy", ("namespace", "service"),
                     {("apps", w): 2.0 for w in WEB} | {("legacy", "cache"): 1.0, ("legacy", "db"): 1.0,
                                                        ("apps", "taken"): 1.0})
@@ -384,7 +399,7 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
         await asyncio.wait_for(asyncio.gather(a.wait(), b.wait()), 20)
         await alert("EpctlNoLeader", ("namespace",), {("epctl-system",): 2.0})
         await panel(P12, "B", ("namespace",), {("epctl-dev",): 1.0})
-        await panel(P2, "A", ("state",), {("ready",): 0.0, ("not_ready",): 2.0})
+        await panel(P2, "A", ("state",), {("ready",): 1.0, ("not_ready",): 2.0})
         await alert("EpctlAbsent", ("namespace",), {})
 
     await setup.close()
@@ -402,3 +417,13 @@ def test_the_writer_operations_exported_from_the_start_are_the_writers() -> None
     source = (ROOT / "epctl" / "kube" / "writer.py").read_text()
     recorded = set(re.findall(r'self\._(?:record|record_endpoints|count_ok)\(.*"([a-z_]+)"\)$', source, re.M))
     assert recorded == set(WRITE_OPERATIONS)
+
+
+def test_the_openstack_error_reasons_exported_from_the_start_are_classifys() -> None:
+    import inspect
+    import re
+
+    from epctl.metrics import OPENSTACK_ERROR_REASONS
+    from epctl.sources.openstack import classify
+
+    assert set(re.findall(r'return "([A-Za-z]+)", ', inspect.getsource(classify))) == set(OPENSTACK_ERROR_REASONS)
