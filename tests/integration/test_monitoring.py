@@ -389,6 +389,10 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
         await panel(P13, "A", ("poller",), lambda got: list(got.values()) == [1.0])
 
         await panel(P2, "A", ("state",), {("ready",): 1.0, ("not_ready",): 15.0})
+        await panel(P1, "A", ("namespace", "service"), {k: 1.0 if k == ("legacy", "vms") else 0.0 for k in truth_ready})
+        await panel("Probes per second by type and result (sum over replicas)", "A", ("type", "result"),
+                    lambda got: (got.get(("tcp", "success"), 0) == 0
+                                 and 0.6 * 15 <= got.get(("tcp", "failure"), 0) <= 1.4 * 15))
         await alert("EpctlEndpointsUnhealthy", ("namespace", "service"),
                     {("apps", w): 2.0 for w in WEB} | {("legacy", "cache"): 1.0, ("legacy", "db"): 1.0,
                                                        ("apps", "taken"): 1.0})
