@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -181,6 +182,33 @@ class Prometheus:
         assert body["status"] == "success", (expr, body)
         return body["data"]["result"]  # type: ignore[no-any-return]
 
+    async def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        assert self.session is not None
+        async with self.session.get(f"{self.base}/api/v1/query_range", params={
+                "query": expr, "start": str(start), "end": str(end), "step": str(step)}) as response:
+            body = await response.json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]  # type: ignore[no-any-return]
+
+
+async def dump_dashboard(prom: Prometheus, dashboard: dict[str, Any], start: float, phases: list[tuple[str, float]],
+                         path: str) -> None:
+    """Every panel's series over the scenario, for tests/integration/render_dashboard.py (a PNG to look at
+    the dashboard as a user does). Only with EPCTL_DASHBOARD_DUMP=FILE; the assertions never need it."""
+    end = time.time()
+    panels = []
+    for p in dashboard["panels"]:
+        overrides = {o["matcher"]["options"]: next(x["value"] for x in o["properties"] if x["id"] == "unit")
+                     for o in p["fieldConfig"]["overrides"]}
+        targets = []
+        for t in p["targets"]:
+            expr = t["expr"].replace("$__rate_interval", RATE_WINDOW).replace("$namespace", ".*")
+            targets.append({"refId": t["refId"], "legendFormat": t["legendFormat"],
+                            "unit": overrides.get(t["refId"], p["fieldConfig"]["defaults"]["unit"]),
+                            "result": await prom.query_range(expr, start, end, 1.0)})
+        panels.append({"title": p["title"], "targets": targets})
+    await asyncio.to_thread(Path(path).write_text, json.dumps({"start": start, "phases": phases, "panels": panels}))
+
 
 Result = dict[tuple[str, ...], float]
 
@@ -274,6 +302,7 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
         await stack.enter_async_context(controller_process(api, ports["epctl-single"], "--namespace", "legacy",
                                                                   "--openstack-max-backoff", "1"))
         prom = await stack.enter_async_context(Prometheus(tmp_path, targets, groups))
+        started, phases = time.time(), [("start", time.time())]
 
         panels = {p["title"]: p for p in dashboard["panels"]}
         queried: set[str] = set()
@@ -371,16 +400,17 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
             await alert(quiet, ("namespace",), {})
 
         # --- every "up" host fails: each web Service's ready endpoint goes, and is written within seconds ---
+        phases.append(("hosts and cloud fail", time.time()))
         await up.set_mode("closed")
         cloud.fail_next(10**6, 503, service="compute")  # and the cloud is out: the last good answer stays
         # the transitions' writes (slices of 6 web Services and db; "taken" is not written), seen while they
         # are inside the rate window: checked together
-        P8 = "Writer: targets per batch p90 (all replicas), API writes per second (sum over replicas)"
+        P8 = "Writer: mean targets per batch (all replicas), API writes per second (sum over replicas)"
         P9 = "Failed syncs and API errors per second (sum over replicas)"
         await asyncio.gather(
             panel("Transition to slice write p99 (all replicas)", "A", (), lambda got: 0 < got.get((), 0) <= 10),
             panel(P8, "B", ("operation",), lambda got: sum(got.values()) > 0),
-            panel(P8, "A", (), lambda got: 0 < got.get((), 0) <= 10),
+            panel(P8, "A", (), lambda got: 1 <= got.get((), 0) <= 7),  # at most the 7 Services written
             panel(P9, "A", ("result",), lambda got: set(got) <= {("conflict",), ("invalid",), ("error",)}
                   and got.get(("invalid",), 0) == 0 and got.get(("error",), 0) == 0),
             panel(P9, "B", ("code",), lambda got: all(code.startswith(("4", "0")) for (code,) in got)),
@@ -398,6 +428,7 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
                                                        ("apps", "taken"): 1.0})
 
         # --- both shard replicas stopped: no leader in epctl-system (once), the single still writes ---
+        phases.append(("shard replicas stopped", time.time()))
         for proc in (a, b):
             proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(asyncio.gather(a.wait(), b.wait()), 20)
@@ -405,6 +436,8 @@ async def test_a_real_prometheus_answers_every_panel_and_alert_with_the_scenario
         await panel(P12, "B", ("namespace",), {("epctl-dev",): 1.0})
         await panel(P2, "A", ("state",), {("ready",): 1.0, ("not_ready",): 2.0})
         await alert("EpctlAbsent", ("namespace",), {})
+        if os.environ.get("EPCTL_DASHBOARD_DUMP"):
+            await dump_dashboard(prom, dashboard, started, phases, os.environ["EPCTL_DASHBOARD_DUMP"])
 
     await setup.close()
     every = {f"{p['title']}/{t['refId']}" for p in dashboard["panels"] for t in p["targets"]}
