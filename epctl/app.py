@@ -34,6 +34,8 @@ from epctl.metrics import (
     GC_FULL_PAUSE,
     HANDOVERS,
     LEADER,
+    NOT_SYNCED,
+    NOT_SYNCED_REASONS,
     NUM_SLICES,
     SERVICE_ENDPOINTS,
     SHARD_TARGETS_OWNED,
@@ -128,6 +130,7 @@ class Controller:
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
         self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
+        self._not_synced_reasons: set[str] = set(NOT_SYNCED_REASONS)  # epctl_clusterendpoints_not_synced series
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
                        if settings.metrics_addr else None)
         self._core: list[asyncio.Task[None]] = []
@@ -248,6 +251,10 @@ class Controller:
         DESIRED_SLICES.set(needed)
         NUM_SLICES.set(len(self.slices.cache))
         SHARD_TARGETS_OWNED.set(len(self.state.targets))
+        not_synced = self.source.not_synced()
+        self._not_synced_reasons |= set(not_synced)
+        for reason in self._not_synced_reasons:  # back to 0, never removed: the alert sees the recovery
+            NOT_SYNCED.labels(reason).set(not_synced.get(reason, 0))
         if self.member is not None:
             LEADER.set(1 if self.leading else 0)
 

@@ -75,6 +75,23 @@ WRITER_BATCH = Histogram("epctl_writer_batch_size", "Targets written per writer 
                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 
 
+SYNC_RESULTS = ("success", "conflict", "invalid", "error")
+for _result in SYNC_RESULTS:  # exported at 0 from the start: rate() and increase() need the zero
+    SYNCS.labels(_result)
+# the writer's operations (epctl/kube/writer.py): a series that first appears at 1 hides that write from rate()
+WRITE_OPERATIONS = ("create", "update", "delete", "endpoints_create", "endpoints_update", "endpoints_delete",
+                    "service_create", "service_replace", "service_update")
+for _operation in WRITE_OPERATIONS:
+    CHANGES.labels(_operation, "success")
+NOT_SYNCED_REASONS = ("Pending", "ServiceConflict", "WriteRejected", "WriteFailed", "InvalidSpec")
+NOT_SYNCED = Gauge("epctl_clusterendpoints_not_synced", "ClusterEndpoints this replica owns that are not published "
+                   "as their spec says, by reason (the Synced condition's reason; InvalidSpec for an invalid spec). A "
+                   "state, not an event: a ServiceConflict is retried only when something changes, so a rate of "
+                   "failed syncs would show it once and then never again", ["reason"])
+for _reason in NOT_SYNCED_REASONS:
+    NOT_SYNCED.labels(_reason)
+
+
 class PrometheusWriterMetrics:
     """``WriterMetrics`` for the slice writer."""
 
@@ -134,6 +151,13 @@ OPENSTACK_POLL_SECONDS = Histogram("epctl_openstack_poll_seconds", "Duration of 
 OPENSTACK_SERVERS = Gauge("epctl_openstack_servers", "Servers matching each poller's query at its last good poll",
                           ["poller"])
 OPENSTACK_ERRORS = Counter("epctl_openstack_errors", "Failed OpenStack discovery polls by reason", ["reason"])
+# classify() in epctl/sources/openstack.py: exported at 0 from the start, so rate() sees an outage's first poll
+OPENSTACK_ERROR_REASONS = ("TLSVerificationFailed", "AuthenticationFailed", "Forbidden", "Timeout", "Unreachable",
+                           "EndpointNotFound", "IdentityDiscoveryFailed", "ServerError", "HTTPError", "Error")
+for _reason in OPENSTACK_ERROR_REASONS:
+    OPENSTACK_ERRORS.labels(_reason)
+for _result in ("success", "error"):
+    OPENSTACK_POLL_SECONDS.labels(_result)
 OPENSTACK_POLLERS = Gauge("epctl_openstack_pollers", "OpenStack pollers running (one per distinct credentials "
                           "and query)")
 

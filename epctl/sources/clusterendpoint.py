@@ -528,6 +528,23 @@ class ClusterEndpointSource:
                 self.events.record(entry.obj, "Warning", reason, message)
             self._write_status(key)
 
+    def not_synced(self) -> dict[str, int]:
+        """Owned ClusterEndpoints not published as their spec says, by reason (the Synced condition's
+        reason; InvalidSpec for a spec that does not parse): the state behind an alert, which a rate of
+        failed writes cannot be (a ServiceConflict is not retried until something changes)."""
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            if not entry.active:
+                continue
+            if entry.errors:
+                reason = "InvalidSpec"
+            elif entry.sync[0]:
+                continue
+            else:
+                reason = entry.sync[1]
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
     # --- status ---------------------------------------------------------------------------------------
 
     def _write_status(self, key: TargetKey) -> None:
