@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import time
 from dataclasses import dataclass
 
 from epctl import __version__
+from epctl.api.spec import DRAIN_ANNOTATION
 from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE
 from epctl.health import HealthServer
 from epctl.heap import HeapKeeper
@@ -85,6 +87,7 @@ class ControllerSettings:
     openstack_timeout: float = 10.0  # per OpenStack HTTP request
     openstack_retry_base: float = 5.0  # first retry after a failed poll; doubles up to the max
     openstack_retry_max: float = 300.0
+    terminating_grace: float = 0.0  # seconds a host that left a ClusterEndpoint is published terminating
 
 
 class Controller:
@@ -93,7 +96,8 @@ class Controller:
         ns = settings.namespace
         informer_metrics = PrometheusInformerMetrics()
         self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints",
-                             drop_last_applied=True)  # only status is written, as a merge patch
+                             drop_last_applied=True,  # only status is written, as a merge patch
+                             keep_managers_of=(DRAIN_ANNOTATION,))  # who drained a host, for its Event
         self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
                                metrics=informer_metrics, name="endpointslices")
         self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services")
@@ -117,7 +121,8 @@ class Controller:
                                             self.events, allow_loopback=settings.allow_loopback_hosts,
                                             resolve_interval=settings.resolve_interval, discovery=self.discovery,
                                             services=self.services,
-                                            mirrored=lambda svc: mirror_source(svc, settings.mirror_pairs))
+                                            mirrored=lambda svc: mirror_source(svc, settings.mirror_pairs),
+                                            terminating_grace=settings.terminating_grace)
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
@@ -125,6 +130,7 @@ class Controller:
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
+        self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
         self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
                        if settings.metrics_addr else None)
@@ -253,6 +259,10 @@ class Controller:
         if self.member is not None:
             return self.member.holdings.converged
         return self.elector is None or self.elector.is_leader
+
+    def _expire_at(self, at: float) -> None:
+        """Call ``state.expire`` at the monotonic time ``at`` (a removed host's grace ends)."""
+        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self.state.expire)
 
     async def stop(self, flush_timeout: float = 8.0) -> None:
         LEADER.set(0)
