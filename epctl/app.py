@@ -53,6 +53,7 @@ from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
 from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
+from epctl.sources.topology import NODES, TopologySource
 from epctl.state import DesiredState, TargetKey
 from epctl.tasks import cancel_and_wait, core_health
 
@@ -88,6 +89,7 @@ class ControllerSettings:
     openstack_retry_base: float = 5.0  # first retry after a failed poll; doubles up to the max
     openstack_retry_max: float = 300.0
     terminating_grace: float = 0.0  # seconds a host that left a ClusterEndpoint is published terminating
+    topology_hints: bool = True  # watch Nodes and write hints.forZones where a Service asks (needs nodes list/watch)
 
 
 class Controller:
@@ -130,6 +132,14 @@ class Controller:
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
+        self.nodes: Informer | None = None
+        self.topology: TopologySource | None = None
+        if settings.topology_hints:
+            self.nodes = Informer(client, NODES, None, metrics=informer_metrics, name="nodes")
+            self.topology = TopologySource(self.state, self.nodes, self.services, self.events, self.writer.notify)
+            self.writer.decorate = self.topology.decorate
+            self.topology.on_verdict = self.source.topology_changed
+            self.source.topology = self.topology.verdict
         self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
         self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
@@ -177,7 +187,8 @@ class Controller:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.ceps, self.slices, self.services, *([self.endpoints] if self.endpoints else [])]
+        return [self.ceps, self.slices, self.services, *([self.endpoints] if self.endpoints else []),
+                *([self.nodes] if self.nodes else [])]
 
     def ready(self) -> tuple[bool, str]:
         waiting = [i.name for i in self.informers if not i.synced.is_set()]

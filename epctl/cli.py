@@ -54,6 +54,9 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
              help="seconds a host removed from a ClusterEndpoint (or gone from its discovery) stays published "
                   "terminating (ready=false) before it is removed, so connections to it can finish (0: removed at "
                   "once; a planned removal is better drained first: epctl drain)")
+    add_flag(parser, "--topology-hints", default=True, boolean=True,
+             help="watch Nodes and write topology hints (hints.forZones) for Services that ask for topology-aware "
+                  "routing (needs list/watch on nodes: off in the namespaced overlay)")
     add_flag(parser, "--allow-loopback", default=False, boolean=True, env=["EPCTL_ALLOW_LOOPBACK_HOSTS"],
              aliases=["--allow-loopback-hosts"],
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
@@ -404,7 +407,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             renew_deadline=args.renew_deadline, retry_period=args.retry_period,
             per_target_metrics=args.per_target_metrics, openstack_timeout=args.openstack_timeout,
             max_probe_rate=args.max_probe_rate,
-            openstack_retry_max=args.openstack_max_backoff, terminating_grace=args.terminating_grace_period)
+            openstack_retry_max=args.openstack_max_backoff, terminating_grace=args.terminating_grace_period,
+            topology_hints=args.topology_hints)
         code = run_async(run_controller(settings, args.kubeconfig, args.context))
         return code
     if args.command == "demo":

@@ -38,7 +38,7 @@ from epctl.slices import (
     service_index,
     service_of_slice,
 )
-from epctl.state import DesiredState, ServiceSpec, Target, TargetKey
+from epctl.state import DesiredState, PortGroup, ServiceSpec, Target, TargetKey
 from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ class Writer:
         # the targets this replica may write (shard ownership, docs/design.md section 8); others are
         # neither planned nor written, whatever the desired state says about them
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
+        # last touch on the port groups before planning (topology hints, epctl.sources.topology)
+        self.decorate: Callable[[TargetKey, list[PortGroup]], list[PortGroup]] | None = None
         if not slices.has_index:
             slices.index_by(service_of_slice)  # our slices per Service, for planning (the sources read it too)
         slices.subscribe(self._on_slice_event)
@@ -353,6 +355,8 @@ class Writer:
 
     async def _sync_slices(self, key: TargetKey, target: Target | None) -> None:
         groups = list(target.groups.values()) if target else []
+        if self.decorate is not None and groups:
+            groups = self.decorate(key, groups)
         owners = [target.owner] if target and target.owner else []
         fresh = False
         for _attempt in range(4):

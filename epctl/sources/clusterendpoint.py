@@ -39,7 +39,14 @@ from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import CheckKey, Scheduler, Transition
 from epctl.slices import service_index
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
-from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
+from epctl.sources.targets import (
+    build_groups,
+    discovered_endpoints,
+    discovered_zones,
+    family,
+    published_addresses,
+    published_zones,
+)
 from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
 
 log = logging.getLogger(__name__)
@@ -138,6 +145,8 @@ class ClusterEndpointSource:
         self._resolver: asyncio.Task[None] | None = None
         self._started = False  # events before start() are ignored: start() replays the synced cache
         self._unpublished: dict[TargetKey, float] = {}  # first transition not yet written, per target
+        # the topology hints' verdict for a target (epctl.sources.topology), for the TopologyHints condition
+        self.topology: Callable[[TargetKey], Any] = lambda _key: None
         self._leaving: set[TargetKey] = set()  # status counted hosts within their grace: recount on writes
         # shard ownership (docs/design.md section 8): only owned ClusterEndpoints get checks, desired
         # state, discovery and status here; the others are parsed and resolved, ready to take over warm
@@ -310,8 +319,10 @@ class ClusterEndpointSource:
                 sync = (True, "KeptLastOnEmpty", f"0 servers match; keeping the {len(entry.discovered)} last known "
                                                  "addresses (keepLastOnEmpty)")
             else:
-                changed = found != entry.discovered
+                zones = discovered_zones(update.servers)
+                changed = found != entry.discovered or zones != entry.discovered_zones
                 entry.discovered = found
+                entry.discovered_zones = zones
             entry.discovery_counts = {"servers": len(update.servers), "addresses": len(entry.discovered or {}),
                                       "poller": update.poller}
         if sync != entry.discovery_sync and not update.ok:
@@ -333,6 +344,8 @@ class ClusterEndpointSource:
             static = {a for addresses in entry.addresses.values() for a in addresses}
             published = published_addresses(self.slices.indexed(service_index(*key)), key)
             entry.discovered = {a: h for a, h in published.items() if a not in static}
+            zones = published_zones(self.slices.indexed(service_index(*key)), key)
+            entry.discovered_zones = {a: z for a, z in zones.items() if a in entry.discovered}
         return entry.discovered
 
     async def _apply(self, key: TargetKey) -> None:
@@ -511,6 +524,10 @@ class ClusterEndpointSource:
                                f"{transition.key.address} port {transition.key.port}: {transition.reason}")
         self._write_status(key)
 
+    def topology_changed(self, key: TargetKey) -> None:
+        """The topology hints' verdict for ``key`` changed: rewrite its TopologyHints condition."""
+        self._write_status(key)
+
     def probes_delayed(self, delayed: bool) -> None:
         """The scheduler started (or stopped) stretching every check's period beyond 2x: say so in every
         ClusterEndpoint's status (a ProbesDelayed condition), where `kubectl describe cep` shows it."""
@@ -647,6 +664,10 @@ class ClusterEndpointSource:
             conditions.append({"type": "ProbesDelayed", "status": "True", "reason": "Overloaded", "message": (
                 f"checks run about every {factor:.1f}x their periodSeconds: the controller cannot start every due "
                 "probe in time (epctl_probe_period_stretch); give it more CPU, lengthen periods or add replicas")})
+        verdict = self.topology(key)
+        if verdict is not None and entry.spec is not None:
+            conditions.append({"type": "TopologyHints", "status": "True" if verdict.enabled else "False",
+                               "reason": verdict.reason, "message": verdict.message})
         extra: Obj = {}
         extra["draining"] = draining  # always: `kubectl get cep` shows 0, not <none>
         if entry.spec is not None and entry.spec.drain:

@@ -55,7 +55,14 @@ from epctl.probe.scheduler import CheckKey, Scheduler, Transition
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, service_index
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.openstack_auth import Credentials, credentials_from_env
-from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
+from epctl.sources.targets import (
+    build_groups,
+    discovered_endpoints,
+    discovered_zones,
+    family,
+    published_addresses,
+    published_zones,
+)
 from epctl.state import DesiredState, Target
 from epctl.tasks import cancel_and_wait, core_health
 
@@ -213,6 +220,7 @@ class Manager:
         self.state.on_dirty = self.writer.notify
         self.health = HealthServer(settings.metrics_addr, self.healthy, self.ready) if settings.metrics_addr else None
         self.discovered: dict[str, str] | None = None  # address -> server name; None until known
+        self.zones: dict[str, str] = {}  # address -> availability zone (endpoints[].zone)
         self.discovery_state: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
         self.service_problem: str | None = None
         self._core: list[asyncio.Task[None]] = []
@@ -305,9 +313,10 @@ class Manager:
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
+            self.zones = published_zones(self.slices.indexed(service_index(*self.key)), self.key)
         addresses = set(self.discovered)
         groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler,
-                                 self.slices.indexed(service_index(*self.key)))
+                                 self.slices.indexed(service_index(*self.key)), zones=self.zones)
         if self.state.get(self.key) is None and self._undecided(ports, addresses):
             return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
@@ -336,8 +345,9 @@ class Manager:
         found = discovered_endpoints(update.servers, self.settings.allow_loopback_hosts)
         if not found and self.discovered and self.settings.keep_last_on_empty:
             return
-        if found != self.discovered:
-            self.discovered = found
+        zones = discovered_zones(update.servers)
+        if found != self.discovered or zones != self.zones:
+            self.discovered, self.zones = found, zones
             self._materialise()
 
     def _on_transition(self, transition: Transition) -> None:

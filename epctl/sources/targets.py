@@ -62,6 +62,17 @@ def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]
     return found
 
 
+def published_zones(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
+    """address -> zone our slices publish for ``key`` (a restart keeps zones until discovery answers)."""
+    return {address: endpoint["zone"] for obj in _our_slices(slices, key) for endpoint in obj.get("endpoints") or []
+            if endpoint.get("zone") for address in endpoint.get("addresses") or []}
+
+
+def discovered_zones(servers: Iterable[DiscoveredServer]) -> dict[str, str]:
+    """address -> availability zone of the discovered servers that have one."""
+    return {address: server.zone for server in servers if server.zone for address in server.addresses}
+
+
 def discovered_endpoints(servers: Iterable[DiscoveredServer], allow_loopback: bool) -> dict[str, str]:
     """address -> server name for discovered servers, without the addresses an EndpointSlice
     refuses (loopback, link-local, ... unless allowed), each skip logged."""

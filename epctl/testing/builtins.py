@@ -248,6 +248,10 @@ def _address_causes(address: Any, address_type: str, path: str, allow_loopback: 
     return []
 
 
+MAX_ZONE_HINTS = 8
+LABEL_VALUE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
 def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
     causes: list[FieldCause] = []
     address_type = obj.get("addressType")
@@ -277,6 +281,21 @@ def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) ->
         for cond, value in (endpoint.get("conditions") or {}).items():
             if cond not in ("ready", "serving", "terminating") or not isinstance(value, (bool, type(None))):
                 causes.append(FieldCause(f"{path}.conditions.{cond}", f"Invalid value: {value!r}"))
+        zone_hints = ((endpoint.get("hints") or {}).get("forZones") or [])
+        if len(zone_hints) > MAX_ZONE_HINTS:  # validateHints (pkg/apis/discovery/validation)
+            causes.append(FieldCause(f"{path}.hints.forZones", f"Too many: {len(zone_hints)}: must have at most "
+                                     f"{MAX_ZONE_HINTS} items", "FieldValueTooMany"))
+        seen_zones: set[str] = set()
+        for j, hint in enumerate(zone_hints[:MAX_ZONE_HINTS]):
+            zone = (hint or {}).get("name") or ""
+            if not LABEL_VALUE.match(zone):
+                causes.append(FieldCause(f"{path}.hints.forZones[{j}].name", f'Invalid value: "{zone}": a valid '
+                                         "label must be an empty string or consist of alphanumeric characters, '-', "
+                                         "'_' or '.'"))
+            elif zone in seen_zones:
+                causes.append(FieldCause(f"{path}.hints.forZones[{j}].name", f'Duplicate value: "{zone}"',
+                                         "FieldValueDuplicate"))
+            seen_zones.add(zone)
         hostname = endpoint.get("hostname")
         if hostname is not None and not DNS1123_LABEL.match(str(hostname)):
             causes.append(FieldCause(f"{path}.hostname", f'Invalid value: "{hostname}": a lowercase RFC 1123 '
@@ -411,6 +430,7 @@ def builtin_types() -> list[ResourceType]:
         ResourceType("", "v1", "secrets", "Secret", True, validate=validate_secret, default=default_secret,
                      selectable_fields=frozenset({"type"})),
         ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
+        ResourceType("", "v1", "nodes", "Node", False, ("no",), status_subresource=True),
         ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
         ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
                      validate=validate_endpointslice, default=default_endpointslice),
