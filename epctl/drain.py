@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from epctl.api import parse_cluster_endpoint
+from epctl.api.parse import unknown_drained
 from epctl.api.spec import DRAIN_ANNOTATION
 from epctl.kube.client import MERGE_PATCH, ApiError, KubeClient
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
@@ -69,8 +70,11 @@ async def drain(client: KubeClient, namespace: str, name: str, hosts: Sequence[s
             annotations[DRAIN_ANNOTATION] = value
         candidate.setdefault("apiVersion", CLUSTERENDPOINTS.api_version)
         candidate.setdefault("kind", CLUSTERENDPOINTS.kind)
-        _, errors = parse_cluster_endpoint(candidate, allow_loopback=allow_loopback)
+        spec, errors = parse_cluster_endpoint(candidate, allow_loopback=allow_loopback)
         mine = [str(e) for e in errors if DRAIN_ANNOTATION in e.path]
+        unknown = [h for h in unknown_drained(spec) if h in hosts] if spec is not None else []
+        if unknown and not undrain:
+            mine.append(f"{', '.join(unknown)}: not in any port's hosts of clusterendpoint {namespace}/{name}")
         if mine and not undrain:
             return 1, "; ".join(mine)
         patch = {"metadata": {"annotations": {DRAIN_ANNOTATION: value},

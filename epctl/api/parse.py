@@ -365,7 +365,7 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
         ports.append(port)
     listed = {h for p in ports for h in p.hosts}
     zones = _zones(errors, spec.get("zones"), listed, discovery, allow_loopback)
-    drain = _drain(errors, meta.get("annotations"), listed, discovery, allow_loopback)
+    drain = _drain(errors, meta.get("annotations"), allow_loopback)
     uid = meta.get("uid", "")
     generation = meta.get("generation", 0)
     return ClusterEndpointSpec(
@@ -418,9 +418,13 @@ def _zones(errors: _Errors, raw: Any, listed: set[str], discovery: bool,
     return tuple(sorted(out.items()))
 
 
-def _drain(errors: _Errors, annotations: Any, listed: set[str], discovery: bool,
-           allow_loopback: bool) -> tuple[str, ...]:
-    """The annotation ``epctl.io/drain``: hosts in maintenance, comma-separated (spaces ignored)."""
+def _drain(errors: _Errors, annotations: Any, allow_loopback: bool) -> tuple[str, ...]:
+    """The annotation ``epctl.io/drain``: hosts in maintenance, comma-separated (spaces ignored).
+
+    Only the syntax is an error here: a host that is (no longer) in the ClusterEndpoint is reported by
+    the controller instead (status ``drainingHosts[].matched: false`` and an Event), because the usual
+    maintenance is "drain, then remove the host from the list", and that edit must not make the whole
+    ClusterEndpoint invalid. ``epctl drain`` refuses unknown hosts up front (:func:`unknown_drained`)."""
     value = annotations.get(DRAIN_ANNOTATION) if isinstance(annotations, dict) else None
     if value is None:
         return ()
@@ -432,7 +436,7 @@ def _drain(errors: _Errors, annotations: Any, listed: set[str], discovery: bool,
     for host in (h.strip() for h in value.split(",")):
         if not host:
             continue
-        problem = _named_host_error(host, listed, discovery, allow_loopback, DRAIN_ANNOTATION)
+        problem = host_error(host, allow_loopback)
         if problem:
             errors.add(path, problem)
         elif host not in out:
@@ -515,3 +519,11 @@ def _discovery(errors: _Errors, raw: Any) -> OpenStackDiscovery | None:
         errors.add(f"{path}.keepLastOnEmpty", f"must be true or false, got {keep!r}")
         keep = False
     return OpenStackDiscovery(secret, query, poll, keep)
+
+
+def unknown_drained(spec: ClusterEndpointSpec) -> list[str]:
+    """The drained hosts that name no host of ``spec`` (with discovery any name may be a server's)."""
+    if spec.openstack is not None:
+        return []
+    listed = {h for p in spec.ports for h in p.hosts}
+    return [h for h in spec.drain if h not in listed]

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.api import ClusterEndpointSpec, parse_cluster_endpoint
+from epctl.api.parse import unknown_drained
 from epctl.api.spec import API_VERSION, DRAIN_ANNOTATION, KIND
 from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
@@ -265,19 +266,27 @@ class ClusterEndpointSource:
             return
         entry.errors = []
         if entry.spec is not None or spec.drain:
-            self._drain_events(event.obj, entry.spec.drain if entry.spec is not None else (), spec.drain)
+            self._drain_events(event.obj, entry.spec.drain if entry.spec is not None else (), spec.drain, spec,
+                               entry.spec)
         entry.spec = spec
         self._spawn(self._apply(key))
         if entry.active:
             self._follow_discovery(key, spec)
 
-    def _drain_events(self, obj: Obj, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    def _drain_events(self, obj: Obj, before: tuple[str, ...], after: tuple[str, ...],
+                      spec: ClusterEndpointSpec | None = None, previous: ClusterEndpointSpec | None = None) -> None:
         """An Event per host put into or taken out of maintenance, naming who asked (the field manager that
         set the annotation, from managedFields) and when."""
         by = drain_requester(obj)
         who = f" (by {by[0]} at {by[1]})" if by else ""
+        was = set(unknown_drained(previous)) if previous is not None else set()
+        unknown = [h for h in unknown_drained(spec) if h not in was] if spec is not None else []
+        if unknown:
+            self.events.record(obj, "Warning", "DrainUnknownHost", f"{', '.join(unknown)} in {DRAIN_ANNOTATION} "
+                                                                     "name no host of this ClusterEndpoint: nothing "
+                                                                     "drained for them")
         for host in after:
-            if host not in before:
+            if host not in before and host not in unknown:
                 self.events.record(obj, "Normal", "Draining", f"{host} drained: published terminating, no new "
                                                                f"connections{who}")
         for host in before:
@@ -416,19 +425,26 @@ class ClusterEndpointSource:
             self.failed(key, "ServiceConflict", conflict, True, force=True)
         self._write_status(key)
 
-    def _drained(self, key: TargetKey, entry: _Entry) -> set[str]:
-        """The addresses in maintenance: the drain annotation names a host as written (all its
-        addresses), a discovered server (all of its addresses) or an address."""
+    def _drained_by_name(self, key: TargetKey, entry: _Entry) -> dict[str, set[str]]:
+        """Each name in the drain annotation -> the addresses it puts into maintenance: a host as written
+        (all its addresses), a discovered server (all of its addresses) or an address; empty: it names
+        nothing here (reported, not an error: see parse._drain)."""
         if entry.spec is None or not entry.spec.drain:
-            return set()
+            return {}
         discovered = self._discovered(key, entry)
-        out: set[str] = set()
+        static = {h: entry.addresses.get(h, []) for p in entry.spec.ports for h in p.hosts}
+        out: dict[str, set[str]] = {}
         for name in entry.spec.drain:
-            out.update(entry.addresses.get(name, []))
-            out.update(a for a, server in discovered.items() if server == name or a == name)
-            if any(name in addresses for addresses in entry.addresses.values()):
-                out.add(name)
+            found = out.setdefault(name, set())
+            found.update(static.get(name, []))
+            found.update(a for a, server in discovered.items() if server == name or a == name)
+            if any(name in addresses for addresses in static.values()):
+                found.add(name)
         return out
+
+    def _drained(self, key: TargetKey, entry: _Entry) -> set[str]:
+        """The addresses in maintenance."""
+        return {a for addresses in self._drained_by_name(key, entry).values() for a in addresses}
 
     def _zones(self, key: TargetKey, entry: _Entry) -> dict[str, str]:
         """address -> zone: spec.zones for listed hosts, the availability zone for discovered servers."""
@@ -672,8 +688,9 @@ class ClusterEndpointSource:
         extra["draining"] = draining  # always: `kubectl get cep` shows 0, not <none>
         if entry.spec is not None and entry.spec.drain:
             by = drain_requester(entry.obj)
-            extra["drainingHosts"] = [{"host": h, **({"manager": by[0], "since": by[1]} if by else {})}
-                                      for h in entry.spec.drain]
+            extra["drainingHosts"] = [{"host": h, "matched": bool(found),
+                                       **({"manager": by[0], "since": by[1]} if by else {})}
+                                      for h, found in self._drained_by_name(key, entry).items()]
         if entry.spec is not None and entry.spec.openstack is not None:
             ok, reason, message = entry.discovery_sync
             conditions.append({"type": "DiscoverySynced", "status": "True" if ok else "False", "reason": reason,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from epctl.api import parse_cluster_endpoint
+from epctl.api.parse import unknown_drained
 from epctl.drain import new_value
 from epctl.state import DesiredState, Endpoint, PortGroup, SlicePort, Target
 
@@ -21,10 +22,9 @@ def document(annotations: dict[str, str] | None = None, **spec: Any) -> dict[str
 def test_drain_annotation_names_listed_hosts() -> None:
     spec, errors = parse_cluster_endpoint(document({"epctl.io/drain": " 10.0.0.2, db.example.com,10.0.0.2,"}))
     assert errors == [] and spec is not None and spec.drain == ("10.0.0.2", "db.example.com")
-    _, errors = parse_cluster_endpoint(document({"epctl.io/drain": "10.0.0.9"}))
-    assert [str(e) for e in errors] == [
-        "metadata.annotations[epctl.io/drain]: '10.0.0.9' is not in any port's hosts (epctl.io/drain names hosts "
-        "as written there)"]
+    # a host no longer listed is reported by the controller, not an error: "drain, then remove" must work
+    spec, errors = parse_cluster_endpoint(document({"epctl.io/drain": "10.0.0.9,10.0.0.1"}))
+    assert errors == [] and spec is not None and unknown_drained(spec) == ["10.0.0.9"]
     _, errors = parse_cluster_endpoint(document({"epctl.io/drain": "not a host"}))
     assert "must be an IP address or DNS name" in str(errors[0])
 
