@@ -118,6 +118,9 @@ def _manager_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--address-kind", default="fixed", choices=["fixed", "floating", "any"],
              help="fixed or floating addresses")
     add_flag(parser, "--ip-version", default=4, type=int, choices=[4, 6], help="IP version of the addresses")
+    add_flag(parser, "--terminating-grace-period", default=0.0, type=float,
+             help="seconds a server gone from discovery (deleted, shut off) stays published terminating "
+                  "(ready=false) before it is removed, so connections to it can finish (0: removed at once)")
     add_flag(parser, "--keep-last-on-empty", default=False, boolean=True,
              help="keep the last endpoints when OpenStack answers with no matching server")
     add_flag(parser, "--os-auth-url", default=None, env=["OS_AUTH_URL"], help="Keystone URL (required)")
@@ -167,6 +170,7 @@ def _run_manager(args: argparse.Namespace) -> int:
             filter_status=tuple(s.strip() for s in args.filter_status.split(",") if s.strip()),
             network=args.network, address_kind=args.address_kind, ip_version=args.ip_version,
             keep_last_on_empty=args.keep_last_on_empty, probe=parse_probe(args.probe),
+            terminating_grace=args.terminating_grace_period,
             timing=ProbeTiming(timeout_seconds=args.probe_timeout, period_seconds=args.probe_period,
                                success_threshold=args.probe_success_threshold,
                                failure_threshold=args.probe_failure_threshold),

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,7 @@ class ManagerSettings:
     address_kind: str = "fixed"
     ip_version: int = 4
     keep_last_on_empty: bool = False
+    terminating_grace: float = 0.0  # seconds a server gone from discovery stays published terminating
     probe: Probe | None = None
     timing: ProbeTiming = field(default_factory=ProbeTiming)
     metrics_addr: str | None = ":8080"
@@ -218,6 +220,7 @@ class Manager:
                              max_batch_delay=settings.max_batch_delay, max_per_slice=settings.max_endpoints_per_slice,
                              reporter=self, metrics=PrometheusWriterMetrics(), endpoints=self.endpoints)
         self.state.on_dirty = self.writer.notify
+        self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
         self.health = HealthServer(settings.metrics_addr, self.healthy, self.ready) if settings.metrics_addr else None
         self.discovered: dict[str, str] | None = None  # address -> server name; None until known
         self.zones: dict[str, str] = {}  # address -> availability zone (endpoints[].zone)
@@ -321,7 +324,12 @@ class Manager:
             return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
                  "uid": service["metadata"].get("uid", ""), "controller": True, "blockOwnerDeletion": True}
-        self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner))
+        self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner,
+                                     grace=self.settings.terminating_grace))
+
+    def _expire_at(self, at: float) -> None:
+        """Call ``state.expire`` at the monotonic time ``at`` (a gone server's grace ends)."""
+        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self.state.expire)
 
     def _undecided(self, ports: list[PortSpec], addresses: set[str]) -> bool:
         target = f"{self.key[0]}/{self.key[1]}"
