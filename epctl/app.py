@@ -56,6 +56,7 @@ from epctl.sources.openstack import OpenStackSource
 from epctl.sources.topology import NODES, TopologySource
 from epctl.state import DesiredState, TargetKey
 from epctl.tasks import cancel_and_wait, core_health
+from epctl.topology import trim_node
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Controller:
         self.nodes: Informer | None = None
         self.topology: TopologySource | None = None
         if settings.topology_hints:
-            self.nodes = Informer(client, NODES, None, metrics=informer_metrics, name="nodes")
+            self.nodes = Informer(client, NODES, None, metrics=informer_metrics, name="nodes", trim=trim_node)
             self.topology = TopologySource(self.state, self.nodes, self.services, self.events, self.writer.notify)
             self.writer.decorate = self.topology.decorate
             self.topology.on_verdict = self.source.topology_changed

@@ -206,6 +206,17 @@ def prefer_close_hints(endpoints: Iterable[Endpoint]) -> dict[str, str]:
     return {e.address: e.zone for e in endpoints if e.ready and e.zone}
 
 
+def trim_node(node: Obj) -> None:
+    """Keep of a Node only what :func:`zone_ratios` reads (labels, allocatable CPU, the Ready condition):
+    its images, addresses and capacity lists are most of its size, times every Node of the cluster."""
+    meta = node.get("metadata") or {}
+    node["metadata"] = {k: meta[k] for k in ("name", "uid", "resourceVersion", "labels") if k in meta}
+    status = node.get("status") or {}
+    node["status"] = {"allocatable": {"cpu": (status.get("allocatable") or {}).get("cpu")},
+                      "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]}
+    node.pop("spec", None)
+
+
 def _hinted(endpoint: Endpoint, zone: str | None) -> Endpoint:
     hints = json.dumps({"forZones": [{"name": zone}]}) if zone else None
     return endpoint if endpoint.hints == hints else replace(endpoint, hints=hints)
@@ -217,6 +228,8 @@ def with_hints(groups: list[PortGroup], mode: str | None, ratios: Mapping[str, f
     group is decided on its own, as kube-proxy routes each Service port on its own; the verdict is
     the first group's problem, if any."""
     if mode is None:
+        if not any(e.hints for g in groups for e in g.endpoints.values()):  # the common case: nothing to do
+            return groups, Verdict(None, False, "NotRequested", "the Service does not ask for topology-aware routing")
         return ([replace(g, endpoints={a: _hinted(e, None) for a, e in g.endpoints.items()}) for g in groups],
                 Verdict(None, False, "NotRequested", "the Service does not ask for topology-aware routing"))
     out: list[PortGroup] = []

@@ -106,10 +106,12 @@ class Informer:
                  inactivity_timeout: float = 75.0, connect_timeout: float = 10.0,
                  watch_timeout_range: tuple[int, int] = (300, 600), backoff: Backoff | None = None,
                  metrics: InformerMetrics | None = None, name: str | None = None,
-                 drop_last_applied: bool = False, keep_managers_of: tuple[str, ...] = ()) -> None:
+                 drop_last_applied: bool = False, keep_managers_of: tuple[str, ...] = (),
+                 trim: Callable[[Obj], None] | None = None) -> None:
         self.client, self.resource, self.namespace = client, resource, namespace
         self.drop_last_applied = drop_last_applied  # only for objects epctl never writes back whole
         self.keep_managers_of = keep_managers_of  # see slim()
+        self.trim = trim  # drops, in place, what no consumer reads (a Node's images list is most of it)
         self.label_selector, self.field_selector = label_selector, field_selector
         self.page_size = page_size
         self.inactivity_timeout, self.connect_timeout = inactivity_timeout, connect_timeout
@@ -285,6 +287,8 @@ class Informer:
                 raise
             for obj in page.get("items") or []:
                 slim(obj, self.drop_last_applied, self.keep_managers_of)
+                if self.trim is not None:
+                    self.trim(obj)
                 obj.setdefault("apiVersion", self.resource.api_version)
                 obj.setdefault("kind", self.resource.kind)
                 items[object_key(obj)] = obj
@@ -360,6 +364,8 @@ class Informer:
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             raise ValueError(f"unknown watch event type {type_!r}")
         slim(obj, self.drop_last_applied, self.keep_managers_of)
+        if self.trim is not None:
+            self.trim(obj)
         key = object_key(obj)
         old = self.cache.get(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):

@@ -266,8 +266,10 @@ class ClusterEndpointSource:
             return
         entry.errors = []
         if entry.spec is not None or spec.drain:
-            self._drain_events(event.obj, entry.spec.drain if entry.spec is not None else (), spec.drain, spec,
-                               entry.spec)
+            # first sight (a start, a takeover): what the status already reports is not news
+            before = entry.spec.drain if entry.spec is not None else tuple(
+                str(h.get("host")) for h in (event.obj.get("status") or {}).get("drainingHosts") or [])
+            self._drain_events(event.obj, before, spec.drain, spec, entry.spec)
         entry.spec = spec
         self._spawn(self._apply(key))
         if entry.active:

@@ -143,3 +143,22 @@ async def test_a_removed_host_is_published_terminating_for_the_grace_period(api:
         await eventually(lambda: (cep_of(api, "pg") or {}).get("status", {}).get("draining") == 0,
                          message="status after the grace")
 
+
+
+async def test_a_restart_does_not_announce_the_drained_hosts_again(api: KubeAPIServer, client: KubeClient) -> None:
+    await install_crd(client)
+    body = cep("db", [{"name": "pg", "port": 5432, "hosts": ["10.0.0.1", "10.0.0.2"]}])
+    body["metadata"]["annotations"] = {"epctl.io/drain": "10.0.0.2"}
+    await client.request("POST", CLUSTERENDPOINTS.path("default"), body=body)
+
+    async def announced() -> int:
+        items = (await client.request("GET", EVENTS.path("default")))["items"]
+        return sum(e.get("count", 1) for e in items if e["reason"] == "Draining")
+
+    for _ in range(2):
+        async with running_controller(api, client) as controller:
+            await eventually(lambda: [h["host"] for h in ((cep_of(api, "db") or {}).get("status") or {}).get(
+                "drainingHosts") or []] == ["10.0.0.2"], message="status")
+            assert await controller.writer.flush(10.0)
+            await controller.events.drain()
+        assert await announced() == 1  # the second start found it in the status: not news

@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 from epctl.state import Endpoint, PortGroup, SlicePort
 from epctl.testing.kubeproxy import routes
-from epctl.topology import AUTO, PREFER_CLOSE, auto_hints, cpu_millis, requested_mode, with_hints, zone_ratios
+from epctl.topology import (
+    AUTO,
+    PREFER_CLOSE,
+    auto_hints,
+    cpu_millis,
+    requested_mode,
+    trim_node,
+    with_hints,
+    zone_ratios,
+)
 
 
 def service(annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
@@ -126,3 +135,13 @@ def test_kube_proxy_falls_back_to_serving_terminating_endpoints() -> None:
     assert routes(service(), slices, {"metadata": {}}, "pg") == {"10.0.0.1"}
     slices[0]["endpoints"].append({"addresses": ["10.0.0.3"], "conditions": {"ready": True}})
     assert routes(service(), slices, {"metadata": {}}, "pg") == {"10.0.0.3"}
+
+
+def test_a_cached_node_keeps_only_what_the_shares_need() -> None:
+    big = node("a", "4")
+    big["status"].update({"images": [{"names": ["x" * 100]}] * 50, "capacity": {"cpu": "8"}})
+    big["spec"] = {"podCIDR": "10.244.0.0/24"}
+    trim_node(big)
+    assert big == {"metadata": {"name": "n-a", "labels": {"topology.kubernetes.io/zone": "a"}},
+                   "status": {"allocatable": {"cpu": "4"}, "conditions": [{"type": "Ready", "status": "True"}]}}
+    assert zone_ratios([big, node("b", "4")])[0] == {"a": 0.5, "b": 0.5}
