@@ -263,6 +263,9 @@ def _check_status(name: str, item: Obj, up: dict[str, bool], synced: bool, confl
            sync.get("reason") if sync.get("status") == "False" else None)
     if not synced and conflict not in sync.get("message", ""):
         return [f"{name}: Synced message {sync.get('message')!r} does not say {conflict!r}"]
+    named = {(h.get("host"), h.get("matched")) for h in status.get("drainingHosts") or []}
+    if named != {(h, h in listed) for h in out}:
+        return [f"{name}: status drainingHosts {named}, the annotation names {out} (listed: {listed})"]
     expected = (phase, sum(want), len(listed), sum(1 for h in listed if h in out), item["metadata"].get("generation"),
                 "True" if synced else "False", None if synced else "ServiceConflict")
     return [] if got == expected else [f"{name}: status (phase, healthy, total, draining, generation, Synced, "
