@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import time
 from dataclasses import dataclass
 
 from epctl import __version__
+from epctl.api.spec import DRAIN_ANNOTATION
 from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE
 from epctl.health import HealthServer
 from epctl.heap import HeapKeeper
@@ -55,8 +57,10 @@ from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS, ClusterEndpointSource
 from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
+from epctl.sources.topology import NODES, TopologySource
 from epctl.state import DesiredState, TargetKey
 from epctl.tasks import cancel_and_wait, core_health
+from epctl.topology import trim_node
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,8 @@ class ControllerSettings:
     openstack_timeout: float = 10.0  # per OpenStack HTTP request
     openstack_retry_base: float = 5.0  # first retry after a failed poll; doubles up to the max
     openstack_retry_max: float = 300.0
+    terminating_grace: float = 0.0  # seconds a host that left a ClusterEndpoint is published terminating
+    topology_hints: bool = True  # watch Nodes and write hints.forZones where a Service asks (needs nodes list/watch)
 
 
 class Controller:
@@ -97,7 +103,8 @@ class Controller:
         ns = settings.namespace
         informer_metrics = PrometheusInformerMetrics()
         self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints",
-                             drop_last_applied=True)  # only status is written, as a merge patch
+                             drop_last_applied=True,  # only status is written, as a merge patch
+                             keep_managers_of=(DRAIN_ANNOTATION,))  # who drained a host, for its Event
         self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
                                metrics=informer_metrics, name="endpointslices")
         self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services")
@@ -121,7 +128,8 @@ class Controller:
                                             self.events, allow_loopback=settings.allow_loopback_hosts,
                                             resolve_interval=settings.resolve_interval, discovery=self.discovery,
                                             services=self.services,
-                                            mirrored=lambda svc: mirror_source(svc, settings.mirror_pairs))
+                                            mirrored=lambda svc: mirror_source(svc, settings.mirror_pairs),
+                                            terminating_grace=settings.terminating_grace)
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
@@ -129,6 +137,15 @@ class Controller:
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
+        self.nodes: Informer | None = None
+        self.topology: TopologySource | None = None
+        if settings.topology_hints:
+            self.nodes = Informer(client, NODES, None, metrics=informer_metrics, name="nodes", trim=trim_node)
+            self.topology = TopologySource(self.state, self.nodes, self.services, self.events, self.writer.notify)
+            self.writer.decorate = self.topology.decorate
+            self.topology.on_verdict = self.source.topology_changed
+            self.source.topology = self.topology.verdict
+        self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
         self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
         self._not_synced_reasons: set[str] = set(NOT_SYNCED_REASONS)  # epctl_clusterendpoints_not_synced series
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
@@ -217,7 +234,8 @@ class Controller:
 
     @property
     def informers(self) -> list[Informer]:
-        return [self.ceps, self.slices, self.services, *([self.endpoints] if self.endpoints else [])]
+        return [self.ceps, self.slices, self.services, *([self.endpoints] if self.endpoints else []),
+                *([self.nodes] if self.nodes else [])]
 
     def ready(self) -> tuple[bool, str]:
         waiting = [i.name for i in self.informers if not i.synced.is_set()]
@@ -304,6 +322,10 @@ class Controller:
         if self.member is not None:
             return self.member.holdings.converged
         return self.elector is None or self.elector.is_leader
+
+    def _expire_at(self, at: float) -> None:
+        """Call ``state.expire`` at the monotonic time ``at`` (a removed host's grace ends)."""
+        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self.state.expire)
 
     async def stop(self, flush_timeout: float = 8.0) -> None:
         LEADER.set(0)

@@ -210,10 +210,15 @@ def row_state(row: Row, scheduler: Scheduler) -> tuple[str, str, float | None]:
     return ("healthy" if state.healthy else "unhealthy"), state.reason, duration
 
 
-def conditions(state: str) -> dict[str, bool]:
-    """The EndpointSlice conditions for a host state: unhealthy hosts stay listed, not routed."""
+def conditions(state: str, drained: bool = False) -> dict[str, bool]:
+    """The EndpointSlice conditions for a host state: unhealthy hosts stay listed, not routed; a host in
+    maintenance (annotation epctl.io/drain) is terminating, not ready, serving as probed."""
     ready = state == "healthy"
-    return {"ready": ready, "serving": ready, "terminating": False}
+    return {"ready": ready and not drained, "serving": ready, "terminating": drained}
+
+
+def _drained(row: Row) -> bool:
+    return row.host in row.spec.drain or row.address in row.spec.drain
 
 
 def _table(header: list[str], lines: list[list[str]]) -> str:
@@ -231,7 +236,7 @@ def render_text(rows: list[Row], scheduler: Scheduler) -> str:
         checks.append([row.spec.key, row.port.label, row.host, row.address, state, reason, shown])
         if row.address != "-" and (row.spec.key, row.port.label, row.address) not in published:
             published.add((row.spec.key, row.port.label, row.address))
-            cond = conditions(state)
+            cond = conditions(state, _drained(row))
             endpoints.append([row.spec.key, f"{row.port.label} {row.port.port}->{row.port.target_port}/"
                               f"{row.port.protocol}", row.address,
                               *(str(cond[c]).lower() for c in ("ready", "serving", "terminating"))])
@@ -251,7 +256,7 @@ def render_json(rows: list[Row], scheduler: Scheduler) -> str:
         state, reason, duration = row_state(row, scheduler)
         port["endpoints"].append({"host": row.host, "address": row.address, "state": state, "reason": reason,
                                   "durationMs": round(duration * 1000, 3) if duration is not None else None,
-                                  "conditions": conditions(state)})
+                                  "conditions": conditions(state, _drained(row))})
     items = [{**v, "ports": list(v["ports"].values())} for v in out.values()]
     healthy = all(row_state(r, scheduler)[0] == "healthy" for r in rows)
     return json.dumps({"healthy": healthy, "clusterEndpoints": items}, indent=2)

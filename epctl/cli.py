@@ -50,6 +50,13 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
              "the traffic to external hosts (0: as many as the CPU affords while API work keeps priority)")
     add_flag(parser, "--write-concurrency", default=8, type=int, help="targets written at once")
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
+    add_flag(parser, "--terminating-grace-period", default=0.0, type=float,
+             help="seconds a host removed from a ClusterEndpoint (or gone from its discovery) stays published "
+                  "terminating (ready=false) before it is removed, so connections to it can finish (0: removed at "
+                  "once; a planned removal is better drained first: epctl drain)")
+    add_flag(parser, "--topology-hints", default=True, boolean=True,
+             help="watch Nodes and write topology hints (hints.forZones) for Services that ask for topology-aware "
+                  "routing (needs list/watch on nodes: off in the namespaced overlay)")
     add_flag(parser, "--allow-loopback", default=False, boolean=True, env=["EPCTL_ALLOW_LOOPBACK_HOSTS"],
              aliases=["--allow-loopback-hosts"],
              help="accept 127.0.0.0/8 hosts (development only: real API servers refuse them in slices)")
@@ -111,6 +118,9 @@ def _manager_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--address-kind", default="fixed", choices=["fixed", "floating", "any"],
              help="fixed or floating addresses")
     add_flag(parser, "--ip-version", default=4, type=int, choices=[4, 6], help="IP version of the addresses")
+    add_flag(parser, "--terminating-grace-period", default=0.0, type=float,
+             help="seconds a server gone from discovery (deleted, shut off) stays published terminating "
+                  "(ready=false) before it is removed, so connections to it can finish (0: removed at once)")
     add_flag(parser, "--keep-last-on-empty", default=False, boolean=True,
              help="keep the last endpoints when OpenStack answers with no matching server")
     add_flag(parser, "--os-auth-url", default=None, env=["OS_AUTH_URL"], help="Keystone URL (required)")
@@ -160,6 +170,7 @@ def _run_manager(args: argparse.Namespace) -> int:
             filter_status=tuple(s.strip() for s in args.filter_status.split(",") if s.strip()),
             network=args.network, address_kind=args.address_kind, ip_version=args.ip_version,
             keep_last_on_empty=args.keep_last_on_empty, probe=parse_probe(args.probe),
+            terminating_grace=args.terminating_grace_period,
             timing=ProbeTiming(timeout_seconds=args.probe_timeout, period_seconds=args.probe_period,
                                success_threshold=args.probe_success_threshold,
                                failure_threshold=args.probe_failure_threshold),
@@ -250,6 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
                           "remove the old objects' finalizers where the replacement owns the Service")
     add_flag(importer, "--allow-loopback", default=False, boolean=True,
              help="accept 127.0.0.0/8 hosts (development clusters such as epctl dev-apiserver)")
+
+    for verb in ("drain", "undrain"):
+        into = "into" if verb == "drain" else "out of"
+        cmd = sub.add_parser(verb, help=f"put hosts of a ClusterEndpoint {into} maintenance",
+                             description=f"Put hosts of a ClusterEndpoint {into} maintenance by writing the "
+                             "annotation epctl.io/drain, as `kubectl annotate` would (a merge patch guarded by the "
+                             "resourceVersion read). A drained host stays probed and is published ready=false, "
+                             "serving=<probe>, terminating=true: no new connections, existing ones finish. "
+                             "Exit 0: done (or already so), 1: refused, 2: API error.")
+        _common(cmd)
+        _kube(cmd)
+        cmd.add_argument("name", metavar="CLUSTERENDPOINT", help="the ClusterEndpoint's name")
+        cmd.add_argument("hosts", metavar="HOST", nargs="+",
+                         help="a host as written in spec.ports[].hosts, one of its addresses, or a discovered "
+                              "server's name")
+        cmd.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+        add_flag(cmd, "--allow-loopback", default=False, boolean=True,
+                 help="accept 127.0.0.0/8 hosts (development clusters such as epctl dev-apiserver)")
 
     controller = sub.add_parser("controller", help="run the ClusterEndpoint controller",
                                 description="Watch ClusterEndpoints; own their Services and EndpointSlices; probe "
@@ -359,6 +388,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"epctl import: {err}", file=sys.stderr)
             return 2
         return code
+    if args.command in ("drain", "undrain"):
+        from epctl.drain import run_drain
+        from epctl.kube.config import ConfigError
+
+        try:
+            code = run_async(run_drain(args.name, args.hosts, undrain=args.command == "undrain",
+                                       namespace=args.namespace, kubeconfig=args.kubeconfig, context=args.context,
+                                       allow_loopback=args.allow_loopback))
+        except (ConfigError, OSError) as err:
+            print(f"epctl {args.command}: {err}", file=sys.stderr)
+            return 2
+        return code
     if args.command == "controller":
         from epctl.app import ControllerSettings, run_controller
 
@@ -377,7 +418,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             renew_deadline=args.renew_deadline, retry_period=args.retry_period,
             per_target_metrics=args.per_target_metrics, openstack_timeout=args.openstack_timeout,
             max_probe_rate=args.max_probe_rate,
-            openstack_retry_max=args.openstack_max_backoff)
+            openstack_retry_max=args.openstack_max_backoff, terminating_grace=args.terminating_grace_period,
+            topology_hints=args.topology_hints)
         code = run_async(run_controller(settings, args.kubeconfig, args.context))
         return code
     if args.command == "demo":

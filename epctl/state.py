@@ -14,6 +14,7 @@ readiness is probed per port and a slice carries one readiness per endpoint.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -98,6 +99,8 @@ class Target:
     owner: Obj | None = field(default=None, hash=False, compare=True)  # ownerReference for what we create
     adopt: bool = False  # take over an existing Service of this name that we do not own
     source: str = ""  # the front-end that claims this Service (one holder per Service)
+    # seconds an endpoint this claim no longer lists stays published terminating before it goes
+    grace: float = 0.0
 
     @property
     def key(self) -> TargetKey:
@@ -120,8 +123,14 @@ class DesiredState:
     is refused: its claim waits, is kept current, and takes over only when the holder releases the
     Service. So two front-ends never write one Service, and one can never delete the other's slices."""
 
-    def __init__(self, on_dirty: Callable[[TargetKey], None] | None = None) -> None:
+    def __init__(self, on_dirty: Callable[[TargetKey], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.targets: dict[TargetKey, Target] = {}
+        # endpoints leaving within their Target's grace: (group id, address) -> (deadline, endpoint)
+        self.leaving: dict[TargetKey, dict[tuple[str, str], tuple[float, Endpoint]]] = {}
+        self.clock = clock
+        # asks to be called back (``expire``) at a ``clock`` time: the app sets a loop timer
+        self.on_deadline: Callable[[float], None] | None = None
         self.waiting: dict[TargetKey, dict[str, Target]] = {}  # refused claims, by source, oldest first
         self.dirty: set[TargetKey] = set()
         self.on_dirty = on_dirty
@@ -148,6 +157,7 @@ class DesiredState:
         if held is not None and held.source != target.source:
             self.waiting.setdefault(target.key, {})[target.source] = target
             return False
+        target = self._with_leaving(held, target)
         if held == target:
             return False
         self.targets[target.key] = target
@@ -162,6 +172,7 @@ class DesiredState:
         held = self.targets.get(key)
         if held is None or held.source != source:
             return False
+        self.leaving.pop(key, None)
         del self.targets[key]
         if waiting:
             successor = waiting.pop(next(iter(waiting)))
@@ -173,16 +184,19 @@ class DesiredState:
 
     def set_ready(self, key: TargetKey, group_id: str, address: str, ready: bool, source: str = "") -> bool:
         """Flip one endpoint's readiness (serving follows ready) in ``source``'s claim on ``key``;
-        True if that changed what is published."""
+        True if that changed what is published. A terminating endpoint (drained) stays ready=false:
+        only its serving follows the probe."""
         held = self.targets.get(key)
         target = held if held is not None and held.source == source else self.waiting.get(key, {}).get(source)
         group = target.groups.get(group_id) if target else None
         endpoint = group.endpoints.get(address) if group else None
         if target is None or group is None or endpoint is None:
             return False
-        if endpoint.ready == ready and endpoint.serving == ready:
+        new = replace(endpoint, serving=ready) if endpoint.terminating else replace(endpoint, ready=ready,
+                                                                                      serving=ready)
+        if new == endpoint:
             return False
-        endpoints = {**group.endpoints, address: replace(endpoint, ready=ready, serving=ready)}
+        endpoints = {**group.endpoints, address: new}
         groups = {**target.groups, group_id: replace(group, endpoints=endpoints)}
         if target is held:
             self.targets[key] = replace(target, groups=groups)
@@ -190,6 +204,63 @@ class DesiredState:
             return True
         self.waiting[key][source] = replace(target, groups=groups)
         return False
+
+    def _with_leaving(self, held: Target | None, target: Target) -> Target:
+        """``target`` plus the endpoints ``held`` published that it no longer lists, as terminating
+        (ready=false, serving as last probed) until ``target.grace`` seconds after they went. An endpoint
+        listed again is simply back; one whose whole port group went leaves at once (the Service port
+        it served is gone)."""
+        key = target.key
+        if held is None or target.grace <= 0:
+            self.leaving.pop(key, None)
+            return target
+        now = self.clock()
+        leaving = dict(self.leaving.get(key, {}))
+        for group_id, group in held.groups.items():
+            kept = target.groups.get(group_id)
+            for address, endpoint in group.endpoints.items():
+                if kept is not None and address not in kept.endpoints and (group_id, address) not in leaving:
+                    leaving[(group_id, address)] = (now + target.grace,
+                                                    replace(endpoint, ready=False, terminating=True))
+        leaving = {k: v for k, v in leaving.items() if v[0] > now and k[0] in target.groups
+                   and k[1] not in target.groups[k[0]].endpoints}
+        if not leaving:
+            self.leaving.pop(key, None)
+            return target
+        self.leaving[key] = leaving
+        groups = dict(target.groups)
+        for (group_id, address), (_, endpoint) in leaving.items():
+            group = groups[group_id]
+            groups[group_id] = replace(group, endpoints={**group.endpoints, address: endpoint})
+        if self.on_deadline is not None:
+            self.on_deadline(min(deadline for deadline, _ in leaving.values()))
+        return replace(target, groups=groups)
+
+    def expire(self) -> float | None:
+        """Remove the leaving endpoints whose grace is over; returns the next deadline (None: none left)."""
+        now = self.clock()
+        for key in list(self.leaving):
+            leaving = self.leaving[key]
+            done = [k for k, (deadline, _) in leaving.items() if deadline <= now]
+            if not done:
+                continue
+            for item in done:
+                del leaving[item]
+            if not leaving:
+                del self.leaving[key]
+            held = self.targets.get(key)
+            if held is None:
+                continue
+            groups = dict(held.groups)
+            for group_id, address in done:
+                group = groups.get(group_id)
+                if group is not None and address in group.endpoints:
+                    groups[group_id] = replace(group, endpoints={
+                        a: e for a, e in group.endpoints.items() if a != address})
+            self.targets[key] = replace(held, groups=groups)
+            self._mark(key)
+        deadlines = [d for leaving in self.leaving.values() for d, _ in leaving.values()]
+        return min(deadlines) if deadlines else None
 
     def take_dirty(self) -> set[TargetKey]:
         taken, self.dirty = self.dirty, set()

@@ -196,3 +196,18 @@ async def test_interrupt_exits_130_with_the_partial_report(tmp_path: Path) -> No
             assert proc.returncode == expected, (sig, proc.returncode, err)
             assert out.startswith(b"CLUSTERENDPOINT") and b"interrupted: the report above is incomplete" in err
             web.requests.clear()
+
+
+async def test_a_drained_host_is_shown_terminating() -> None:
+    async with TCPBackend() as tcp:
+        manifest = f"""apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: db, annotations: {{epctl.io/drain: 127.0.0.1}}}}
+spec:
+  ports:
+  - {{name: pg, port: 5432, targetPort: {tcp.port}, hosts: [127.0.0.1], tcpSocket: {{}}}}
+"""
+        code, out, err = await epctl("check", "-f", "-", "--allow-loopback", "-o", "json", stdin=manifest)
+        endpoint = json.loads(out)["clusterEndpoints"][0]["ports"][0]["endpoints"][0]
+        assert (code, endpoint["state"]) == (0, "healthy"), err
+        assert endpoint["conditions"] == {"ready": False, "serving": True, "terminating": True}

@@ -37,6 +37,7 @@ OPENSTACK_FIELDS: Fields = {
 
 SPEC_FIELDS: Fields = {
     "periodSeconds": None, "clusterIP": None, "discovery": {"openstack": OPENSTACK_FIELDS}, "ports": PORT_FIELDS,
+    "zones": None,
 }
 
 DOCUMENT_FIELDS: Fields = {"apiVersion": None, "kind": None, "metadata": None, "spec": SPEC_FIELDS, "status": None}

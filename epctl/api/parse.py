@@ -23,6 +23,7 @@ from epctl.api.spec import (
     DEFAULT_POLL_SECONDS,
     DEFAULT_SUCCESS_THRESHOLD,
     DEFAULT_TIMEOUT_SECONDS,
+    DRAIN_ANNOTATION,
     KIND,
     NOVA_STATUSES,
     ClusterEndpointSpec,
@@ -362,6 +363,9 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
         if not raw_hosts and not discovery:
             errors.add(f"spec.ports[{i}].hosts", "must list at least one host (or set spec.discovery)")
         ports.append(port)
+    listed = {h for p in ports for h in p.hosts}
+    zones = _zones(errors, spec.get("zones"), listed, discovery, allow_loopback)
+    drain = _drain(errors, meta.get("annotations"), allow_loopback)
     uid = meta.get("uid", "")
     generation = meta.get("generation", 0)
     return ClusterEndpointSpec(
@@ -369,7 +373,75 @@ def _parse(errors: _Errors, doc: Any, allow_loopback: bool) -> ClusterEndpointSp
         cluster_ip=cluster_ip if cluster_ip not in (None, "") else None, period_seconds=period,
         openstack=openstack, uid=uid if isinstance(uid, str) else "",
         generation=generation if _is_int(generation) else 0,
-        api_version=api_version if isinstance(api_version, str) else "")
+        api_version=api_version if isinstance(api_version, str) else "", drain=drain, zones=zones)
+
+
+# topology.kubernetes.io/zone is a label value: what kube-proxy compares with its Node's label
+ZONE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def _named_host_error(host: Any, listed: set[str], discovery: bool, allow_loopback: bool, what: str) -> str | None:
+    """Why ``host`` (from spec.zones or the drain annotation) names no host of this ClusterEndpoint.
+    With discovery it may also name a discovered server, which is only known at run time."""
+    if isinstance(host, str) and host in listed:
+        return None
+    if discovery and isinstance(host, str) and host:
+        return None
+    problem = host_error(host, allow_loopback)
+    if problem:
+        return problem
+    return f"{host!r} is not in any port's hosts ({what} names hosts as written there)"
+
+
+def _zones(errors: _Errors, raw: Any, listed: set[str], discovery: bool,
+           allow_loopback: bool) -> tuple[tuple[str, str], ...]:
+    """``spec.zones``: zone -> hosts. A host is in one zone; the zone reaches ``endpoints[].zone``."""
+    zones = _mapping(errors, raw, "spec.zones")
+    out: dict[str, str] = {}
+    for zone, hosts in zones.items():
+        path = f"spec.zones[{zone}]"
+        if not isinstance(zone, str) or not ZONE.match(zone):
+            errors.add(path, "a zone must be a label value (at most 63 letters, digits, '-', '_', '.', starting and "
+                             f"ending with a letter or digit), got {zone!r}")
+            continue
+        if not isinstance(hosts, list):
+            errors.add(path, "must be a list of hosts")
+            continue
+        for i, host in enumerate(hosts):
+            problem = _named_host_error(host, listed, discovery, allow_loopback, "spec.zones")
+            if problem:
+                errors.add(f"{path}[{i}]", problem)
+            elif host in out and out[host] != zone:
+                errors.add(f"{path}[{i}]", f"{host!r} is already in zone {out[host]!r}: a host is in one zone")
+            else:
+                out[host] = zone
+    return tuple(sorted(out.items()))
+
+
+def _drain(errors: _Errors, annotations: Any, allow_loopback: bool) -> tuple[str, ...]:
+    """The annotation ``epctl.io/drain``: hosts in maintenance, comma-separated (spaces ignored).
+
+    Only the syntax is an error here: a host that is (no longer) in the ClusterEndpoint is reported by
+    the controller instead (status ``drainingHosts[].matched: false`` and an Event), because the usual
+    maintenance is "drain, then remove the host from the list", and that edit must not make the whole
+    ClusterEndpoint invalid. ``epctl drain`` refuses unknown hosts up front (:func:`unknown_drained`)."""
+    value = annotations.get(DRAIN_ANNOTATION) if isinstance(annotations, dict) else None
+    if value is None:
+        return ()
+    path = f"metadata.annotations[{DRAIN_ANNOTATION}]"
+    if not isinstance(value, str):
+        errors.add(path, f"must be a string, got {type(value).__name__}")
+        return ()
+    out: list[str] = []
+    for host in (h.strip() for h in value.split(",")):
+        if not host:
+            continue
+        problem = host_error(host, allow_loopback)
+        if problem:
+            errors.add(path, problem)
+        elif host not in out:
+            out.append(host)
+    return tuple(out)
 
 
 def _regex(errors: _Errors, value: Any, path: str) -> str | None:
@@ -447,3 +519,11 @@ def _discovery(errors: _Errors, raw: Any) -> OpenStackDiscovery | None:
         errors.add(f"{path}.keepLastOnEmpty", f"must be true or false, got {keep!r}")
         keep = False
     return OpenStackDiscovery(secret, query, poll, keep)
+
+
+def unknown_drained(spec: ClusterEndpointSpec) -> list[str]:
+    """The drained hosts that name no host of ``spec`` (with discovery any name may be a server's)."""
+    if spec.openstack is not None:
+        return []
+    listed = {h for p in spec.ports for h in p.hosts}
+    return [h for h in spec.drain if h not in listed]

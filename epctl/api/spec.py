@@ -119,6 +119,7 @@ NOVA_STATUSES = frozenset({
     "SOFT_DELETED", "SUSPENDED", "UNKNOWN", "VERIFY_RESIZE"})
 ADDRESS_KINDS = ("fixed", "floating", "any")
 DEFAULT_POLL_SECONDS = 30
+DRAIN_ANNOTATION = "epctl.io/drain"
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,13 @@ class ClusterEndpointSpec:
     uid: str = ""
     generation: int = 0
     api_version: str = API_VERSION
+    # hosts (as written, an address, or a discovered server's name) in maintenance: the annotation
+    # epctl.io/drain, published ready=false, serving=<probe>, terminating=true (docs/design.md section 4)
+    drain: tuple[str, ...] = ()
+    zones: tuple[tuple[str, str], ...] = ()  # (host as written, zone) from spec.zones
+
+    def zone_of(self, host: str) -> str | None:
+        return dict(self.zones).get(host)
 
     @property
     def key(self) -> str:

@@ -48,7 +48,7 @@ class InformerEvent:
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def slim(obj: Obj, last_applied: bool = False) -> Obj:
+def slim(obj: Obj, last_applied: bool = False, keep_managers_of: tuple[str, ...] = ()) -> Obj:
     """Drop ``metadata.managedFields`` (server-side apply bookkeeping) from a cached object, and with
     ``last_applied`` kubectl's last-applied annotation (a second copy of the whole object on
     everything applied with ``kubectl apply``).
@@ -56,9 +56,20 @@ def slim(obj: Obj, last_applied: bool = False) -> Obj:
     Nothing in epctl reads them, and at thousands of objects they are a large share of the cache's
     memory (controller-runtime strips managedFields by default for the same reason). The annotation
     is kept where epctl may write the cached object back (an adopted Endpoints keeps what others set).
+
+    ``keep_managers_of``: annotation keys whose managers (who set them, when) are kept, as
+    ``managedFields`` entries reduced to manager, operation and time (who drained a host).
     """
     meta = obj.get("metadata", {})
-    meta.pop("managedFields", None)
+    entries = meta.pop("managedFields", None) or []
+    present = [k for k in keep_managers_of if k in (meta.get("annotations") or {})]
+    if present and isinstance(entries, list):
+        kept = [{"manager": e.get("manager", ""), "operation": e.get("operation", ""), "time": e.get("time", ""),
+                 "annotations": [k for k in present if f"f:{k}" in (((e.get("fieldsV1") or {}).get(
+                     "f:metadata") or {}).get("f:annotations") or {})]} for e in entries if isinstance(e, dict)]
+        kept = [e for e in kept if e["annotations"]]
+        if kept:
+            meta["managedFields"] = kept
     annotations = meta.get("annotations")
     if last_applied and annotations and LAST_APPLIED in annotations:
         del annotations[LAST_APPLIED]
@@ -103,9 +114,12 @@ class Informer:
                  inactivity_timeout: float = 75.0, connect_timeout: float = 10.0,
                  watch_timeout_range: tuple[int, int] = (300, 600), backoff: Backoff | None = None,
                  metrics: InformerMetrics | None = None, name: str | None = None,
-                 drop_last_applied: bool = False) -> None:
+                 drop_last_applied: bool = False, keep_managers_of: tuple[str, ...] = (),
+                 trim: Callable[[Obj], None] | None = None) -> None:
         self.client, self.resource, self.namespace = client, resource, namespace
         self.drop_last_applied = drop_last_applied  # only for objects epctl never writes back whole
+        self.keep_managers_of = keep_managers_of  # see slim()
+        self.trim = trim  # drops, in place, what no consumer reads (a Node's images list is most of it)
         self.label_selector, self.field_selector = label_selector, field_selector
         self.page_size = page_size
         self.inactivity_timeout, self.connect_timeout = inactivity_timeout, connect_timeout
@@ -311,7 +325,9 @@ class Informer:
                     continue
                 raise
             for obj in page.get("items") or []:
-                slim(obj, self.drop_last_applied)
+                slim(obj, self.drop_last_applied, self.keep_managers_of)
+                if self.trim is not None:
+                    self.trim(obj)
                 obj.setdefault("apiVersion", self.resource.api_version)
                 obj.setdefault("kind", self.resource.kind)
                 items[object_key(obj)] = obj
@@ -386,7 +402,9 @@ class Informer:
             return
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             raise ValueError(f"unknown watch event type {type_!r}")
-        slim(obj, self.drop_last_applied)
+        slim(obj, self.drop_last_applied, self.keep_managers_of)
+        if self.trim is not None:
+            self.trim(obj)
         key = object_key(obj)
         old = self.cache.get(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):

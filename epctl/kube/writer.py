@@ -39,7 +39,7 @@ from epctl.slices import (
     service_index,
     service_of_slice,
 )
-from epctl.state import DesiredState, ServiceSpec, Target, TargetKey, front_end_labels
+from epctl.state import DesiredState, PortGroup, ServiceSpec, Target, TargetKey, front_end_labels
 from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class Writer:
         # neither planned nor written, whatever the desired state says about them
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
         self.fence: Fence = UNFENCED  # asked at the moment each write is sent (epctl.shard.fence)
+        # last touch on the port groups before planning (topology hints, epctl.sources.topology)
+        self.decorate: Callable[[TargetKey, list[PortGroup]], list[PortGroup]] | None = None
         if not slices.has_index:
             slices.index_by(service_of_slice)  # our slices per Service, for planning (the sources read it too)
         slices.subscribe(self._on_slice_event)
@@ -392,6 +394,8 @@ class Writer:
 
     async def _sync_slices(self, key: TargetKey, target: Target | None) -> None:
         groups = list(target.groups.values()) if target else []
+        if self.decorate is not None and groups:
+            groups = self.decorate(key, groups)
         owners = [target.owner] if target and target.owner else []
         fresh = False
         for _attempt in range(4):

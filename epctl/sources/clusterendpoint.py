@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.api import ClusterEndpointSpec, parse_cluster_endpoint
-from epctl.api.spec import API_VERSION, KIND
+from epctl.api.parse import unknown_drained
+from epctl.api.spec import API_VERSION, DRAIN_ANNOTATION, KIND
 from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer, InformerEvent
@@ -42,9 +43,11 @@ from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.targets import (
     build_groups,
     discovered_endpoints,
+    discovered_zones,
     family,
     published_addresses,
     published_readiness,
+    published_zones,
 )
 from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
 
@@ -110,13 +113,14 @@ class _Entry:
     obj: Obj
     spec: ClusterEndpointSpec | None = None  # the last valid spec (kept while the current one is invalid)
     errors: list[str] = field(default_factory=list)
-    applied: tuple[str, int, str] | None = None  # (uid, generation, adopt annotation) last applied
+    applied: tuple[str, int, str, str] | None = None  # (uid, generation, adopt, drain annotation) last applied
     addresses: dict[str, list[str]] = field(default_factory=dict)  # host -> addresses
     sync: tuple[bool, str, str] = (False, "Pending", "not written yet")
     # OpenStack discovery: address -> server name; None until adopted from our slices or answered
     discovered: dict[str, str] | None = None
     discovery_sync: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
     discovery_counts: Obj | None = None  # {servers, addresses, poller} as last published
+    discovered_zones: dict[str, str] = field(default_factory=dict)  # address -> availability zone
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
     mirror_blocked: bool = False  # the Service carries a mirror annotation and is not ours: we wait
     undecided: bool = False  # not published yet and some check has no first result yet
@@ -127,13 +131,15 @@ class ClusterEndpointSource:
     def __init__(self, state: DesiredState, scheduler: Scheduler, informer: Informer, slices: Informer,
                  status: StatusWriter, events: EventRecorder, *, allow_loopback: bool = False,
                  resolve_interval: float = 30.0, discovery: OpenStackSource | None = None,
-                 services: Informer | None = None, mirrored: Callable[[Obj], TargetKey | None] | None = None) -> None:
+                 services: Informer | None = None, mirrored: Callable[[Obj], TargetKey | None] | None = None,
+                 terminating_grace: float = 0.0) -> None:
         self.state, self.scheduler, self.informer, self.slices = state, scheduler, informer, slices
         self.services, self.mirrored = services, mirrored
         self.status, self.events = status, events
         self.discovery = discovery
         self.allow_loopback = allow_loopback
         self.resolve_interval = resolve_interval
+        self.terminating_grace = terminating_grace
         self._entries: dict[TargetKey, _Entry] = {}
         self._delayed = False  # the scheduler stretches periods beyond 2x (ProbesDelayed)
         self._health: dict[CheckKey, _Health] = {}
@@ -141,6 +147,9 @@ class ClusterEndpointSource:
         self._resolver: asyncio.Task[None] | None = None
         self._started = False  # events before start() are ignored: start() replays the synced cache
         self._unpublished: dict[TargetKey, float] = {}  # first transition not yet written, per target
+        # the topology hints' verdict for a target (epctl.sources.topology), for the TopologyHints condition
+        self.topology: Callable[[TargetKey], Any] = lambda _key: None
+        self._leaving: set[TargetKey] = set()  # status counted hosts within their grace: recount on writes
         # shard ownership (docs/design.md section 8): only owned ClusterEndpoints get checks, desired
         # state, discovery and status here; the others are parsed and resolved, ready to take over warm
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
@@ -242,8 +251,9 @@ class ClusterEndpointSource:
                                                 discovery_sync=discovery_sync, discovery_counts=counts,
                                                 active=self.owns(key))
         entry.obj = event.obj
+        annotations = meta.get("annotations") or {}
         marker = (str(meta.get("uid") or ""), int(meta.get("generation") or 0),
-                  (meta.get("annotations") or {}).get(ADOPT_ANNOTATION, ""))
+                  annotations.get(ADOPT_ANNOTATION, ""), annotations.get(DRAIN_ANNOTATION, ""))
         if entry.applied == marker:
             return  # our own status write, or a metadata-only change that does not concern us
         entry.applied = marker
@@ -257,6 +267,11 @@ class ClusterEndpointSource:
             self._write_status(key)
             return
         entry.errors = []
+        if entry.spec is not None or spec.drain:
+            # first sight (a start, a takeover): what the status already reports is not news
+            before = entry.spec.drain if entry.spec is not None else tuple(
+                str(h.get("host")) for h in (event.obj.get("status") or {}).get("drainingHosts") or [])
+            self._drain_events(event.obj, before, spec.drain, spec, entry.spec)
         entry.spec = spec
         self._spawn(self._apply(key))
         if entry.active:
@@ -285,6 +300,26 @@ class ClusterEndpointSource:
                 corrected = True
         if corrected and entry.spec is not None and entry.resolved is entry.spec:
             self._materialise(key, entry)
+
+    def _drain_events(self, obj: Obj, before: tuple[str, ...], after: tuple[str, ...],
+                      spec: ClusterEndpointSpec | None = None, previous: ClusterEndpointSpec | None = None) -> None:
+        """An Event per host put into or taken out of maintenance, naming who asked (the field manager that
+        set the annotation, from managedFields) and when."""
+        by = drain_requester(obj)
+        who = f" (by {by[0]} at {by[1]})" if by else ""
+        was = set(unknown_drained(previous)) if previous is not None else set()
+        unknown = [h for h in unknown_drained(spec) if h not in was] if spec is not None else []
+        if unknown:
+            self.events.record(obj, "Warning", "DrainUnknownHost", f"{', '.join(unknown)} in {DRAIN_ANNOTATION} "
+                                                                     "name no host of this ClusterEndpoint: nothing "
+                                                                     "drained for them")
+        for host in after:
+            if host not in before and host not in unknown:
+                self.events.record(obj, "Normal", "Draining", f"{host} drained: published terminating, no new "
+                                                               f"connections{who}")
+        for host in before:
+            if host not in after:
+                self.events.record(obj, "Normal", "Undrained", f"{host} back in service{who}")
 
     def _forget(self, key: TargetKey) -> None:
         """The ClusterEndpoint ``key`` is gone: its checks, desired state and pending status go too."""
@@ -321,8 +356,10 @@ class ClusterEndpointSource:
                 sync = (True, "KeptLastOnEmpty", f"0 servers match; keeping the {len(entry.discovered)} last known "
                                                  "addresses (keepLastOnEmpty)")
             else:
-                changed = found != entry.discovered
+                zones = discovered_zones(update.servers)
+                changed = found != entry.discovered or zones != entry.discovered_zones
                 entry.discovered = found
+                entry.discovered_zones = zones
             entry.discovery_counts = {"servers": len(update.servers), "addresses": len(entry.discovered or {}),
                                       "poller": update.poller}
         if sync != entry.discovery_sync and not update.ok:
@@ -344,6 +381,8 @@ class ClusterEndpointSource:
             static = {a for addresses in entry.addresses.values() for a in addresses}
             published = published_addresses(self.slices.indexed(service_index(*key)), key)
             entry.discovered = {a: h for a, h in published.items() if a not in static}
+            zones = published_zones(self.slices.indexed(service_index(*key)), key)
+            entry.discovered_zones = {a: z for a, z in zones.items() if a in entry.discovered}
         return entry.discovered
 
     async def _apply(self, key: TargetKey) -> None:
@@ -382,7 +421,8 @@ class ClusterEndpointSource:
         groups, stale = build_groups(
             key, spec.ports, lambda port: {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered,
             self.scheduler, self.slices.indexed(service_index(*key)), adopted_unhealthy,
-            reported=_reported_readiness(entry.obj))
+            reported=_reported_readiness(entry.obj), drained=self._drained(key, entry),
+            zones=self._zones(key, entry))
         for check_key in stale:
             self._health.pop(check_key, None)
         entry.undecided = self.state.holder(key) != SOURCE and self._undecided(key, spec, entry)
@@ -401,7 +441,8 @@ class ClusterEndpointSource:
         conflict = self._mirror_conflict(key, entry)
         entry.mirror_blocked = conflict is not None
         if conflict is None:
-            self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt, SOURCE))
+            self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt, SOURCE,
+                                         grace=self.terminating_grace))
             holder = self.state.holder(key)
             if holder != SOURCE:
                 conflict = (f'Service "{key[1]}" is already managed by epctl ({holder}); it is handed over '
@@ -411,6 +452,35 @@ class ClusterEndpointSource:
         if conflict is not None:
             self.failed(key, "ServiceConflict", conflict, True, force=True)
         self._write_status(key)
+
+    def _drained_by_name(self, key: TargetKey, entry: _Entry) -> dict[str, set[str]]:
+        """Each name in the drain annotation -> the addresses it puts into maintenance: a host as written
+        (all its addresses), a discovered server (all of its addresses) or an address; empty: it names
+        nothing here (reported, not an error: see parse._drain)."""
+        if entry.spec is None or not entry.spec.drain:
+            return {}
+        discovered = self._discovered(key, entry)
+        static = {h: entry.addresses.get(h, []) for p in entry.spec.ports for h in p.hosts}
+        out: dict[str, set[str]] = {}
+        for name in entry.spec.drain:
+            found = out.setdefault(name, set())
+            found.update(static.get(name, []))
+            found.update(a for a, server in discovered.items() if server == name or a == name)
+            if any(name in addresses for addresses in static.values()):
+                found.add(name)
+        return out
+
+    def _drained(self, key: TargetKey, entry: _Entry) -> set[str]:
+        """The addresses in maintenance."""
+        return {a for addresses in self._drained_by_name(key, entry).values() for a in addresses}
+
+    def _zones(self, key: TargetKey, entry: _Entry) -> dict[str, str]:
+        """address -> zone: spec.zones for listed hosts, the availability zone for discovered servers."""
+        out = dict(entry.discovered_zones)
+        for host, zone in (entry.spec.zones if entry.spec is not None else ()):
+            for address in entry.addresses.get(host, []):
+                out[address] = zone
+        return out
 
     def _undecided(self, key: TargetKey, spec: ClusterEndpointSpec, entry: _Entry) -> bool:
         target = f"{key[0]}/{key[1]}"
@@ -498,6 +568,10 @@ class ClusterEndpointSource:
                                f"{transition.key.address} port {transition.key.port}: {transition.reason}")
         self._write_status(key)
 
+    def topology_changed(self, key: TargetKey) -> None:
+        """The topology hints' verdict for ``key`` changed: rewrite its TopologyHints condition."""
+        self._write_status(key)
+
     def probes_delayed(self, delayed: bool) -> None:
         """The scheduler started (or stopped) stretching every check's period beyond 2x: say so in every
         ClusterEndpoint's status (a ProbesDelayed condition), where `kubectl describe cep` shows it."""
@@ -514,6 +588,8 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is not None and entry.sync[0] is not True:
             entry.sync = (True, "Synced", "Service and EndpointSlices are up to date")
+            self._write_status(key)
+        elif key in self._leaving:  # a removed host's grace may have ended (state.expire)
             self._write_status(key)
 
     def failed(self, key: TargetKey, reason: str, message: str, permanent: bool, force: bool = False) -> None:
@@ -558,14 +634,25 @@ class ClusterEndpointSource:
         healthy = total = 0
         unknown = 0
         per_port_ready: list[tuple[str, int]] = []
+        drained = self._drained(key, entry) if entry.spec is not None else set()
+        leaving = list(self.state.leaving.get(key, {}))  # (group id, address): removed, within the grace
+        if leaving:
+            self._leaving.add(key)
+        else:
+            self._leaving.discard(key)
+        draining = in_maintenance = 0
         for port in (entry.spec.ports if entry.spec else ()):
             label = port.label
             static = {a: h for h in port.hosts for a in entry.addresses.get(h, [])}
             addresses = sorted({**self._discovered(key, entry), **static}.items(), key=lambda x: x[0])
             addresses = [(host, address) for address, host in addresses]
             ready = 0
+            port_draining = 0
             unhealthy: list[Obj] = []
             for host, address in addresses:
+                if address in drained:
+                    port_draining += 1  # in maintenance: neither ready nor unhealthy
+                    continue
                 if port.probe is None:
                     ready += 1
                     continue
@@ -579,11 +666,15 @@ class ClusterEndpointSource:
                     health = self._health.get(check_key, _Health(state.reason or "unhealthy"))
                     unhealthy.append({"host": host, "address": address, "reason": health.reason or state.reason,
                                       **({"since": health.since} if health.since else {})})
+            in_maintenance += port_draining
+            port_draining += sum(1 for group_id, _ in leaving if group_id.rpartition("/")[0] == label)
             healthy += ready
+            draining += port_draining
             total += len(addresses)
             per_port_ready.append((port.name or str(port.port), ready))
             listed = unhealthy[:MAX_UNHEALTHY_LISTED]  # bounded: status must stay far below the size limit
             ports_status.append({"name": label, "ready": ready, "total": len(addresses),
+                                 **({"draining": port_draining} if port_draining else {}),
                                  **({"unhealthy": listed} if listed else {}),
                                  **({"unhealthyNotListed": len(unhealthy) - len(listed)}
                                     if len(unhealthy) > len(listed) else {})})
@@ -595,7 +686,7 @@ class ClusterEndpointSource:
             phase = "Invalid"
         elif unknown:
             phase = "Pending"
-        elif total and healthy == total:
+        elif total and healthy + in_maintenance == total:
             phase = "Healthy"
         elif healthy:
             phase = "Degraded"
@@ -615,7 +706,8 @@ class ClusterEndpointSource:
         else:
             ready_cond = ("False", "NoReadyEndpoints",
                           f"no ready endpoint on port{'s' if len(empty_ports) > 1 else ''} {', '.join(empty_ports)}")
-        degraded = total - healthy - unknown
+        degraded = len([u for p in ports_status for u in p.get("unhealthy", [])]) + sum(
+            p.get("unhealthyNotListed", 0) for p in ports_status)
         if entry.errors:
             degraded_cond = ("Unknown", "InvalidSpec", "the spec is invalid: nothing is probed until it is fixed")
         elif degraded:
@@ -633,7 +725,17 @@ class ClusterEndpointSource:
             conditions.append({"type": "ProbesDelayed", "status": "True", "reason": "Overloaded", "message": (
                 f"checks run about every {factor:.1f}x their periodSeconds: the controller cannot start every due "
                 "probe in time (epctl_probe_period_stretch); give it more CPU, lengthen periods or add replicas")})
+        verdict = self.topology(key)
+        if verdict is not None and entry.spec is not None:
+            conditions.append({"type": "TopologyHints", "status": "True" if verdict.enabled else "False",
+                               "reason": verdict.reason, "message": verdict.message})
         extra: Obj = {}
+        extra["draining"] = draining  # always: `kubectl get cep` shows 0, not <none>
+        if entry.spec is not None and entry.spec.drain:
+            by = drain_requester(entry.obj)
+            extra["drainingHosts"] = [{"host": h, "matched": bool(found),
+                                       **({"manager": by[0], "since": by[1]} if by else {})}
+                                      for h, found in self._drained_by_name(key, entry).items()]
         if entry.spec is not None and entry.spec.openstack is not None:
             ok, reason, message = entry.discovery_sync
             conditions.append({"type": "DiscoverySynced", "status": "True" if ok else "False", "reason": reason,
@@ -645,6 +747,18 @@ class ClusterEndpointSource:
         previous = (entry.obj.get("status") or {}).get("conditions")
         return {"observedGeneration": generation, "phase": phase, "healthy": healthy, "total": total,
                 "conditions": conditions_with_times(previous, conditions), "ports": ports_status, **extra}
+
+
+def drain_requester(obj: Obj) -> tuple[str, str] | None:
+    """(field manager, time) that last set the drain annotation, from the managedFields the informer
+    keeps for it (see kube.informer.slim): Kubernetes records the tool (kubectl-annotate, epctl-drain,
+    ...) in the object; the user behind it is in the API server's audit log."""
+    entries = [e for e in (obj.get("metadata") or {}).get("managedFields") or []
+               if DRAIN_ANNOTATION in (e.get("annotations") or ()) or DRAIN_ANNOTATION in str(e.get("fieldsV1"))]
+    if not entries:
+        return None
+    latest = max(entries, key=lambda e: str(e.get("time") or ""))
+    return str(latest.get("manager") or "unknown"), str(latest.get("time") or "")
 
 
 def _log_transition(transition: Transition) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,14 @@ from epctl.probe.scheduler import CheckKey, Scheduler, Transition
 from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, service_index
 from epctl.sources.openstack import DiscoveryUpdate, OpenStackSource
 from epctl.sources.openstack_auth import Credentials, credentials_from_env
-from epctl.sources.targets import build_groups, discovered_endpoints, family, published_addresses
+from epctl.sources.targets import (
+    build_groups,
+    discovered_endpoints,
+    discovered_zones,
+    family,
+    published_addresses,
+    published_zones,
+)
 from epctl.state import DesiredState, Target
 from epctl.tasks import cancel_and_wait, core_health
 
@@ -80,6 +88,7 @@ class ManagerSettings:
     address_kind: str = "fixed"
     ip_version: int = 4
     keep_last_on_empty: bool = False
+    terminating_grace: float = 0.0  # seconds a server gone from discovery stays published terminating
     probe: Probe | None = None
     timing: ProbeTiming = field(default_factory=ProbeTiming)
     metrics_addr: str | None = ":8080"
@@ -211,8 +220,10 @@ class Manager:
                              max_batch_delay=settings.max_batch_delay, max_per_slice=settings.max_endpoints_per_slice,
                              reporter=self, metrics=PrometheusWriterMetrics(), endpoints=self.endpoints)
         self.state.on_dirty = self.writer.notify
+        self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
         self.health = HealthServer(settings.metrics_addr, self.healthy, self.ready) if settings.metrics_addr else None
         self.discovered: dict[str, str] | None = None  # address -> server name; None until known
+        self.zones: dict[str, str] = {}  # address -> availability zone (endpoints[].zone)
         self.discovery_state: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
         self.service_problem: str | None = None
         self._core: list[asyncio.Task[None]] = []
@@ -305,14 +316,20 @@ class Manager:
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
+            self.zones = published_zones(self.slices.indexed(service_index(*self.key)), self.key)
         addresses = set(self.discovered)
         groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler,
-                                 self.slices.indexed(service_index(*self.key)))
+                                 self.slices.indexed(service_index(*self.key)), zones=self.zones)
         if self.state.get(self.key) is None and self._undecided(ports, addresses):
             return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
                  "uid": service["metadata"].get("uid", ""), "controller": True, "blockOwnerDeletion": True}
-        self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner))
+        self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner,
+                                     grace=self.settings.terminating_grace))
+
+    def _expire_at(self, at: float) -> None:
+        """Call ``state.expire`` at the monotonic time ``at`` (a gone server's grace ends)."""
+        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self.state.expire)
 
     def _undecided(self, ports: list[PortSpec], addresses: set[str]) -> bool:
         target = f"{self.key[0]}/{self.key[1]}"
@@ -336,8 +353,9 @@ class Manager:
         found = discovered_endpoints(update.servers, self.settings.allow_loopback_hosts)
         if not found and self.discovered and self.settings.keep_last_on_empty:
             return
-        if found != self.discovered:
-            self.discovered = found
+        zones = discovered_zones(update.servers)
+        if found != self.discovered or zones != self.zones:
+            self.discovered, self.zones = found, zones
             self._materialise()
 
     def _on_transition(self, transition: Transition) -> None:

@@ -33,6 +33,7 @@ class DiscoveredServer:
     id: str
     name: str
     addresses: tuple[str, ...]
+    zone: str = ""  # Nova's OS-EXT-AZ:availability_zone, published as endpoints[].zone
 
 
 def _portable(regex: str) -> bool:
@@ -111,5 +112,5 @@ def select_servers(servers: Iterable[Mapping[str, Any]], query: ServerQuery, *,
             continue
         addresses = server_addresses(server, query, seed_network_metadata=seed_network_metadata)
         selected.append(DiscoveredServer(str(server.get("id") or ""), str(server.get("name") or ""),
-                                             tuple(addresses)))
+                                         tuple(addresses), str(server.get("OS-EXT-AZ:availability_zone") or "")))
     return tuple(sorted(selected, key=lambda s: (s.name, s.id)))

@@ -8,7 +8,7 @@ initial state (a restart flips nothing), one port group per (port, address famil
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from epctl.api.parse import host_error
@@ -42,7 +42,10 @@ def published_readiness(slices: Iterable[Obj], key: TargetKey) -> dict[tuple[str
     for obj in _our_slices(slices, key):
         labels = {label for p in obj.get("ports") or [] for label in (p.get("name") or "", str(p.get("port")))}
         for endpoint in obj.get("endpoints") or []:
-            ready = (endpoint.get("conditions") or {}).get("ready") is not False
+            conditions = endpoint.get("conditions") or {}
+            # the probe's verdict: serving (a drained or leaving endpoint is ready=false but still probed)
+            ready = (conditions.get("serving") if conditions.get("serving") is not None
+                     else conditions.get("ready")) is not False
             for address in endpoint.get("addresses") or []:
                 for label in labels:
                     index.setdefault((label, address), ready)
@@ -57,6 +60,17 @@ def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]
             for address in endpoint.get("addresses") or []:
                 found[address] = endpoint.get("hostname") or address
     return found
+
+
+def published_zones(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
+    """address -> zone our slices publish for ``key`` (a restart keeps zones until discovery answers)."""
+    return {address: endpoint["zone"] for obj in _our_slices(slices, key) for endpoint in obj.get("endpoints") or []
+            if endpoint.get("zone") for address in endpoint.get("addresses") or []}
+
+
+def discovered_zones(servers: Iterable[DiscoveredServer]) -> dict[str, str]:
+    """address -> availability zone of the discovered servers that have one."""
+    return {address: server.zone for server in servers if server.zone for address in server.addresses}
 
 
 def discovered_endpoints(servers: Iterable[DiscoveredServer], allow_loopback: bool) -> dict[str, str]:
@@ -78,6 +92,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                  scheduler: Scheduler, slices: Iterable[Obj],
                  on_adopted_unhealthy: Callable[[CheckKey], None] | None = None,
                  reported: Mapping[tuple[str, str], bool] | None = None,
+                 drained: Collection[str] = (), zones: Mapping[str, str] | None = None,
                  ) -> tuple[dict[str, PortGroup], list[CheckKey]]:
     """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed).
     ``slices``: our EndpointSlices of ``key`` (other slices are skipped).
@@ -85,7 +100,10 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
     A new check starts from the readiness our slices publish for it, else from ``reported``
     ((port label, address or "*" for any other address of the port) -> ready, e.g. what a
     ClusterEndpoint's own status says), so a restart flips nothing even for a target whose slices
-    are not ours (yet)."""
+    are not ours (yet).
+
+    ``drained`` addresses are in maintenance: still probed, published ready=false, serving=<probe>,
+    terminating=true. ``zones``: address -> zone, for ``endpoints[].zone``."""
     target_name = f"{key[0]}/{key[1]}"
     published = {**(reported or {}),
                  **published_readiness(slices, key)}
@@ -106,7 +124,11 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                 ready = bool(state and state.healthy)
             group = groups.setdefault(f"{label}/{family(address)}", PortGroup(family(address), (SlicePort(
                 port.name, port.target_port, port.protocol),), {}))
-            group.endpoints[address] = Endpoint(address, ready, ready)
+            zone = (zones or {}).get(address)
+            if address in drained:
+                group.endpoints[address] = Endpoint(address, False, ready, True, zone=zone)
+            else:
+                group.endpoints[address] = Endpoint(address, ready, ready, zone=zone)
     stale = [k for k in scheduler.keys_of(target_name) if k not in wanted]
     for check_key in stale:
         scheduler.remove(check_key)

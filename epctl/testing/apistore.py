@@ -33,7 +33,9 @@ from typing import Any
 from epctl.testing import apierrors, schema
 from epctl.testing.apierrors import FieldCause, StatusError
 from epctl.testing.builtins import ResourceType, ValidationContext, builtin_types, validate_metadata, validate_name
-from epctl.testing.patching import Path, fields_from_v1, fields_to_v1, record_update
+from epctl.testing.patching import Path, fields_from_v1, fields_to_v1, leaf_paths, record_update
+
+_MISSING = object()
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
@@ -352,10 +354,21 @@ class ObjectStore:
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self.rv)
         stamp = now_rfc3339()
+        # an entry's time is when its manager last changed the fields it owns: a write by someone else
+        # (a controller's status) leaves the time of who set an annotation alone, as the real server does
+        times = {(e.get("manager"), e.get("operation")): e.get("time")
+                 for e in ((old or {}).get("metadata") or {}).get("managedFields") or []}
+        previous = self.managers.get((rt.storage_key, key)) or {}
+        leaves: list[dict[Path, Any]] = []  # (before, after), computed only when an old entry may keep its time
         entries = []
         for (manager, op), paths in sorted(owned.items()):
-            entries.append({"manager": manager, "operation": op, "apiVersion": rt.api_version, "time": stamp,
-                            "fieldsType": "FieldsV1", "fieldsV1": fields_to_v1(paths)})
+            unchanged = bool(times.get((manager, op))) and previous.get((manager, op)) == paths
+            if unchanged and not leaves:
+                leaves = [leaf_paths(old or {}), leaf_paths(obj)]
+            unchanged = unchanged and all(leaves[0].get(p, _MISSING) == leaves[1].get(p, _MISSING) for p in paths)
+            when = times.get((manager, op)) if unchanged else None
+            entries.append({"manager": manager, "operation": op, "apiVersion": rt.api_version,
+                            "time": when or stamp, "fieldsType": "FieldsV1", "fieldsV1": fields_to_v1(paths)})
         if entries:
             meta["managedFields"] = entries
         else:

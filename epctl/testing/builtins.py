@@ -266,6 +266,10 @@ def _address_causes(address: Any, address_type: str, path: str, allow_loopback: 
     return []
 
 
+MAX_ZONE_HINTS = 8
+LABEL_VALUE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
 def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) -> list[FieldCause]:
     causes: list[FieldCause] = []
     address_type = obj.get("addressType")
@@ -295,25 +299,26 @@ def validate_endpointslice(obj: Obj, old: Obj | None, ctx: ValidationContext) ->
         for cond, value in (endpoint.get("conditions") or {}).items():
             if cond not in ("ready", "serving", "terminating") or not isinstance(value, (bool, type(None))):
                 causes.append(FieldCause(f"{path}.conditions.{cond}", f"Invalid value: {value!r}"))
+        zone_hints = ((endpoint.get("hints") or {}).get("forZones") or [])
+        if len(zone_hints) > MAX_ZONE_HINTS:  # validateHints (pkg/apis/discovery/validation)
+            causes.append(FieldCause(f"{path}.hints.forZones", f"Too many: {len(zone_hints)}: must have at most "
+                                     f"{MAX_ZONE_HINTS} items", "FieldValueTooMany"))
+        seen_zones: set[str] = set()
+        for j, hint in enumerate(zone_hints[:MAX_ZONE_HINTS]):
+            zone = (hint or {}).get("name") or ""
+            if not LABEL_VALUE.match(zone):
+                causes.append(FieldCause(f"{path}.hints.forZones[{j}].name", f'Invalid value: "{zone}": a valid '
+                                         "label must be an empty string or consist of alphanumeric characters, '-', "
+                                         "'_' or '.'"))
+            elif zone in seen_zones:
+                causes.append(FieldCause(f"{path}.hints.forZones[{j}].name", f'Duplicate value: "{zone}"',
+                                         "FieldValueDuplicate"))
+            seen_zones.add(zone)
         hostname = endpoint.get("hostname")
         if hostname is not None and not DNS1123_LABEL.match(str(hostname)):
             causes.append(FieldCause(f"{path}.hostname", f'Invalid value: "{hostname}": a lowercase RFC 1123 '
                                      "label must consist of lower case alphanumeric characters or '-'"))
         causes += _node_name_causes(endpoint.get("nodeName"), f"{path}.nodeName")
-        zones = ((endpoint.get("hints") or {}).get("forZones") or [])
-        if len(zones) > MAX_ZONE_HINTS:
-            causes.append(FieldCause(f"{path}.hints.forZones", f"Too many: {len(zones)}: must have at most "
-                                     f"{MAX_ZONE_HINTS} items", "FieldValueTooMany"))
-        seen_zones: set[str] = set()
-        for j, zone in enumerate(zones[:MAX_ZONE_HINTS]):
-            zone_name = (zone or {}).get("name", "")
-            where = f"{path}.hints.forZones[{j}].name"
-            if zone_name in seen_zones:
-                causes.append(FieldCause(where, f'Duplicate value: "{zone_name}"', "FieldValueDuplicate"))
-            seen_zones.add(zone_name)
-            if not isinstance(zone_name, str) or len(zone_name) > 63 or not LABEL_VALUE.match(zone_name):
-                causes.append(FieldCause(where, f'Invalid value: "{zone_name}": a valid label must be an empty '
-                                         "string or consist of alphanumeric characters, '-', '_' or '.'"))
     ports = obj.get("ports") or []
     if len(ports) > MAX_PORTS:
         causes.append(FieldCause("ports", f"Too many: {len(ports)}: must have at most {MAX_PORTS} items",
@@ -563,6 +568,7 @@ def builtin_types() -> list[ResourceType]:
                      selectable_fields=frozenset({"type"})),
         ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
         ResourceType("", "v1", "pods", "Pod", True, ("po",), status_subresource=True, categories=("all",)),
+        ResourceType("", "v1", "nodes", "Node", False, ("no",), status_subresource=True),
         ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
         ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True,
                      validate=validate_endpointslice, default=default_endpointslice),

@@ -57,6 +57,7 @@ class FakeServer:
     tags: list[str] = field(default_factory=list)
     addresses: dict[str, list[Obj]] = field(default_factory=dict)
     created: float = 0.0
+    zone: str = "nova"  # OS-EXT-AZ:availability_zone (Nova's default zone is "nova")
 
     def to_json(self, microversion: tuple[int, int], base: str) -> Obj:
         stamp = datetime.fromtimestamp(self.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -67,6 +68,7 @@ class FakeServer:
             "hostId": "", "flavor": {"original_name": "m1.small"}, "image": "",
             "links": [{"rel": "self", "href": f"{base}/servers/{self.id}"}],
             "OS-EXT-STS:vm_state": self.status.lower(), "OS-EXT-STS:power_state": 1,
+            "OS-EXT-AZ:availability_zone": self.zone,
         }
         if microversion >= (2, 26):
             body["tags"] = list(self.tags)
@@ -200,10 +202,10 @@ class FakeOpenStack:
 
     def add_server(self, name: str, *, fixed: Sequence[str] = (), floating: Sequence[str] = (),
                    network: str = "private", status: str = "ACTIVE", metadata: dict[str, str] | None = None,
-                   tags: list[str] | None = None, server_id: str | None = None) -> str:
+                   tags: list[str] | None = None, server_id: str | None = None, zone: str = "nova") -> str:
         """Add a server with fixed/floating addresses on one network (IPv4 and IPv6 both fine)."""
         server = FakeServer(server_id or str(uuid.uuid4()), name, status, dict(metadata or {}), list(tags or []),
-                            created=1_700_000_000 + next(self._clock))
+                            created=1_700_000_000 + next(self._clock), zone=zone)
         if fixed or floating:
             server.addresses[network] = self.address_list(fixed, floating)
         self.servers[server.id] = server

@@ -6,8 +6,9 @@ with random steps: ClusterEndpoints created, edited, deleted, deleted and re-cre
 watch is down, so the controller learns of it from a 410 relist), adoption on and off, a mirrored
 Service claimed by a ClusterEndpoint and handed over, backends up and down, our slices and Services
 deleted or edited by someone else, hand-written Endpoints objects (as the old tools leave them),
-dropped watches, forced compaction, bursts of 409/429/500 on the next writes, and, with two
-replicas under Lease leader election, replica restarts, leader hand-overs and a partitioned leader.
+hosts drained and undrained (epctl.io/drain), dropped watches, forced compaction, bursts of
+409/429/500 on the next writes, and, with two replicas under Lease leader election, replica
+restarts, leader hand-overs and a partitioned leader.
 
 Shard mode (``--shard``) runs three ``--shard`` members instead, and its world also holds what broke
 ownership before (issue 22): members joining, leaving, killed (no release), paused longer than their
@@ -58,6 +59,7 @@ ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 NAMES = ("c0", "c1", "m")  # "m" is also the mirror target a ClusterEndpoint may claim
 HOSTILE = ("::ffff:169.254.169.254", "::ffff:127.0.0.1", "fd00:ec2::254", "100.100.100.200")
 MIRROR = "epctl.io/mirror-from"
+DRAIN = "epctl.io/drain"
 MANAGED = ("endpointslice.kubernetes.io/managed-by", "controller.epctl.io")
 MANAGED_ENDPOINTS = ("app.kubernetes.io/managed-by", "epctl")
 MIRRORED_BY = "endpointslicemirroring-controller.k8s.io"
@@ -109,8 +111,8 @@ def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
     kind = rng.choices(
         ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
          "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile",
-         "legacy_endpoints", "leader_change", "partition"),
-        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 0 if shard else 1, 0 if shard else 1))[0]
+         "legacy_endpoints", "leader_change", "partition", "drain"),
+        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 0 if shard else 1, 0 if shard else 1, 3))[0]
     step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
     if kind in ("apply", "recreate", "recreate_relist"):
         step["spec"] = random_spec(rng, port)
@@ -127,6 +129,8 @@ def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
             step["then"] = random_step(rng, port, shard)
     elif kind == "hostile":
         step["host"] = rng.choice(HOSTILE)
+    elif kind == "drain":  # hosts in maintenance (epctl.io/drain); none: the annotation goes
+        step["hosts"] = sorted(rng.sample(ADDRESSES, rng.randint(0, 2)))
     return step
 
 
@@ -149,6 +153,18 @@ def _owned_by(obj: Obj | None, uid: str) -> bool:
 def _endpoints(slices: list[Obj]) -> dict[tuple[str, str], bool]:
     return {((s.get("ports") or [{}])[0].get("name", ""), e["addresses"][0]): bool(e["conditions"].get("ready"))
             for s in slices for e in s.get("endpoints") or []}
+
+
+def _conditions(slices: list[Obj]) -> dict[tuple[str, str], tuple[bool, bool, bool]]:
+    return {((s.get("ports") or [{}])[0].get("name", ""), e["addresses"][0]): (
+        bool(e["conditions"].get("ready")), bool(e["conditions"].get("serving")),
+        bool(e["conditions"].get("terminating"))) for s in slices for e in s.get("endpoints") or []}
+
+
+def drained(item: Obj) -> set[str]:
+    """The hosts the ClusterEndpoint's drain annotation names (all hosts here are addresses)."""
+    value = (item["metadata"].get("annotations") or {}).get(DRAIN) or ""
+    return {h.strip() for h in value.split(",") if h.strip()}
 
 
 def _flat(endpoints: Obj | None) -> dict[tuple[str, str], bool]:
@@ -223,7 +239,8 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
         if holds:
             assert item is not None
             problems += _check_clusterendpoint(name, item, svc, slices, got, up)
-            want = {(p["name"], h): up[h] for p in item["spec"]["ports"] for h in p["hosts"]}
+            out = drained(item)  # in maintenance: not ready (so notReadyAddresses), still probed
+            want = {(p["name"], h): up[h] and h not in out for p in item["spec"]["ports"] for h in p["hosts"]}
             problems += _check_endpoints(name, endpoints.get(name), uid, want, mirrored)
         elif annotated and svc is not None:
             if got != ORIGIN_ENDPOINTS:
@@ -248,14 +265,17 @@ def _check_clusterendpoint(name: str, item: Obj, svc: Obj | None, slices: list[O
                            got: dict[tuple[str, str], bool], up: dict[str, bool]) -> list[str]:
     uid = item["metadata"]["uid"]
     ports = item["spec"]["ports"]
-    want = {(p["name"], h): up[h] for p in ports for h in p["hosts"]}
+    out = drained(item)
+    # drained: ready=false, serving=<probe>, terminating=true; nothing else is ever terminating
+    want = {(p["name"], h): (up[h] and h not in out, up[h], h in out) for p in ports for h in p["hosts"]}
+    got_conditions = _conditions(slices)
     problems = []
     if svc is None or not _owned_by(svc, uid):
         problems.append(f"{name}: Service missing or not owned by the live ClusterEndpoint")
     elif [(p["name"], p["port"]) for p in svc["spec"]["ports"]] != [(p["name"], p["port"]) for p in ports]:
         problems.append(f"{name}: Service ports {svc['spec']['ports']} differ from the spec")
-    if got != want:
-        problems.append(f"{name}: published {got}, expected {want}")
+    if got_conditions != want:
+        problems.append(f"{name}: published (ready, serving, terminating) {got_conditions}, expected {want}")
     if any(not _owned_by(s, uid) for s in slices):
         problems.append(f"{name}: a slice is not owned by the live ClusterEndpoint")
     return problems
@@ -265,17 +285,24 @@ def _check_status(name: str, item: Obj, up: dict[str, bool], synced: bool, confl
     """Every ClusterEndpoint's status settles: phase from its hosts' health (it probes even while
     another front-end holds its Service), Synced True or, if it does not hold it, ServiceConflict
     with the message naming why (``conflict`` is a part of it)."""
-    want = [up[h] for p in item["spec"]["ports"] for h in p["hosts"]]
+    out = drained(item)
+    listed = [h for p in item["spec"]["ports"] for h in p["hosts"]]
+    want = [up[h] for h in listed if h not in out]  # a drained host is neither healthy nor unhealthy
     status = item.get("status") or {}
     phase = "Healthy" if all(want) else ("Degraded" if any(want) else "Unhealthy")
     sync = {c["type"]: c for c in status.get("conditions") or []}.get("Synced", {})
-    got = (status.get("phase"), status.get("healthy"), status.get("total"), status.get("observedGeneration"),
-           sync.get("status"), sync.get("reason") if sync.get("status") == "False" else None)
+    got = (status.get("phase"), status.get("healthy"), status.get("total"), status.get("draining"),
+           status.get("observedGeneration"), sync.get("status"),
+           sync.get("reason") if sync.get("status") == "False" else None)
     if not synced and conflict not in sync.get("message", ""):
         return [f"{name}: Synced message {sync.get('message')!r} does not say {conflict!r}"]
-    expected = (phase, sum(want), len(want), item["metadata"].get("generation"), "True" if synced else "False",
-                None if synced else "ServiceConflict")
-    return [] if got == expected else [f"{name}: status (phase, healthy, total, generation, Synced, reason) is "
+    named = {(h.get("host"), h.get("matched")) for h in status.get("drainingHosts") or []}
+    if named != {(h, h in listed) for h in out}:
+        return [f"{name}: status drainingHosts {named}, the annotation names {out} (listed: {listed})"]
+    expected = (phase, sum(want), len(listed), sum(1 for h in listed if h in out), item["metadata"].get("generation"),
+                "True" if synced else "False", None if synced else "ServiceConflict")
+    return [] if got == expected else [f"{name}: status (phase, healthy, total, draining, generation, Synced, "
+                                       "reason) is "
                                        f"{got}, expected {expected}"]
 
 
@@ -460,6 +487,12 @@ class World:
                              message="GC of the old incarnation's objects")
         await self._try("POST", CLUSTERENDPOINTS.path("default"), self._recreated(step, old))
         await self._compact(step, stats)
+
+    async def _drain(self, step: Step, stats: Stats) -> None:
+        """Hosts into (and out of) maintenance, as kubectl annotate writes it: a merge patch."""
+        value = ",".join(step["hosts"]) or None
+        await self._try("PATCH", CLUSTERENDPOINTS.path("default", step["name"]),
+                        {"metadata": {"annotations": {DRAIN: value}}}, content_type=MERGE_PATCH)
 
     async def _backend(self, step: Step, stats: Stats) -> None:
         self.up[step["address"]] = step["up"]

@@ -283,8 +283,8 @@ spec:
         await kubectl("apply", "-f", "-", stdin=manifest)
         await kubectl("wait", "--for=jsonpath={.status.phase}=Degraded", "cep/pg", "--timeout=20s")
         table = (await kubectl("get", "cep")).stdout.splitlines()
-        assert table[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "PHASE", "REASON", "AGE"]
-        assert table[1].split()[:6] == ["pg", "True", "1", "2", "Degraded", "EndpointsReady"]
+        assert table[0].split() == ["NAME", "READY", "HEALTHY", "TOTAL", "PHASE", "DRAINING", "REASON", "AGE"]
+        assert table[1].split()[:7] == ["pg", "True", "1", "2", "Degraded", "0", "EndpointsReady"]
         described = (await kubectl("describe", "cep", "pg")).stdout
         assert "connection refused" in described and "EndpointUnhealthy" in described
         slices = (await kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=pg", "-o", "json")).json()
@@ -354,9 +354,9 @@ spec:
             await kubectl("wait", f"--for=jsonpath={{.status.conditions[?(@.type==\"Ready\")].reason}}={reason}",
                           f"cep/{name}", "--timeout=20s")
         rows = {line.split()[0]: line.split() for line in (await kubectl("get", "cep")).stdout.splitlines()[1:]}
-        assert rows["bad"][1:6] == ["False", "0", "0", "Invalid", "InvalidSpec"]
-        assert rows["taken"][1] == "False" and rows["taken"][5] == "ServiceConflict"
-        assert rows["down"][1:6] == ["False", "1", "2", "Degraded", "NoReadyEndpoints"]
+        assert rows["bad"][1:7] == ["False", "0", "0", "Invalid", "0", "InvalidSpec"]
+        assert rows["taken"][1] == "False" and rows["taken"][6] == "ServiceConflict"
+        assert rows["down"][1:7] == ["False", "1", "2", "Degraded", "0", "NoReadyEndpoints"]
         wide = (await kubectl("get", "cep", "down", "bad", "-o", "wide")).stdout
         assert "no ready endpoint on port pg" in wide
         assert "spec.ports[0].timeoutSeconds: must not exceed periodSeconds" in wide

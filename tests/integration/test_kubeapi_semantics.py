@@ -377,3 +377,25 @@ async def test_client_refuses_kubeconfig_that_skips_tls_verification(api: KubeAP
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(TLSVerificationRequired):
         await KubeClient.connect(str(path))
+
+
+async def test_a_managed_fields_entry_keeps_its_time_while_others_write(client: KubeClient) -> None:
+    """Who set a field, and when, survives other managers' writes (epctl's drain Event and status read it)."""
+    from epctl.kube.status import now_rfc3339
+    from epctl.testing.waiting import eventually
+
+    await client.request("POST", CONFIGMAPS.path("default"), body={"metadata": {"name": "cm"}, "data": {"a": "1"}},
+                         query={"fieldManager": "creator"})
+    await client.request("PATCH", CONFIGMAPS.path("default", "cm"), content_type=MERGE_PATCH,
+                         body={"metadata": {"annotations": {"x": "1"}}}, query={"fieldManager": "annotator"})
+
+    def times(obj: dict[str, Any]) -> dict[str, str]:
+        return {m["manager"]: m["time"] for m in obj["metadata"]["managedFields"]}
+
+    first = times(await client.request("GET", CONFIGMAPS.path("default", "cm")))
+    await eventually(lambda: now_rfc3339() > max(first.values()), message="the clock moves on")
+    await client.request("PATCH", CONFIGMAPS.path("default", "cm"), content_type=MERGE_PATCH,
+                         body={"data": {"a": "2"}}, query={"fieldManager": "editor"})
+    later = times(await client.request("GET", CONFIGMAPS.path("default", "cm")))
+    assert later["annotator"] == first["annotator"] and later["editor"] > first["annotator"]
+    assert "creator" not in later or later["creator"] == first["creator"]

@@ -217,6 +217,10 @@ async def test_kubectl_explain_describes_the_probe_fields(kubectl: Kubectl) -> N
     assert "Consecutive failures after which a host is marked not ready." in explained
     explained = (await kubectl("explain", "clusterendpoint.spec")).stdout
     assert "The Service's ports" in explained and "periodSeconds" in explained
+    explained = (await kubectl("explain", "clusterendpoint.spec.zones")).stdout
+    assert "Zone -> the hosts" in explained
+    explained = (await kubectl("explain", "clusterendpoint")).stdout
+    assert "epctl.io/drain" in explained  # the maintenance annotation is described where kubectl users look
 
 
 async def test_the_dashboard_queries_only_metrics_the_controller_exports(

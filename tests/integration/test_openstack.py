@@ -345,3 +345,29 @@ async def test_private_cloud_ca_is_verified(api: KubeAPIServer, client: KubeClie
             await eventually(lambda: addresses(api, "db") == {"10.0.0.1"}, message="verified against OS_CACERT")
             # status is written by its own writer, after or before the slices: wait for it too
             await eventually(lambda: condition(api, "db")["status"] == "True", message="DiscoverySynced")
+
+
+async def test_zones_drain_by_server_name_and_a_deleted_server_leaves_terminating(
+        api: KubeAPIServer, client: KubeClient, cloud: FakeOpenStack) -> None:
+    """Discovered servers carry their availability zone; the drain annotation may name a server; a
+    server gone from discovery stays published terminating for the grace period."""
+    await install_crd(client)
+    cloud.add_server("db-1", fixed=["10.0.0.1"], zone="az-1")
+    cloud.add_server("db-2", fixed=["10.0.0.2"], zone="az-2")
+    await client.request("POST", SECRETS.path("default"), body=os_secret(cloud))
+
+    def published() -> dict[str, tuple[str | None, bool, bool, bool]]:
+        return {e["addresses"][0]: (e.get("zone"), e["conditions"]["ready"], e["conditions"]["serving"],
+                                    e["conditions"]["terminating"])
+                for s in slices_of(api, "db") for e in s["endpoints"]}
+
+    async with running_controller(api, client, terminating_grace=30.0, **FAST) as controller:
+        body = discovering("db", nameRegex="^db-")
+        body["metadata"]["annotations"] = {"epctl.io/drain": "db-2"}
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=body)
+        await eventually(lambda: published() == {"10.0.0.1": ("az-1", True, True, False),
+                                                 "10.0.0.2": ("az-2", False, True, True)}, message="zones, drained")
+        cloud.remove_server("db-1")
+        await eventually(lambda: published()["10.0.0.1"] == ("az-1", False, True, True), message="leaving")
+        assert controller.state.expire() is not None  # still within its 30 s
+        assert set(published()) == {"10.0.0.1", "10.0.0.2"}
