@@ -17,6 +17,10 @@
 - Truth first: a timed-out probe whose deadline the loop noticed late is *inconclusive* (counted as
   such, not fed to the thresholds); the next run is its retry. One rule for every prober.
 - Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
+- Role probes expecting a primary are arbitrated per port (roles.arbitrate): a host outranked by
+  another claimant is vetoed at once, whatever the thresholds say, so two disagreeing primaries are
+  never ready together. A veto of a host already not ready is announced as a Transition with
+  ``previous`` equal to ``healthy`` (a new reason, not a new state).
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ class Transition:
     reason: str
     at: float  # wall-clock seconds (time.time())
     duration: float
-    previous: bool | None = None  # None: the first decision about this check
+    previous: bool | None = None  # None: the first decision; == healthy: the same state, a new reason (a veto)
 
 
 class ProbeMetrics(Protocol):
@@ -149,6 +153,7 @@ class Scheduler:
         self.api_backlog = api_backlog  # True while API writes queue: admission yields to them
         self._entries: dict[CheckKey, _Entry] = {}
         self._by_target: dict[str, set[CheckKey]] = {}  # target -> its checks
+        self._news: set[CheckKey] = set()  # vetoed while already not ready: a transition says why
         # (due, generation): atomic values only, so the collector untracks them (30,000 queued entries
         # holding a CheckKey each made every full collection walk them; docs/design.md section 6)
         self._heap: list[tuple[float, int]] = []
@@ -492,6 +497,8 @@ class Scheduler:
                 e.state.veto(veto)
                 if lifted:
                     e.state.reason = "primary: no other ready host claims it any more"
+                elif e.state.healthy is False and previous[e.check.key] is False:
+                    self._news.add(e.check.key)  # not ready before either: still say why, now
         return previous
 
     def _emit(self, previous: dict[CheckKey, bool | None], origin: CheckKey | None = None,
@@ -500,7 +507,9 @@ class Scheduler:
         ``result`` is what ``origin`` just answered (the others changed because of it)."""
         for key, before in previous.items():
             entry = self._entries.get(key)
-            if entry is None or entry.state.healthy is None or entry.state.healthy == before:
+            news = key in self._news
+            self._news.discard(key)
+            if entry is None or entry.state.healthy is None or (entry.state.healthy == before and not news):
                 continue
             own = result is not None and key == origin
             why = entry.state.vetoed or (result.reason if own and result else entry.state.reason)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 PRIMARY_ADDRESS, REPLICA_ADDRESS = "127.0.0.2", "127.0.0.3"
 PASSWORD = "probe-s3cret-Pw"  # tests assert it never shows up in status, Events or logs
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian installs each major version side by side; the newest one runs the tests
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/nonexistent"))
 
 
 def free_port() -> int:

@@ -1,0 +1,180 @@
+"""Database role probes against the real servers (Debian's postgresql and redis-server packages),
+a primary and a replica each, started once per module (epctl/testing/databases.py).
+
+The scenario that matters: the replica is promoted while the old primary still runs (both claim
+primary), then the old primary stops. The ``primary`` Service must never list two ready primaries
+that disagree, and must follow within failureThreshold x period; the ``replica`` Service follows
+too. Every slice the API server holds is watched, so a single bad write would be seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from epctl.api.spec import DatabaseProbe, Expect, ProbeKind
+from epctl.kube.client import ENDPOINTSLICES, EVENTS, SECRETS, KubeClient
+from epctl.probe.credentials import Credentials
+from epctl.probe.database import DatabaseProber
+from epctl.testing.databases import PASSWORD, PRIMARY_ADDRESS, REPLICA_ADDRESS, PostgresPair, RedisPair
+from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.waiting import eventually
+from tests.integration.controller_helpers import cep, cep_of, endpoints_of, install_crd, running_controller
+
+ENGINES = {"postgres": PostgresPair, "redis": RedisPair}
+USERS = {"postgres": "postgres", "redis": ""}
+PERIOD, FAILURES = 1, 2
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, Any]]:
+    """One primary+replica pair per engine for the whole module, started on first use."""
+    started: dict[str, Any] = {}
+
+    class Lazy(dict[str, Any]):
+        def __missing__(self, engine: str) -> Any:
+            pair = started[engine] = ENGINES[engine]().start()
+            return pair
+
+    try:
+        yield Lazy()
+    finally:
+        for pair in started.values():
+            pair.close()
+
+
+def sessions(engine: str, pair: Any, address: str) -> int:
+    """Connections named epctl-probe that the server itself counts (not what epctl thinks it has)."""
+    if engine == "redis":
+        listing = pair.cli(address, "CLIENT", "LIST")
+        return sum(1 for line in listing.splitlines() if " name=epctl-probe " in f" {line} ")
+    import subprocess  # the server's own view, through its own client
+
+    from epctl.testing.databases import PG_BIN, _as
+    data = pair.primary if address == PRIMARY_ADDRESS else pair.replica
+    out = subprocess.run([*_as("postgres"), str(PG_BIN / "psql"), "-h", str(data), "-p", str(pair.port), "-U",
+                          "postgres", "-At", "-c",
+                          "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'epctl-probe'"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+async def test_roles_on_one_kept_session_per_host(engine: str, servers: dict[str, Any]) -> None:
+    pair = servers[engine]
+    asked: list[tuple[str, str]] = []
+
+    async def credentials(namespace: str, name: str) -> Credentials:
+        asked.append((namespace, name))
+        return Credentials(USERS[engine], PASSWORD if name == "good" else "wrong-password")
+
+    prober = DatabaseProber(credentials)
+    kind = ProbeKind(engine)
+    primary = DatabaseProbe(kind, Expect.PRIMARY, secret_name="good")
+    replica = DatabaseProbe(kind, Expect.REPLICA, secret_name="good", max_lag_seconds=30)
+    try:
+        async def replicating() -> bool:  # the replica may still be catching up after its start
+            result = await prober.probe("ns/r/x", REPLICA_ADDRESS, pair.port, 2.0, replica)
+            return result.ok
+        await eventually(replicating, timeout=30)
+        for _ in range(5):  # five periods, the same two sessions
+            on_primary = await prober.probe("ns/p/a", PRIMARY_ADDRESS, pair.port, 2.0, primary)
+            on_replica = await prober.probe("ns/p/b", REPLICA_ADDRESS, pair.port, 2.0, primary)
+            assert on_primary.ok and on_primary.role == "primary", on_primary
+            assert not on_replica.ok and on_replica.role == "replica", on_replica
+            assert "expected primary" in on_replica.reason
+        assert prober.connects == 3
+        assert asked == [("ns", "good")] * 3  # the Secret is read per session, not per probe
+        assert sessions(engine, pair, PRIMARY_ADDRESS) == 1
+        assert sessions(engine, pair, REPLICA_ADDRESS) == 2
+        if engine == "postgres":
+            assert on_primary.generation == 1 and on_primary.reason == "primary (timeline 1)"
+        wrong = await prober.probe("ns/w/a", PRIMARY_ADDRESS, pair.port, 2.0,
+                                   DatabaseProbe(kind, Expect.ANY, secret_name="bad"))
+        assert not wrong.ok and "authentication failed" in wrong.reason and PASSWORD not in wrong.reason
+        # a failed connect backs off: the next period does not dial again
+        again = await prober.probe("ns/w/a", PRIMARY_ADDRESS, pair.port, 2.0,
+                                   DatabaseProbe(kind, Expect.ANY, secret_name="bad"))
+        assert not again.ok and again.reason.startswith("reconnecting after: authentication failed")
+        assert prober.connects == 4
+    finally:
+        await prober.close()
+    await eventually(lambda: sessions(engine, pair, PRIMARY_ADDRESS) == 0, timeout=10)
+
+
+async def _watch_slices(client: KubeClient, seen: list[tuple[str, frozenset[str]]], opened: asyncio.Event) -> None:
+    """Every state of every slice, as a watching client sees it: (service, ready addresses)."""
+    async for event in client.stream(ENDPOINTSLICES.path("default"), {"watch": "true"}, on_open=opened.set):
+        obj = event["object"]
+        service = obj["metadata"].get("labels", {}).get("kubernetes.io/service-name", "")
+        ready = frozenset(e["addresses"][0] for e in obj.get("endpoints") or [] if e["conditions"].get("ready"))
+        seen.append((service, ready))
+
+
+def _ready(api: KubeAPIServer, service: str) -> set[str]:
+    return {address for (_, address), ready in endpoints_of(api, service).items() if ready}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+async def test_failover_primary_and_replica_services_follow_never_two_primaries(
+        engine: str, servers: dict[str, Any], api: KubeAPIServer, client: KubeClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    pair = servers[engine]
+    await install_crd(client)
+    await client.request("POST", SECRETS.path("default"), body={
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-probe"}, "type": "Opaque",
+        "data": {"username": base64.b64encode(USERS[engine].encode()).decode(),
+                 "password": base64.b64encode(PASSWORD.encode()).decode()}})
+
+    def port(expect: str) -> dict[str, Any]:
+        return {"name": "db", "port": 5432, "targetPort": pair.port, "hosts": [PRIMARY_ADDRESS, REPLICA_ADDRESS],
+                "periodSeconds": PERIOD, "timeoutSeconds": 1, "failureThreshold": FAILURES,
+                engine: {"expect": expect, "secretRef": {"name": "db-probe"}}}
+
+    seen: list[tuple[str, frozenset[str]]] = []
+    opened = asyncio.Event()
+    watcher = asyncio.create_task(_watch_slices(client, seen, opened))
+    await opened.wait()
+    try:
+        async with running_controller(api, client):
+            for name, expect in (("db-primary", "primary"), ("db-replica", "replica")):
+                await client.request("POST", "/apis/epctl.io/v1beta1/namespaces/default/clusterendpoints",
+                                     body=cep(name, [port(expect)]))
+            await eventually(lambda: _ready(api, "db-primary") == {PRIMARY_ADDRESS}
+                             and _ready(api, "db-replica") == {REPLICA_ADDRESS}, timeout=30)
+
+            pair.promote_replica()  # both claim primary now
+            if engine == "postgres":  # the promoted standby is on a newer timeline: it alone is the primary
+                await eventually(lambda: _ready(api, "db-primary") == {REPLICA_ADDRESS}, timeout=15)
+                unhealthy = cep_of(api, "db-primary")["status"]["ports"][0]["unhealthy"]
+                assert "newer timeline (2 > 1)" in unhealthy[0]["reason"], unhealthy
+            else:  # Redis cannot tell which master holds the writes that count: neither is published
+                await eventually(lambda: _ready(api, "db-primary") == set(), timeout=15)
+                reasons = [u["reason"] for u in cep_of(api, "db-primary")["status"]["ports"][0]["unhealthy"]]
+                assert len(reasons) == 2 and all("split brain" in r for r in reasons), reasons
+
+            pair.stop_primary()
+            stopped = time.monotonic()
+            await eventually(lambda: _ready(api, "db-primary") == {REPLICA_ADDRESS}, timeout=20)
+            took = time.monotonic() - stopped
+            # within failureThreshold x period (+ one period of phase, + slack for a loaded machine)
+            assert took < (FAILURES + 1) * PERIOD + 3.0, took
+            await eventually(lambda: _ready(api, "db-replica") == set(), timeout=20)  # no replica is left
+            print(f"{engine}: the primary Service followed {took:.2f}s after the old primary stopped")
+
+            events = (await client.request("GET", EVENTS.path("default")))["items"]
+            assert any("EndpointUnhealthy" == e["reason"] for e in events)
+            for text in [str(events), str(cep_of(api, "db-primary")), str(cep_of(api, "db-replica")), caplog.text]:
+                assert PASSWORD not in text
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    primaries = [ready for service, ready in seen if service == "db-primary"]
+    assert primaries and all(len(ready) <= 1 for ready in primaries), primaries
