@@ -109,6 +109,14 @@ class PostgresPair:
         self._start(self.replica, REPLICA_ADDRESS)
         return self
 
+    def sql(self, data: Path, statement: str) -> str:
+        """Run ``statement`` on the server of ``data`` over its Unix socket (trusted), as the server sees it."""
+        done = subprocess.run([*_as(self.user), str(PG_BIN / "psql"), "-h", str(data), "-p", str(self.port),
+                               "-U", "postgres", "-At", "-c", statement], capture_output=True, text=True, timeout=30)
+        if done.returncode:
+            raise RuntimeError(f"psql failed: {done.stderr[-1000:]}")
+        return done.stdout.strip()
+
     def promote_replica(self) -> None:
         self._ctl("-D", str(self.replica), "-w", "promote")
 
@@ -154,6 +162,83 @@ class RedisPair:
 
     def promote_replica(self) -> None:
         self.cli(REPLICA_ADDRESS, "REPLICAOF", "NO", "ONE")
+
+    def stop_primary(self) -> None:
+        process = self.processes.pop(PRIMARY_ADDRESS)
+        process.kill()
+        process.wait(30)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait(30)
+        self.processes.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MariaDBPair:
+    """A MariaDB primary (127.0.0.2, binary log on) and a read-only replica of it (127.0.0.3); the probe
+    user ``probe`` (password ``PASSWORD``, REPLICATION CLIENT + SLAVE MONITOR) comes to the replica
+    through replication, as it would in production."""
+
+    user = "mysql"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = _workdir("epctl-mariadb-", self.user)
+        self.primary, self.replica = self.dir / "primary", self.dir / "replica"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _server(self, data: Path, address: str, server_id: int, *extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={data}", f"--port={self.port}", f"--bind-address={address}",
+             f"--socket={data}/mysqld.sock", f"--pid-file={data}/mysqld.pid", f"--log-error={data}.log",
+             f"--server-id={server_id}", "--log-bin=mysql-bin", "--skip-name-resolve", "--performance-schema=OFF",
+             "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M", "--innodb-flush-log-at-trx-commit=0",
+             "--sync-binlog=0", "--skip-innodb-doublewrite", *(["--user=mysql"] if os.geteuid() == 0 else []),
+             *extra], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def sql(self, data: Path, statement: str) -> str:
+        done = subprocess.run(["mariadb", "--no-defaults", f"--socket={data}/mysqld.sock", "-u", "root", "-N", "-B",
+                               "-e", statement], capture_output=True, text=True, timeout=60)
+        if done.returncode:
+            raise RuntimeError(f"mariadb failed: {done.stderr[-1000:]}")
+        return done.stdout.strip()
+
+    def _wait(self, data: Path, address: str) -> None:
+        wait_port(address, self.port, timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sql(data, "SELECT 1")
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def start(self) -> MariaDBPair:
+        _run(["mariadb-install-db", "--no-defaults", f"--datadir={self.primary}", "--skip-test-db",
+              "--auth-root-authentication-method=normal", *(["--user=mysql"] if os.geteuid() == 0 else [])])
+        shutil.copytree(self.primary, self.replica, symlinks=True)  # the same fresh system tables, fast
+        if os.geteuid() == 0:
+            _run(["chown", "-R", "mysql:mysql", str(self.replica)])
+        self.processes[PRIMARY_ADDRESS] = self._server(self.primary, PRIMARY_ADDRESS, 1)
+        self.processes[REPLICA_ADDRESS] = self._server(self.replica, REPLICA_ADDRESS, 2, "--read-only=ON")
+        self._wait(self.primary, PRIMARY_ADDRESS)
+        self.sql(self.primary, f"CREATE USER probe@'%' IDENTIFIED BY '{PASSWORD}'; "
+                               "GRANT REPLICATION CLIENT, SLAVE MONITOR ON *.* TO probe@'%'; "
+                               f"CREATE USER repl@'%' IDENTIFIED BY '{PASSWORD}'; "
+                               "GRANT REPLICATION SLAVE ON *.* TO repl@'%';")
+        self._wait(self.replica, REPLICA_ADDRESS)
+        self.sql(self.replica, f"CHANGE MASTER TO MASTER_HOST='{PRIMARY_ADDRESS}', MASTER_PORT={self.port}, "
+                               f"MASTER_USER='repl', MASTER_PASSWORD='{PASSWORD}', MASTER_USE_GTID=no, "
+                               "MASTER_LOG_FILE='mysql-bin.000001', MASTER_LOG_POS=4, MASTER_CONNECT_RETRY=1; "
+                               "START SLAVE;")
+        return self
+
+    def promote_replica(self) -> None:
+        self.sql(self.replica, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;")
 
     def stop_primary(self) -> None:
         process = self.processes.pop(PRIMARY_ADDRESS)

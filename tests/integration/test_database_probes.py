@@ -1,5 +1,5 @@
-"""Database role probes against the real servers (Debian's postgresql and redis-server packages),
-a primary and a replica each, started once per module (epctl/testing/databases.py).
+"""Database role probes against the real servers (Debian's postgresql, redis-server and mariadb-server packages),
+a primary and a replica each (MariaDB for the mysql probe), started once per module (epctl/testing/databases.py).
 
 The scenario that matters: the replica is promoted while the old primary still runs (both claim
 primary), then the old primary stops. The ``primary`` Service must never list two ready primaries
@@ -22,13 +22,20 @@ from epctl.api.spec import DatabaseProbe, Expect, ProbeKind
 from epctl.kube.client import ENDPOINTSLICES, EVENTS, SECRETS, KubeClient
 from epctl.probe.credentials import Credentials
 from epctl.probe.database import DatabaseProber
-from epctl.testing.databases import PASSWORD, PRIMARY_ADDRESS, REPLICA_ADDRESS, PostgresPair, RedisPair
+from epctl.testing.databases import (
+    PASSWORD,
+    PRIMARY_ADDRESS,
+    REPLICA_ADDRESS,
+    MariaDBPair,
+    PostgresPair,
+    RedisPair,
+)
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import cep, cep_of, endpoints_of, install_crd, running_controller
 
-ENGINES = {"postgres": PostgresPair, "redis": RedisPair}
-USERS = {"postgres": "postgres", "redis": ""}
+ENGINES = {"postgres": PostgresPair, "redis": RedisPair, "mysql": MariaDBPair}
+USERS = {"postgres": "postgres", "redis": "", "mysql": "probe"}
 PERIOD, FAILURES = 1, 2
 
 
@@ -54,15 +61,11 @@ def sessions(engine: str, pair: Any, address: str) -> int:
     if engine == "redis":
         listing = pair.cli(address, "CLIENT", "LIST")
         return sum(1 for line in listing.splitlines() if " name=epctl-probe " in f" {line} ")
-    import subprocess  # the server's own view, through its own client
-
-    from epctl.testing.databases import PG_BIN, _as
+    if engine == "mysql":
+        data = pair.primary if address == PRIMARY_ADDRESS else pair.replica
+        return int(pair.sql(data, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'probe'"))
     data = pair.primary if address == PRIMARY_ADDRESS else pair.replica
-    out = subprocess.run([*_as("postgres"), str(PG_BIN / "psql"), "-h", str(data), "-p", str(pair.port), "-U",
-                          "postgres", "-At", "-c",
-                          "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'epctl-probe'"],
-                         capture_output=True, text=True, timeout=30, check=True)
-    return int(out.stdout.strip())
+    return int(pair.sql(data, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'epctl-probe'"))
 
 
 @pytest.mark.parametrize("engine", list(ENGINES))
@@ -155,7 +158,7 @@ async def test_failover_primary_and_replica_services_follow_never_two_primaries(
                 await eventually(lambda: _ready(api, "db-primary") == {REPLICA_ADDRESS}, timeout=15)
                 unhealthy = cep_of(api, "db-primary")["status"]["ports"][0]["unhealthy"]
                 assert "newer timeline (2 > 1)" in unhealthy[0]["reason"], unhealthy
-            else:  # Redis cannot tell which master holds the writes that count: neither is published
+            else:  # Redis and MySQL cannot tell which primary holds the writes that count: neither is published
                 await eventually(lambda: _ready(api, "db-primary") == set(), timeout=15)
                 reasons = [u["reason"] for u in cep_of(api, "db-primary")["status"]["ports"][0]["unhealthy"]]
                 assert len(reasons) == 2 and all("split brain" in r for r in reasons), reasons
