@@ -117,6 +117,17 @@ class PostgresPair:
             raise RuntimeError(f"psql failed: {done.stderr[-1000:]}")
         return done.stdout.strip()
 
+    def enable_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Serve TLS on the primary with this certificate (a reload, no restart)."""
+        for name, content in (("server.crt", cert_pem), ("server.key", key_pem)):
+            path = self.primary / name
+            path.write_bytes(content)
+            path.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(path, self.user, self.user)
+        self.sql(self.primary, "ALTER SYSTEM SET ssl = on")
+        self.sql(self.primary, "SELECT pg_reload_conf()")
+
     def promote_replica(self) -> None:
         self._ctl("-D", str(self.replica), "-w", "promote")
 

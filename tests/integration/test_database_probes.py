@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from epctl.api.spec import DatabaseProbe, Expect, ProbeKind
 from epctl.kube.client import ENDPOINTSLICES, EVENTS, SECRETS, KubeClient
 from epctl.probe.credentials import Credentials
 from epctl.probe.database import DatabaseProber
+from epctl.probe.result import ProbeResult
 from epctl.testing.databases import (
     PASSWORD,
     PRIMARY_ADDRESS,
@@ -31,6 +32,7 @@ from epctl.testing.databases import (
     RedisPair,
 )
 from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.tls import serving_certs
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import cep, cep_of, endpoints_of, install_crd, running_controller
 
@@ -109,6 +111,43 @@ async def test_roles_on_one_kept_session_per_host(engine: str, servers: dict[str
     finally:
         await prober.close()
     await eventually(lambda: sessions(engine, pair, PRIMARY_ADDRESS) == 0, timeout=10)
+
+
+async def test_tls_verifies_the_ca_and_the_server_name(servers: dict[str, Any]) -> None:
+    """PostgreSQL over TLS with a throw-away CA whose server certificate names localhost, not 127.0.0.2."""
+    pair = servers["postgres"]
+    certs = serving_certs()
+    pair.enable_tls(certs.cert_pem, certs.key_pem)
+
+    async def credentials(namespace: str, name: str) -> Credentials:
+        return Credentials("postgres", PASSWORD, certs.ca_pem.decode() if name == "with-ca" else "")
+
+    prober = DatabaseProber(credentials)
+
+    async def probe(secret: str, **tls: Any) -> ProbeResult:
+        spec = DatabaseProbe(ProbeKind.POSTGRES, Expect.PRIMARY, secret_name=secret, tls=True, **tls)
+        await prober.forget("ns/t/a", pair.port)  # a fresh session per case
+        return await prober.probe("ns/t/a", PRIMARY_ADDRESS, pair.port, 2.0, spec)
+
+    try:
+        good = await eventually(lambda: _ok(probe("with-ca", tls_server_name="localhost")), timeout=10)
+        assert good.reason == "primary (timeline 1)"
+        assert pair.sql(pair.primary, "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) "
+                                      "WHERE ssl AND application_name = 'epctl-probe'") == "1"
+        mismatch = await probe("with-ca")  # verified against the address probed, which the certificate lacks
+        assert not mismatch.ok and mismatch.reason.startswith("TLS: certificate not trusted"), mismatch
+        assert "mismatch" in mismatch.reason or "match" in mismatch.reason, mismatch
+        unknown_ca = await probe("without-ca", tls_server_name="localhost")  # the system roots do not know it
+        assert not unknown_ca.ok and "certificate not trusted" in unknown_ca.reason, unknown_ca
+        skipped = await probe("without-ca", tls_insecure_skip_verify=True)
+        assert skipped.ok, skipped
+    finally:
+        await prober.close()
+
+
+async def _ok(result: Awaitable[ProbeResult]) -> ProbeResult | None:
+    done = await result
+    return done if done.ok else None
 
 
 async def _watch_slices(client: KubeClient, seen: list[tuple[str, frozenset[str]]], opened: asyncio.Event) -> None:
