@@ -57,7 +57,7 @@ async def connect(address: str, port: int, creds: Credentials, probe: DatabasePr
     try:
         connection = await asyncpg.connect(
             host=address, port=port, user=creds.username or "postgres", password=creds.password or None,
-            database=database or None, ssl=context or False, timeout=60, statement_cache_size=0,
+            database=database or "postgres", ssl=context or False, timeout=60, statement_cache_size=0,
             server_settings={"application_name": "epctl-probe"})
     except asyncpg.InvalidAuthorizationSpecificationError as err:
         raise DatabaseError(f"authentication failed ({err.sqlstate})") from None

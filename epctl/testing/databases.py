@@ -69,8 +69,8 @@ def wait_port(address: str, port: int, timeout: float = 30.0) -> None:
 
 
 class PostgresPair:
-    """A primary (127.0.0.2) and a streaming standby (127.0.0.3) of PostgreSQL 15; user postgres,
-    password ``PASSWORD`` over TCP (scram-sha-256)."""
+    """A primary (127.0.0.2) and a streaming standby (127.0.0.3) of PostgreSQL; users postgres and
+    probe (a plain login role), password ``PASSWORD`` over TCP (scram-sha-256)."""
 
     user = "postgres"
 
@@ -98,6 +98,8 @@ class PostgresPair:
         _run([*_as(self.user), str(PG_BIN / "initdb"), "-D", str(self.primary), "-U", "postgres", "--no-sync",
               "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
         self._start(self.primary, PRIMARY_ADDRESS)
+        # the probe's user is a plain login role, no grants (the role query needs none)
+        self.sql(self.primary, f"CREATE ROLE probe LOGIN PASSWORD '{PASSWORD}'")
         _run([*_as(self.user), str(PG_BIN / "pg_basebackup"), "-h", str(self.primary), "-p", str(self.port),
               "-U", "postgres", "-D", str(self.replica), "-R", "-X", "stream", "--no-sync", "-c", "fast"])
         for lock in self.replica.glob(".s.PGSQL.*"):  # the primary's socket lock, copied with the data

@@ -37,7 +37,7 @@ from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import cep, cep_of, endpoints_of, install_crd, running_controller
 
 ENGINES = {"postgres": PostgresPair, "redis": RedisPair, "mysql": MariaDBPair}
-USERS = {"postgres": "postgres", "redis": "", "mysql": "probe"}
+USERS = {"postgres": "probe", "redis": "", "mysql": "probe"}  # least privilege (Redis: the default user)
 PERIOD, FAILURES = 1, 2
 
 
