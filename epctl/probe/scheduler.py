@@ -505,7 +505,9 @@ class Scheduler:
               result: ProbeResult | None = None) -> None:
         """A Transition for every check in ``previous`` whose published health differs from it;
         ``result`` is what ``origin`` just answered (the others changed because of it)."""
-        for key, before in previous.items():
+        # not-ready first: consumers never hold two ready primaries, not even between two calls
+        for key, before in sorted(previous.items(), key=lambda kv: bool(self._entries.get(kv[0]) and
+                                                                        self._entries[kv[0]].state.healthy)):
             entry = self._entries.get(key)
             news = key in self._news
             self._news.discard(key)
