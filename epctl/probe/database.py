@@ -68,7 +68,7 @@ def tls_context(probe: DatabaseProbe, ca: str) -> ssl.SSLContext | None:
     return context
 
 
-def _connector(kind: ProbeKind) -> Connect:
+def connector(kind: ProbeKind) -> Connect:
     # drivers imported on first use: a controller without database probes never loads them
     if kind is ProbeKind.POSTGRES:
         from epctl.probe import db_postgres
@@ -118,7 +118,7 @@ class DatabaseProber:
             creds = await self.credentials(namespace, probe.secret_name)
         context = tls_context(probe, creds.ca)
         self.connects += 1
-        return await _connector(probe.kind)(address, port, creds, probe, context, probe.database)
+        return await connector(probe.kind)(address, port, creds, probe, context, probe.database)
 
     async def probe(self, check: str, address: str, port: int, timeout: float, probe: DatabaseProbe) -> ProbeResult:
         start = time.perf_counter()
