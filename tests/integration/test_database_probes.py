@@ -218,5 +218,7 @@ async def test_failover_primary_and_replica_services_follow_never_two_primaries(
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+    secret_reads = {r.verb for r in api.request_log if r.resource == "secrets" and r.verb != "create"}
+    assert secret_reads == {"get"}, secret_reads  # one GET per session: what the overlay grants, no list/watch
     primaries = [ready for service, ready in seen if service == "db-primary"]
     assert primaries and all(len(ready) <= 1 for ready in primaries), primaries
