@@ -113,6 +113,64 @@ async def test_roles_on_one_kept_session_per_host(engine: str, servers: dict[str
     await eventually(lambda: sessions(engine, pair, PRIMARY_ADDRESS) == 0, timeout=10)
 
 
+def _hold_replication(engine: str, pair: Any) -> None:
+    """Make the replica fall behind (PostgreSQL: replay paused while the primary commits) or stop
+    replicating (MariaDB: replication threads stopped; Redis: link cut, re-auth refused)."""
+    if engine == "postgres":
+        pair.sql(pair.replica, "SELECT pg_wal_replay_pause()")
+        pair.sql(pair.primary, "CREATE TABLE IF NOT EXISTS lag_marker (x int); INSERT INTO lag_marker VALUES (1)")
+    elif engine == "mysql":
+        pair.sql(pair.replica, "STOP SLAVE")
+    else:
+        pair.cli(REPLICA_ADDRESS, "CONFIG", "SET", "masterauth", "wrong")
+        pair.cli(REPLICA_ADDRESS, "CLIENT", "KILL", "TYPE", "master")
+
+
+def _release_replication(engine: str, pair: Any) -> None:
+    if engine == "postgres":
+        pair.sql(pair.replica, "SELECT pg_wal_replay_resume()")
+    elif engine == "mysql":
+        pair.sql(pair.replica, "START SLAVE")
+    else:
+        pair.cli(REPLICA_ADDRESS, "CONFIG", "SET", "masterauth", PASSWORD)
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+async def test_a_lag_bound_fails_a_replica_that_falls_behind_and_nothing_else(
+        engine: str, servers: dict[str, Any]) -> None:
+    pair = servers[engine]
+
+    async def credentials(namespace: str, name: str) -> Credentials:
+        return Credentials(USERS[engine], PASSWORD)
+
+    prober = DatabaseProber(credentials)
+    bounded = DatabaseProbe(ProbeKind(engine), Expect.REPLICA, secret_name="s", max_lag_seconds=0)
+    unbounded = DatabaseProbe(ProbeKind(engine), Expect.REPLICA, secret_name="s")
+
+    async def probe(spec: DatabaseProbe) -> ProbeResult:
+        return await prober.probe(f"ns/lag/{spec.max_lag_seconds}", REPLICA_ADDRESS, pair.port, 2.0, spec)
+
+    try:
+        await eventually(lambda: _ok(probe(bounded)), timeout=30)  # caught up: no lag at all
+        _hold_replication(engine, pair)
+        try:
+            behind = await eventually(lambda: _failed(probe(bounded)), timeout=15)
+            assert behind.role == "replica" and "bound is 0s" in behind.reason, behind
+            still = await probe(unbounded)
+            assert still.ok and still.role == "replica", still  # no bound asked: still a replica
+        finally:
+            _release_replication(engine, pair)
+        await eventually(lambda: _ok(probe(bounded)), timeout=30)
+        assert prober.connects == 2
+    finally:
+        await prober.close()
+
+
+async def _failed(result: Awaitable[ProbeResult]) -> ProbeResult | None:
+    done = await result
+    return done if not done.ok else None
+
+
 async def test_tls_verifies_the_ca_and_the_server_name(servers: dict[str, Any]) -> None:
     """PostgreSQL over TLS with a throw-away CA whose server certificate names localhost, not 127.0.0.2."""
     pair = servers["postgres"]
