@@ -152,6 +152,7 @@ async def test_a_lag_bound_fails_a_replica_that_falls_behind_and_nothing_else(
 
     try:
         await eventually(lambda: _ok(probe(bounded)), timeout=30)  # caught up: no lag at all
+        opened = prober.connects
         _hold_replication(engine, pair)
         try:
             behind = await eventually(lambda: _failed(probe(bounded)), timeout=15)
@@ -161,7 +162,7 @@ async def test_a_lag_bound_fails_a_replica_that_falls_behind_and_nothing_else(
         finally:
             _release_replication(engine, pair)
         await eventually(lambda: _ok(probe(bounded)), timeout=30)
-        assert prober.connects == 2
+        assert prober.connects == opened + 1  # the same session all along (+ the unbounded check's own)
     finally:
         await prober.close()
 
@@ -221,6 +222,10 @@ def _ready(api: KubeAPIServer, service: str) -> set[str]:
     return {address for (_, address), ready in endpoints_of(api, service).items() if ready}
 
 
+def _unhealthy(api: KubeAPIServer) -> list[dict[str, Any]]:
+    return list(cep_of(api, "db-primary")["status"]["ports"][0].get("unhealthy") or [])  # type: ignore[index]
+
+
 @pytest.mark.parametrize("engine", list(ENGINES))
 async def test_failover_primary_and_replica_services_follow_never_two_primaries(
         engine: str, servers: dict[str, Any], api: KubeAPIServer, client: KubeClient,
@@ -253,12 +258,12 @@ async def test_failover_primary_and_replica_services_follow_never_two_primaries(
             pair.promote_replica()  # both claim primary now
             if engine == "postgres":  # the promoted standby is on a newer timeline: it alone is the primary
                 await eventually(lambda: _ready(api, "db-primary") == {REPLICA_ADDRESS}, timeout=15)
-                unhealthy = cep_of(api, "db-primary")["status"]["ports"][0]["unhealthy"]
-                assert "newer timeline (2 > 1)" in unhealthy[0]["reason"], unhealthy
+                await eventually(lambda: [u["address"] for u in _unhealthy(api) if "newer timeline (2 > 1)" in
+                                          u["reason"]] == [PRIMARY_ADDRESS], timeout=10)  # status follows the slices
             else:  # Redis and MySQL cannot tell which primary holds the writes that count: neither is published
                 await eventually(lambda: _ready(api, "db-primary") == set(), timeout=15)
-                reasons = [u["reason"] for u in cep_of(api, "db-primary")["status"]["ports"][0]["unhealthy"]]
-                assert len(reasons) == 2 and all("split brain" in r for r in reasons), reasons
+                await eventually(lambda: len([u for u in _unhealthy(api) if "split brain" in u["reason"]]) == 2,
+                                 timeout=10)
 
             pair.stop_primary()
             stopped = time.monotonic()
