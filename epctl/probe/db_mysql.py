@@ -82,6 +82,8 @@ async def connect(address: str, port: int, creds: Credentials, probe: DatabasePr
         code = err.args[0] if err.args else 0
         if code == _ACCESS_DENIED:
             raise DatabaseError("authentication failed") from None
+        if isinstance(err.__cause__, OSError):  # TLS verification, refused, unreachable: the real reason
+            raise err.__cause__ from None
         if code in (2003, 2013):
             raise DatabaseError("connection refused" if code == 2003 else "connection lost") from None
         raise DatabaseError(f"server refused the connection ({code})") from None

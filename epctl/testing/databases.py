@@ -144,6 +144,39 @@ class PostgresPair:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class RedisTLS:
+    """A lone Redis master speaking only TLS on 127.0.0.4 with a throw-away CA's certificate (it
+    names localhost and 127.0.0.1, not 127.0.0.4: the server name is what verification checks)."""
+
+    address = "127.0.0.4"
+
+    def __init__(self) -> None:
+        from epctl.testing.tls import serving_certs
+
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="epctl-redis-tls-"))
+        certs = serving_certs()
+        for name, content in (("server.crt", certs.cert_pem), ("server.key", certs.key_pem), ("ca.crt", certs.ca_pem)):
+            (self.dir / name).write_bytes(content)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisTLS:
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", self.address, "--port", "0", "--tls-port", str(self.port),
+             "--tls-cert-file", str(self.dir / "server.crt"), "--tls-key-file", str(self.dir / "server.key"),
+             "--tls-ca-cert-file", str(self.dir / "ca.crt"), "--tls-auth-clients", "no", "--save", "",
+             "--appendonly", "no", "--requirepass", PASSWORD, "--dir", str(self.dir), "--daemonize", "no"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.address, self.port)
+        return self
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class RedisPair:
     """A Redis master (127.0.0.2) and a replica of it (127.0.0.3); ``requirepass PASSWORD``."""
 
@@ -231,12 +264,21 @@ class MariaDBPair:
                 time.sleep(0.05)
 
     def start(self) -> MariaDBPair:
+        from epctl.testing.tls import serving_certs  # localhost / 127.0.0.1 only: a server name is needed
+
+        certs = serving_certs()
+        for name, content in (("server.crt", certs.cert_pem), ("server.key", certs.key_pem)):
+            (self.dir / name).write_bytes(content)
+            if os.geteuid() == 0:
+                shutil.chown(self.dir / name, self.user, self.user)
         _run(["mariadb-install-db", "--no-defaults", f"--datadir={self.primary}", "--skip-test-db",
               "--auth-root-authentication-method=normal", *(["--user=mysql"] if os.geteuid() == 0 else [])])
         shutil.copytree(self.primary, self.replica, symlinks=True)  # the same fresh system tables, fast
         if os.geteuid() == 0:
             _run(["chown", "-R", "mysql:mysql", str(self.replica)])
-        self.processes[PRIMARY_ADDRESS] = self._server(self.primary, PRIMARY_ADDRESS, 1)
+        self.processes[PRIMARY_ADDRESS] = self._server(self.primary, PRIMARY_ADDRESS, 1,
+                                                       f"--ssl-cert={self.dir}/server.crt",
+                                                       f"--ssl-key={self.dir}/server.key")
         self.processes[REPLICA_ADDRESS] = self._server(self.replica, REPLICA_ADDRESS, 2, "--read-only=ON")
         self._wait(self.primary, PRIMARY_ADDRESS)
         self.sql(self.primary, f"CREATE USER probe@'%' IDENTIFIED BY '{PASSWORD}'; "
