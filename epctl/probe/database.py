@@ -107,6 +107,7 @@ class DatabaseProber:
     def __init__(self, credentials: CredentialSource | None = None) -> None:
         self.credentials = credentials
         self._slots: dict[tuple[str, int], _Slot] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # sessions being closed behind a finished probe
         self.connects = 0  # sessions opened (tests and the benchmark check the reuse)
 
     async def _open(self, check: str, address: str, port: int, probe: DatabaseProbe) -> Session:
@@ -138,7 +139,7 @@ class DatabaseProber:
                     slot.failures = 0
                 answer = await slot.session.role()
         except Exception as err:  # includes TimeoutError; a prober never raises
-            await self._drop(slot)
+            self._drop_later(slot)  # closing a stuck session must not stretch the probe past its timeout
             if connecting:
                 slot.failures += 1
                 slot.retry_at = time.monotonic() + min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (slot.failures - 1))
@@ -154,10 +155,14 @@ class DatabaseProber:
     async def _drop(self, slot: _Slot) -> None:
         session, slot.session = slot.session, None
         if session is not None:
-            try:
-                await asyncio.wait_for(session.close(), 1.0)
-            except Exception:  # closing a broken session may fail; it is gone either way
-                log.debug("closing a database session failed", exc_info=True)
+            await _close(session)
+
+    def _drop_later(self, slot: _Slot) -> None:
+        session, slot.session = slot.session, None
+        if session is not None:
+            task = asyncio.get_running_loop().create_task(_close(session))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def forget(self, check: str, port: int) -> None:
         """Close the session of a check that is no longer run."""
@@ -169,3 +174,12 @@ class DatabaseProber:
         slots, self._slots = list(self._slots.values()), {}
         for slot in slots:
             await self._drop(slot)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def _close(session: Session) -> None:
+    try:
+        await asyncio.wait_for(session.close(), 1.0)
+    except Exception:  # closing a broken session may fail; it is gone either way
+        log.debug("closing a database session failed", exc_info=True)

@@ -222,6 +222,31 @@ async def _ok(result: Awaitable[ProbeResult]) -> ProbeResult | None:
     return done if done.ok else None
 
 
+@pytest.mark.parametrize("engine", list(ENGINES))
+async def test_a_silent_server_times_out_on_time(engine: str) -> None:
+    """A listener that accepts and never speaks: the probe ends at its timeout, not at the driver's."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    prober = DatabaseProber()
+    try:
+        for _ in range(2):  # connect stuck, then (after the backoff) stuck again
+            await prober.forget("ns/silent/a", port)
+            result = await prober.probe("ns/silent/a", "127.0.0.1", port, 0.3, DatabaseProbe(ProbeKind(engine)))
+            assert result.timed_out and result.reason == "timeout after 0.3s", result
+            assert result.duration < 0.3 + 0.1, result.duration
+    finally:
+        await prober.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def _watch_slices(client: KubeClient, seen: list[tuple[str, frozenset[str]]], opened: asyncio.Event) -> None:
     """Every state of every slice, as a watching client sees it: (service, ready addresses)."""
     async for event in client.stream(ENDPOINTSLICES.path("default"), {"watch": "true"}, on_open=opened.set):
