@@ -238,6 +238,7 @@ class Scheduler:
             self.target_metrics.forget(key.target, key.port, key.address)
         if entry is not None and entry.check.probe.kind is ProbeKind.GRPC:
             self._forget_grpc(key.address, entry.check.port)
+        self._news.discard(key)
         if entry is not None and isinstance(entry.check.probe, DatabaseProbe):
             self._spawn(self.database.forget(str(key), entry.check.port))
             if _arbitrated(entry.check.probe) and entry.claim is not None:
@@ -488,14 +489,14 @@ class Scheduler:
         changed, with its health before (``before``, else its health now)."""
         siblings = [self._entries[k] for k in self._siblings(key)]
         previous = {e.check.key: before.get(e.check.key, e.state.healthy) for e in siblings}
-        claims = {e.check.key.address: e.claim for e in siblings if e.state.passing and e.claim is not None}
-        vetoes = arbitrate({a: g for a, g in claims.items() if g is not None})
+        vetoes = arbitrate({e.check.key.address: e.claim for e in siblings
+                            if e.state.passing and e.claim is not None})
         for e in siblings:
             veto = vetoes.get(e.check.key.address, "")
             if veto != e.state.vetoed:
                 lifted = bool(e.state.vetoed) and not veto
                 e.state.veto(veto)
-                if lifted:
+                if lifted and e.state.passing:
                     e.state.reason = "primary: no other ready host claims it any more"
                 elif e.state.healthy is False and previous[e.check.key] is False:
                     self._news.add(e.check.key)  # not ready before either: still say why, now

@@ -91,6 +91,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                  **published_readiness(slices, key)}
     groups: dict[str, PortGroup] = {}
     wanted: set[CheckKey] = set()
+    probed: list[tuple[PortGroup, str, CheckKey]] = []
     for port in ports:
         label = port.label
         for address in sorted(set(addresses(port))):
@@ -107,7 +108,14 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
             group = groups.setdefault(f"{label}/{family(address)}", PortGroup(family(address), (SlicePort(
                 port.name, port.target_port, port.protocol),), {}))
             group.endpoints[address] = Endpoint(address, ready, ready)
+            if port.probe is not None:
+                probed.append((group, address, CheckKey(target_name, label, address)))
     stale = [k for k in scheduler.keys_of(target_name) if k not in wanted]
     for check_key in stale:
         scheduler.remove(check_key)
+    if stale:  # a removed check can change the others' readiness (a primary claimant left: roles.arbitrate)
+        for group, address, check_key in probed:
+            state = scheduler.state(check_key)
+            ready = bool(state and state.healthy)
+            group.endpoints[address] = Endpoint(address, ready, ready)
     return groups, stale

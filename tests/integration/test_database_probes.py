@@ -260,6 +260,13 @@ def _ready(api: KubeAPIServer, service: str) -> set[str]:
     return {address for (_, address), ready in endpoints_of(api, service).items() if ready}
 
 
+async def _set_hosts(client: KubeClient, hosts: list[str]) -> None:
+    path = "/apis/epctl.io/v1beta1/namespaces/default/clusterendpoints/db-primary"
+    current = await client.request("GET", path)
+    current["spec"]["ports"][0]["hosts"] = hosts
+    await client.request("PUT", path, body=current)
+
+
 def _unhealthy(api: KubeAPIServer) -> list[dict[str, Any]]:
     return list(cep_of(api, "db-primary")["status"]["ports"][0].get("unhealthy") or [])  # type: ignore[index]
 
@@ -302,6 +309,11 @@ async def test_failover_primary_and_replica_services_follow_never_two_primaries(
                 await eventually(lambda: _ready(api, "db-primary") == set(), timeout=15)
                 await eventually(lambda: len([u for u in _unhealthy(api) if "split brain" in u["reason"]]) == 2,
                                  timeout=10)
+                # the operator takes the old primary out of the list: the other claimant is published at once
+                await _set_hosts(client, [REPLICA_ADDRESS])
+                await eventually(lambda: _ready(api, "db-primary") == {REPLICA_ADDRESS}, timeout=10)
+                await _set_hosts(client, [PRIMARY_ADDRESS, REPLICA_ADDRESS])  # and back: split brain again
+                await eventually(lambda: _ready(api, "db-primary") == set(), timeout=10)
 
             pair.stop_primary()
             stopped = time.monotonic()
