@@ -20,6 +20,7 @@ from pathlib import Path
 PRIMARY_ADDRESS, REPLICA_ADDRESS = "127.0.0.2", "127.0.0.3"
 PASSWORD = "probe-s3cret-Pw"  # tests assert it never shows up in status, Events or logs
 # Debian installs each major version side by side; the newest one runs the tests
+MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"  # sbin: not on a non-root user's PATH
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/nonexistent"))
 
 
@@ -237,7 +238,7 @@ class MariaDBPair:
 
     def _server(self, data: Path, address: str, server_id: int, *extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={data}", f"--port={self.port}", f"--bind-address={address}",
+            [MARIADBD, "--no-defaults", f"--datadir={data}", f"--port={self.port}", f"--bind-address={address}",
              f"--socket={data}/mysqld.sock", f"--pid-file={data}/mysqld.pid", f"--log-error={data}.log",
              f"--server-id={server_id}", "--log-bin=mysql-bin", "--skip-name-resolve", "--performance-schema=OFF",
              "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M", "--innodb-flush-log-at-trx-commit=0",
