@@ -12,9 +12,14 @@ Scenarios, per probe type:
   raw sockets doing the minimum the kernel needs (TCP: connect + close; HTTP: connect, one
   request, read to EOF), the honest anchor; and our prober coroutines in bare loops with no
   scheduler (what the scheduler alone costs);
-- paced runs report their CPU per probe as a ratio to the bare loop paced at the same rate.
+- paced runs report their CPU per probe as a ratio to the bare loop paced at the same rate;
+- databases (postgres, mysql, redis role probes against the real servers from Debian's packages, a
+  primary and a replica each, epctl/testing/databases.py): 20 checks saturated, through the
+  scheduler on kept sessions (with the sessions opened during the run: 0), next to the same role
+  query with a new connection per probe (connect, authenticate, query, close), what the kept
+  session saves the server and us.
 
-    python benchmarks/probes.py [--quick] [--json benchmarks/results/probes.json]
+    python benchmarks/probes.py [--quick] [--no-databases] [--json benchmarks/results/probes.json]
 """
 
 from __future__ import annotations
@@ -34,8 +39,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import quantile, rss_bytes, write_report
-from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeTiming, TCPProbe, UDPProbe
-from epctl.lifecycle import settle_heap
+from epctl.api.spec import (
+    DatabaseProbe,
+    Expect,
+    GRPCProbe,
+    HTTPProbe,
+    Probe,
+    ProbeKind,
+    ProbeTiming,
+    TCPProbe,
+    UDPProbe,
+)
+from epctl.heap import settle_heap
+from epctl.probe.credentials import Credentials
+from epctl.probe.database import DatabaseProber, connector, tls_context
 from epctl.probe.grpc import GRPCProber
 from epctl.probe.http import probe_http
 from epctl.probe.result import ProbeResult
@@ -127,8 +144,64 @@ class Recorder:
 
 
 def probe_for(kind: str) -> Probe:
+    if kind in DATABASES:
+        return DatabaseProbe(ProbeKind(kind), Expect.ANY, secret_name="bench")
     return {"tcp": TCPProbe(), "http": HTTPProbe(path="/"), "udp": UDPProbe(data=b"ping"),
             "grpc": GRPCProbe()}[kind]
+
+
+DATABASES = ("postgres", "mysql", "redis")
+DB_USERS = {"postgres": "probe", "mysql": "probe", "redis": ""}
+DB_CHECKS = 20
+
+
+async def fresh_connections(kind: str, seconds: float, addresses: list[str], port: int,
+                            concurrency: int = DB_CHECKS) -> dict[str, Any]:
+    """The role query with a new connection each time (what a connection per probe costs)."""
+    from epctl.testing.databases import PASSWORD
+
+    creds = Credentials(DB_USERS[kind], PASSWORD)
+    probe = probe_for(kind)
+    assert isinstance(probe, DatabaseProbe)
+    connect = connector(probe.kind)
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal count
+        address = addresses[i % len(addresses)]
+        while time.perf_counter() < deadline:
+            session = await connect(address, port, creds, probe, tls_context(probe, ""), "")
+            await session.role()
+            await session.close()
+            count += 1
+
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    wall = time.perf_counter() - wall0
+    user, system = cpu_split(cpu0)
+    return {"probes_per_s": count / wall, "cpu_us_per_probe": (user + system) / count * 1e6 if count else None}
+
+
+async def databases(seconds: float, pairs: dict[str, Any]) -> list[dict[str, Any]]:
+    from epctl.testing.databases import PASSWORD, PRIMARY_ADDRESS, REPLICA_ADDRESS
+
+    rows = []
+    for kind, pair in pairs.items():
+        async def credentials(namespace: str, name: str, kind: str = kind) -> Credentials:
+            return Credentials(DB_USERS[kind], PASSWORD)
+
+        addresses = [PRIMARY_ADDRESS, REPLICA_ADDRESS]
+        kept = await engine(kind, DB_CHECKS, 0.01, seconds, addresses, pair.port,
+                            database=DatabaseProber(credentials))
+        fresh = await fresh_connections(kind, seconds, addresses, pair.port)
+        rows.append({"kind": kind, "checks": DB_CHECKS, "probes_per_s": kept["probes_per_s"],
+                     "cpu_us_per_probe": kept["cpu_us_per_probe"], "failures": kept["failures"],
+                     "connects_during_run": kept["connects_during_run"],
+                     "fresh_probes_per_s": fresh["probes_per_s"], "fresh_cpu_us_per_probe": fresh["cpu_us_per_probe"]})
+        print(f"  {kind}: kept {kept['probes_per_s']:.0f}/s, new connection per probe "
+              f"{fresh['probes_per_s']:.0f}/s", file=sys.stderr)
+    return rows
 
 
 def cpu_split(since: resource.struct_rusage) -> tuple[float, float]:
@@ -138,10 +211,12 @@ def cpu_split(since: resource.struct_rusage) -> tuple[float, float]:
 
 
 async def engine(kind: str, n: int, period: float, seconds: float, addresses: list[str], port: int,
-                 max_concurrent: int = 1000, fresh_grpc: bool = False) -> dict[str, Any]:
+                 max_concurrent: int = 1000, fresh_grpc: bool = False,
+                 database: DatabaseProber | None = None) -> dict[str, Any]:
     rec = Recorder()
     scheduler = Scheduler(lambda t: None, metrics=rec, max_concurrent=max_concurrent, period_override=period,
-                          first_window=period, grpc_prober=GRPCProber(fresh_connection=fresh_grpc))
+                          first_window=period, grpc_prober=GRPCProber(fresh_connection=fresh_grpc),
+                          database_prober=database)
     rss_before = rss_bytes()
     timing = ProbeTiming(timeout_seconds=1, period_seconds=max(1, int(period)))
     for i in range(n):
@@ -151,19 +226,21 @@ async def engine(kind: str, n: int, period: float, seconds: float, addresses: li
     scheduler.start()
     await asyncio.sleep(max(1.0, period))  # warm-up: every check ran once
     rss_after = rss_bytes()
+    connects0 = database.connects if database else 0
     count0, cpu0, wall0 = rec.count, resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     late_start = len(rec.late)
     await asyncio.sleep(seconds)
     count, wall = rec.count - count0, time.perf_counter() - wall0
     user, system = cpu_split(cpu0)
     lateness = rec.late[late_start:]
+    connects = database.connects - connects0 if database else 0
     await scheduler.stop()
     return {"kind": kind, "checks": n, "period_s": period, "probes_per_s": count / wall,
             "cpu_us_per_probe": (user + system) / count * 1e6 if count else None,
             "user_us_per_probe": user / count * 1e6 if count else None,
             "kernel_us_per_probe": system / count * 1e6 if count else None, "failures": rec.failures,
             "lateness_p50_ms": quantile(lateness, 0.5) * 1000, "lateness_p99_ms": quantile(lateness, 0.99) * 1000,
-            "rss_bytes_per_check": (rss_after - rss_before) / n}
+            "rss_bytes_per_check": (rss_after - rss_before) / n, "connects_during_run": connects}
 
 
 async def baseline(kind: str, seconds: float, addresses: list[str], port: int,
@@ -281,7 +358,8 @@ async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, i
             result = await engine("grpc", 1000, 0.01, seconds, addresses, ports["grpc"], fresh_grpc=fresh)
             grpc_modes.append({"mode": "new connection per probe" if fresh else "kept channel per target",
                                "probes_per_s": result["probes_per_s"], "cpu_us_per_probe": result["cpu_us_per_probe"]})
-    return {"paced": paced, "saturated": saturated, "grpc_modes": grpc_modes}
+    dbs = await databases(seconds, args.pairs) if args.pairs else []
+    return {"paced": paced, "saturated": saturated, "grpc_modes": grpc_modes, "databases": dbs}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -312,6 +390,15 @@ def table(results: dict[str, Any]) -> str:
                   f"{'mode':<26} {'probes/s':>9} {'CPU µs/probe':>13}"]
         for r in results["grpc_modes"]:
             lines.append(f"{r['mode']:<26} {r['probes_per_s']:>9.0f} {r['cpu_us_per_probe']:>13.1f}")
+    if results.get("databases"):
+        lines += ["", f"database role probes (real servers, primary + replica, {DB_CHECKS} checks saturated): kept "
+                  "session per check (asked: 2,000/s) vs a new connection per probe (as fast as it goes)",
+                  f"{'type':<9} {'kept/s':>8} {'CPU µs':>8} {'connects':>9} {'failures':>9} {'new conn/s':>11} "
+                  f"{'CPU µs':>8}"]
+        for r in results["databases"]:
+            lines.append(f"{r['kind']:<9} {r['probes_per_s']:>8.0f} {r['cpu_us_per_probe']:>8.1f} "
+                         f"{r['connects_during_run']:>9} {r['failures']:>9} {r['fresh_probes_per_s']:>11.0f} "
+                         f"{r['fresh_cpu_us_per_probe']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -322,12 +409,22 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10_000], help="paced check counts")
     parser.add_argument("--addresses", type=int, default=50, help="loopback addresses the backends listen on")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "probes.json"))
+    parser.add_argument("--no-databases", dest="databases", action="store_false",
+                        help="skip the database role probes (which start real PostgreSQL, MariaDB and Redis)")
+    parser.add_argument("--databases-only", action="store_true", help="only the database role probes")
     args = parser.parse_args()
+    if args.databases_only:
+        args.kinds = []
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     addresses = [f"127.0.0.{i}" for i in range(1, args.addresses + 1)]
     from epctl.testing.backends import free_port
     ports = {"tcp": free_port(), "http": free_port(), "grpc": free_port(), "udp": free_port(2)}
+    args.pairs = {}
+    if args.databases:  # started before this process pins itself to core 0: the servers may use any core
+        from epctl.testing.databases import MariaDBPair, PostgresPair, RedisPair
+        args.pairs = {"postgres": PostgresPair().start(), "mysql": MariaDBPair().start(),
+                      "redis": RedisPair().start()}
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
     backend = ctx.Process(target=backend_main, args=(addresses, ports, ready), daemon=True)
@@ -342,6 +439,8 @@ def main() -> None:
     finally:
         backend.terminate()
         backend.join(5)
+        for pair in args.pairs.values():
+            pair.close()
     write_report("probes", {"quick": args.quick, **results}, table(results), args.json)
 
 

@@ -25,6 +25,7 @@ from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
 from epctl.kube.lease import LeaderElector, default_identity
+from epctl.kube.secrets import secret_credentials
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
 from epctl.lifecycle import until_terminated
@@ -50,6 +51,7 @@ from epctl.metrics import (
     api_request,
 )
 from epctl.orphans import orphaned
+from epctl.probe.database import DatabaseProber
 from epctl.probe.scheduler import Scheduler
 from epctl.shard.fence import Fence
 from epctl.shard.member import ShardMember
@@ -119,7 +121,8 @@ class Controller:
                                    target_metrics=PerTargetMetrics() if settings.per_target_metrics else None,
                                    max_rate=settings.max_probe_rate or None,
                                    on_delayed=lambda delayed: self.source.probes_delayed(delayed),
-                                   api_backlog=lambda: self.writer.backlogged())
+                                   api_backlog=lambda: self.writer.backlogged(),
+                                   database_prober=DatabaseProber(secret_credentials(client)))
         self.discovery = OpenStackSource(client, timeout=settings.openstack_timeout,
                                          retry_base=settings.openstack_retry_base,
                                          retry_max=settings.openstack_retry_max, metrics=PrometheusDiscoveryMetrics(),

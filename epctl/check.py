@@ -9,12 +9,17 @@ would publish in EndpointSlices.
 per second instead of each port's period so the answer comes quickly, and exits 0 if everything is
 healthy, 1 if anything is not, 2 on invalid input, 130 when interrupted. ``--watch`` keeps probing
 at the real periods and prints each transition after the first table; ``--duration`` bounds the
-whole run, counted from the start. Documents of other kinds are skipped with a note.
+whole run, counted from the start. Documents of other kinds are skipped with a note, except
+Secrets: a database role probe (postgres, mysql, redis) takes its credentials from a Secret in the
+input with the name and namespace its ``secretRef`` gives (``kubectl get secret NAME -o yaml``
+next to the manifest); its values are never printed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import sys
 import time
@@ -25,6 +30,8 @@ import yaml
 
 from epctl.api import ClusterEndpointSpec, PortSpec, parse_cluster_endpoint
 from epctl.api.spec import API_VERSION, KIND
+from epctl.probe.credentials import Credentials, CredentialsError, CredentialSource, credentials_from_secret
+from epctl.probe.database import DatabaseProber
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
 
@@ -156,6 +163,8 @@ def parse_all(documents: list[tuple[str, Any]], allow_loopback: bool
     notes: list[str] = []
     for label, doc in documents:
         api_version, kind = _kind_of(doc)
+        if isinstance(doc, dict) and kind == "Secret" and api_version == "v1":
+            continue  # credentials for database probes (input_secrets), not judged here
         if isinstance(doc, dict) and kind and kind != KIND:
             notes.append(f"{label}: skipped {kind} ({api_version or 'no apiVersion'}): not a ClusterEndpoint")
             continue
@@ -172,6 +181,33 @@ def parse_all(documents: list[tuple[str, Any]], allow_loopback: bool
                          f"serve; epctl reads the same spec as {API_VERSION}: change only the apiVersion, or run "
                          f"`epctl import -f FILE` to convert it with adoption of the Service it made")
     return specs, problems, notes
+
+
+def input_secrets(documents: list[tuple[str, Any]]) -> CredentialSource:
+    """Credentials from the v1 Secrets in the input, by (namespace, name), for database probes."""
+    found: dict[tuple[str, str], dict[str, bytes]] = {}
+    broken: set[tuple[str, str]] = set()
+    for _label, doc in documents:
+        if not (isinstance(doc, dict) and _kind_of(doc) == ("v1", "Secret")):
+            continue
+        meta = doc.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        try:
+            data = {str(k): base64.b64decode(str(v), validate=True) for k, v in (doc.get("data") or {}).items()}
+            data.update({str(k): str(v).encode() for k, v in (doc.get("stringData") or {}).items()})
+        except (binascii.Error, ValueError, AttributeError):
+            broken.add(key)
+            continue
+        found[key] = data
+
+    async def read(namespace: str, name: str) -> Credentials:
+        if (namespace, name) in broken:
+            raise CredentialsError(f"Secret {name}: data is not base64")
+        if (namespace, name) not in found:
+            raise CredentialsError(f"Secret {name} is not in the input (add `kubectl -n {namespace} get secret "
+                                   f"{name} -o yaml`)")
+        return credentials_from_secret(found[(namespace, name)])
+    return read
 
 
 async def plan_rows(specs: list[ClusterEndpointSpec], allow_loopback: bool = False) -> tuple[list[Row], list[Check]]:
@@ -287,7 +323,8 @@ async def run_check(paths: list[str], *, watch: bool = False, output: str = "tab
     ``epctl check -f x && kubectl apply -f x`` never applies after an interrupt."""
     started = time.monotonic()
     try:
-        specs, problems, notes = parse_all(load_documents(paths, stdin), allow_loopback)
+        documents = load_documents(paths, stdin)
+        specs, problems, notes = parse_all(documents, allow_loopback)
     except CheckInputError as error:
         print(f"error: {error}", file=err)
         return EXIT_INVALID
@@ -321,7 +358,8 @@ async def run_check(paths: list[str], *, watch: bool = False, output: str = "tab
     def remaining(default: float) -> float:
         return default if duration <= 0 else max(0.0, min(default, started + duration - time.monotonic()))
 
-    scheduler = Scheduler(report, period_override=None if watch else interval, first_window=0.2)
+    scheduler = Scheduler(report, period_override=None if watch else interval, first_window=0.2,
+                          database_prober=DatabaseProber(input_secrets(documents)))
     for check in checks:
         scheduler.upsert(check)
     scheduler.start()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+from epctl.api.spec import ProbeKind
+
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
@@ -31,7 +33,7 @@ class PrometheusProbeMetrics:
     """``ProbeMetrics`` for the scheduler. Label children are resolved once, not per probe."""
 
     def __init__(self) -> None:
-        kinds = ("tcp", "http", "udp", "grpc")
+        kinds = [k.short for k in ProbeKind]
         self._results = {(k, ok): PROBES.labels(k, "success" if ok else "failure") for k in kinds
                          for ok in (True, False)}
         self._inconclusive = {k: PROBES.labels(k, "inconclusive") for k in kinds}

@@ -211,3 +211,36 @@ spec:
         endpoint = json.loads(out)["clusterEndpoints"][0]["ports"][0]["endpoints"][0]
         assert (code, endpoint["state"]) == (0, "healthy"), err
         assert endpoint["conditions"] == {"ready": False, "serving": True, "terminating": True}
+async def test_database_role_probe_with_credentials_from_a_secret_in_the_input(tmp_path: Path) -> None:
+    """A real Redis primary and replica; the Secret comes along in the input, its value never printed."""
+    from epctl.testing.databases import PASSWORD, RedisPair
+
+    pair = await asyncio.to_thread(lambda: RedisPair().start())
+    try:
+        path = tmp_path / "db.yaml"
+        path.write_text(f"""apiVersion: v1
+kind: Secret
+metadata: {{name: cache-probe, namespace: prod}}
+stringData: {{password: {PASSWORD}}}
+---
+apiVersion: epctl.io/v1beta1
+kind: ClusterEndpoint
+metadata: {{name: cache, namespace: prod}}
+spec:
+  ports:
+  - {{name: redis, port: 6379, targetPort: {pair.port}, hosts: [127.0.0.2, 127.0.0.3],
+     redis: {{expect: primary, secretRef: {{name: cache-probe}}}}}}
+""")
+        code, out, err = await epctl("check", "-f", str(path), "--allow-loopback", "-o", "json")
+        assert code == 1, out + err  # the replica is not the primary
+        report = json.loads(out)
+        endpoints = report["clusterEndpoints"][0]["ports"][0]["endpoints"]
+        assert {(e["address"], e["state"]) for e in endpoints} == {("127.0.0.2", "healthy"),
+                                                                   ("127.0.0.3", "unhealthy")}, report
+        assert next(e["reason"] for e in endpoints if e["address"] == "127.0.0.3").startswith("is replica")
+        assert PASSWORD not in out + err and "skipped Secret" not in err
+        path.write_text(path.read_text().replace("secretRef: {name: cache-probe}", "secretRef: {name: other}"))
+        code, out, err = await epctl("check", "-f", str(path), "--allow-loopback")
+        assert code == 1 and "Secret other is not in the input" in out, out + err
+    finally:
+        pair.close()

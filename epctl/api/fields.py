@@ -28,6 +28,10 @@ PORT_FIELDS: Fields = {
                 "httpHeaders": {"name": None, "value": None}},
     "udpSocket": {"enable": None, "data": None, "port": None},
     "grpc": {"enable": None, "service": None, "port": None, "tls": {"enable": None, "insecureSkipVerify": None}},
+    **{kind: {"enable": None, "expect": None, "maxLagSeconds": None, "secretRef": {"name": None}, "port": None,
+              "tls": {"enable": None, "serverName": None, "insecureSkipVerify": None},
+              **({"database": None} if kind != "redis" else {})}
+       for kind in ("postgres", "mysql", "redis")},
 }
 
 OPENSTACK_FIELDS: Fields = {
@@ -45,7 +49,7 @@ DOCUMENT_FIELDS: Fields = {"apiVersion": None, "kind": None, "metadata": None, "
 # Fields a user may bring from a Pod's probe, with why they do not apply here.
 _HINTS = {
     "exec": "exec probes are not supported: epctl probes from the controller over the network "
-            "(tcpSocket, httpGet, udpSocket, grpc)",
+            "(tcpSocket, httpGet, udpSocket, grpc, postgres, mysql, redis)",
     "host": "the probe goes to each listed host; list hosts under spec.ports[].hosts",
     "terminationGracePeriodSeconds": "not used: epctl does not terminate anything",
 }

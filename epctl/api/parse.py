@@ -17,6 +17,7 @@ from epctl.api.fields import unknown_fields
 from epctl.api.spec import (
     ACCEPTED_API_VERSIONS,
     ADDRESS_KINDS,
+    DATABASE_KINDS,
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_INITIAL_DELAY_SECONDS,
     DEFAULT_PERIOD_SECONDS,
@@ -27,6 +28,8 @@ from epctl.api.spec import (
     KIND,
     NOVA_STATUSES,
     ClusterEndpointSpec,
+    DatabaseProbe,
+    Expect,
     GRPCProbe,
     HTTPProbe,
     OpenStackDiscovery,
@@ -190,12 +193,46 @@ def _probe(errors: _Errors, port: dict[str, Any], path: str) -> Probe | None:
         return _http_probe(errors, block, bpath, probe_port)
     if kind is ProbeKind.UDP:
         return UDPProbe(data=_string(errors, block, "data", bpath).encode(), port=probe_port)
+    if kind in DATABASE_KINDS:
+        return _database_probe(errors, kind, block, bpath, probe_port)
     service = _string(errors, block, "service", bpath)
     tls = _mapping(errors, block.get("tls"), f"{bpath}.tls")
     if tls.get("insecureSkipVerify") is True:
         errors.add(f"{bpath}.tls.insecureSkipVerify", "is not supported: gRPC TLS probes always verify the "
                                                        "server certificate against the system roots")
     return GRPCProbe(service=service, port=probe_port, tls=tls.get("enable", bool(tls)) is True)
+
+
+def _database_probe(errors: _Errors, kind: ProbeKind, block: dict[str, Any], path: str,
+                    port: int | None) -> DatabaseProbe:
+    expect_raw = block.get("expect", Expect.ANY.value)
+    if expect_raw not in {e.value for e in Expect}:
+        errors.add(f"{path}.expect", f"must be primary, replica or any, got {expect_raw!r}")
+        expect_raw = Expect.ANY.value
+    expect = Expect(expect_raw)
+    max_lag: int | None = None
+    if block.get("maxLagSeconds") is not None:
+        max_lag = _int(errors, block, "maxLagSeconds", path, 0, 0, 86400)
+        if expect is Expect.PRIMARY:
+            errors.add(f"{path}.maxLagSeconds", "applies to replicas: use it with expect replica or any")
+    secret = _mapping(errors, block.get("secretRef"), f"{path}.secretRef")
+    secret_name = _string(errors, secret, "name", f"{path}.secretRef")
+    if secret and not DNS1123_SUBDOMAIN.match(secret_name):
+        errors.add(f"{path}.secretRef.name", f"must be a Secret name (DNS-1123 subdomain), got {secret_name!r}")
+    tls = _mapping(errors, block.get("tls"), f"{path}.tls")
+    skip = tls.get("insecureSkipVerify", False)
+    if not isinstance(skip, bool):
+        errors.add(f"{path}.tls.insecureSkipVerify", f"must be a boolean, got {skip!r}")
+        skip = False
+    server_name = _string(errors, tls, "serverName", f"{path}.tls")
+    if server_name and not HOSTNAME.match(server_name):
+        errors.add(f"{path}.tls.serverName", f"must be a DNS name, got {server_name!r}")
+    if server_name and skip:
+        errors.add(f"{path}.tls", "serverName and insecureSkipVerify contradict each other: pick one")
+    return DatabaseProbe(kind=kind, expect=expect, max_lag_seconds=max_lag, secret_name=secret_name,
+                         database=_string(errors, block, "database", path), port=port,
+                         tls=tls.get("enable", bool(tls)) is True, tls_server_name=server_name,
+                         tls_insecure_skip_verify=skip)
 
 
 def _http_probe(errors: _Errors, block: dict[str, Any], path: str, port: int | None) -> HTTPProbe:

@@ -29,10 +29,13 @@ class ProbeKind(StrEnum):
     HTTP = "httpGet"
     UDP = "udpSocket"
     GRPC = "grpc"
+    POSTGRES = "postgres"
+    MYSQL = "mysql"
+    REDIS = "redis"
 
     @property
     def short(self) -> str:
-        return {"tcpSocket": "tcp", "httpGet": "http", "udpSocket": "udp", "grpc": "grpc"}[self.value]
+        return {"tcpSocket": "tcp", "httpGet": "http", "udpSocket": "udp"}.get(self.value, self.value)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,34 @@ class GRPCProbe:
     kind: ProbeKind = ProbeKind.GRPC
 
 
-Probe = TCPProbe | HTTPProbe | UDPProbe | GRPCProbe
+class Expect(StrEnum):
+    """Which role a database host must have to be ready."""
+
+    PRIMARY = "primary"
+    REPLICA = "replica"
+    ANY = "any"
+
+
+DATABASE_KINDS = (ProbeKind.POSTGRES, ProbeKind.MYSQL, ProbeKind.REDIS)
+
+
+@dataclass(frozen=True)
+class DatabaseProbe:
+    """A role probe (postgres, mysql, redis): one kept authenticated connection per host, a role query
+    each period. Credentials are *named* here (a Secret in the ClusterEndpoint's namespace), never held."""
+
+    kind: ProbeKind
+    expect: Expect = Expect.ANY
+    max_lag_seconds: int | None = None  # a replica further behind is not ready
+    secret_name: str = ""  # keys username, password, ca.crt (all optional)
+    database: str = ""  # postgres/mysql: the database to connect to ("" = the driver's default)
+    port: int | None = None
+    tls: bool = False
+    tls_server_name: str = ""  # verify the certificate for this name (default: the address probed)
+    tls_insecure_skip_verify: bool = False
+
+
+Probe = TCPProbe | HTTPProbe | UDPProbe | GRPCProbe | DatabaseProbe
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ class ProbeResult:
     reason: str
     duration: float  # seconds
     timed_out: bool = False  # no answer within the timeout (vs. an answer that said no)
+    role: str = ""  # database role probes: "primary" or "replica" as the host answered ("" = no answer)
+    generation: int = 0  # with role "primary": its order among primaries (roles.arbitrate)
 
     @staticmethod
     def timeout(duration: float, timeout: float, reason: str = "") -> ProbeResult:

@@ -17,6 +17,10 @@
 - Truth first: a timed-out probe whose deadline the loop noticed late is *inconclusive* (counted as
   such, not fed to the thresholds); the next run is its retry. One rule for every prober.
 - Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
+- Role probes expecting a primary are arbitrated per port (roles.arbitrate): a host outranked by
+  another claimant is vetoed at once, whatever the thresholds say, so two disagreeing primaries are
+  never ready together. A veto of a host already not ready is announced as a Transition with
+  ``previous`` equal to ``healthy`` (a new reason, not a new state).
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from epctl.api.spec import GRPCProbe, HTTPProbe, Probe, ProbeKind, ProbeTiming, UDPProbe
+from epctl.api.spec import DatabaseProbe, Expect, GRPCProbe, HTTPProbe, Probe, ProbeKind, ProbeTiming, UDPProbe
+from epctl.probe.database import DatabaseProber
 from epctl.probe.grpc import GRPCProber
 from epctl.probe.http import probe_http
 from epctl.probe.pacing import Admission, Stretch, timeout_was_seen_late
 from epctl.probe.result import ProbeResult
+from epctl.probe.roles import PRIMARY, arbitrate
 from epctl.probe.state import CheckState
 from epctl.probe.tcp import probe_tcp
 from epctl.probe.udp import probe_udp
@@ -71,7 +77,7 @@ class Transition:
     reason: str
     at: float  # wall-clock seconds (time.time())
     duration: float
-    previous: bool | None = None  # None: the first decision about this check
+    previous: bool | None = None  # None: the first decision; == healthy: the same state, a new reason (a veto)
 
 
 class ProbeMetrics(Protocol):
@@ -96,6 +102,12 @@ class _Entry:
     first: bool = True
     in_flight: bool = False
     last: tuple[bool, str, float, bool] | None = None  # the last ProbeResult's fields
+    claim: int | None = None  # role probes: the generation of the host's last "I am primary" answer
+
+
+def _arbitrated(probe: Probe) -> bool:
+    """Checks whose hosts compete for one role: at most one of them may be published (roles.arbitrate)."""
+    return isinstance(probe, DatabaseProbe) and probe.expect is Expect.PRIMARY
 
 
 def phase_fraction(key: CheckKey) -> float:
@@ -124,6 +136,7 @@ DELAYED_SUSTAIN_ON, DELAYED_SUSTAIN_OFF = 30.0, 60.0  # ... once that has held f
 class Scheduler:
     def __init__(self, on_transition: Callable[[Transition], None], *, max_concurrent: int = 1000,
                  metrics: ProbeMetrics | None = None, grpc_prober: GRPCProber | None = None,
+                 database_prober: DatabaseProber | None = None,
                  first_window: float = 1.0, period_override: float | None = None,
                  target_metrics: TargetMetrics | None = None, max_rate: float | None = None,
                  on_delayed: Callable[[bool], None] | None = None,
@@ -133,12 +146,14 @@ class Scheduler:
         self.metrics = metrics
         self.target_metrics = target_metrics
         self.grpc = grpc_prober or GRPCProber()
+        self.database = database_prober or DatabaseProber()
         self.first_window = first_window
         self.period_override = period_override
         self.on_delayed = on_delayed
         self.api_backlog = api_backlog  # True while API writes queue: admission yields to them
         self._entries: dict[CheckKey, _Entry] = {}
         self._by_target: dict[str, set[CheckKey]] = {}  # target -> its checks
+        self._news: set[CheckKey] = set()  # vetoed while already not ready: a transition says why
         # (due, generation): atomic values only, so the collector untracks them (30,000 queued entries
         # holding a CheckKey each made every full collection walk them; docs/design.md section 6)
         self._heap: list[tuple[float, int]] = []
@@ -223,6 +238,11 @@ class Scheduler:
             self.target_metrics.forget(key.target, key.port, key.address)
         if entry is not None and entry.check.probe.kind is ProbeKind.GRPC:
             self._forget_grpc(key.address, entry.check.port)
+        self._news.discard(key)
+        if entry is not None and isinstance(entry.check.probe, DatabaseProbe):
+            self._spawn(self.database.forget(str(key), entry.check.port))
+            if _arbitrated(entry.check.probe) and entry.claim is not None:
+                self._emit(self._arbitrate(key, {}))  # a claimant left: the others may be decided now
 
     def remove_target(self, target: str) -> None:
         for key in self.keys_of(target):
@@ -279,6 +299,7 @@ class Scheduler:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.grpc.close()
+        await self.database.close()
 
     def _push(self, due: float, entry: _Entry) -> None:
         first = not self._heap or due < self._heap[0][0]
@@ -447,14 +468,59 @@ class Scheduler:
         if self.target_metrics:
             self.target_metrics.result(check.key.target, check.key.port, check.key.address, result.ok,
                                        result.duration)
-        previous = entry.state.healthy
-        if entry.state.record(result.ok, result.reason):
-            healthy = bool(entry.state.healthy)
+        if not _arbitrated(check.probe):
+            previous = entry.state.healthy
+            if entry.state.record(result.ok, result.reason):
+                self._emit({check.key: previous}, check.key, result)
+            return
+        if result.role:  # an answer (not a failure to get one) replaces the host's claim
+            entry.claim = result.generation if result.role == PRIMARY else None
+        before = {k: self._entries[k].state.healthy for k in self._siblings(check.key)}
+        entry.state.record(result.ok, result.reason)
+        self._emit(self._arbitrate(check.key, before), check.key, result)
+
+    def _siblings(self, key: CheckKey) -> list[CheckKey]:
+        """The arbitrated checks of ``key``'s port (``key`` included while it exists)."""
+        return [k for k in self.keys_of(key.target)
+                if k.port == key.port and _arbitrated(self._entries[k].check.probe)]
+
+    def _arbitrate(self, key: CheckKey, before: dict[CheckKey, bool | None]) -> dict[CheckKey, bool | None]:
+        """Apply roles.arbitrate to ``key``'s port; returns every check whose published health may have
+        changed, with its health before (``before``, else its health now)."""
+        siblings = [self._entries[k] for k in self._siblings(key)]
+        previous = {e.check.key: before.get(e.check.key, e.state.healthy) for e in siblings}
+        vetoes = arbitrate({e.check.key.address: e.claim for e in siblings
+                            if e.state.passing and e.claim is not None})
+        for e in siblings:
+            veto = vetoes.get(e.check.key.address, "")
+            if veto != e.state.vetoed:
+                lifted = bool(e.state.vetoed) and not veto
+                e.state.veto(veto)
+                if lifted and e.state.passing:
+                    e.state.reason = "primary: no other ready host claims it any more"
+                elif e.state.healthy is False and previous[e.check.key] is False:
+                    self._news.add(e.check.key)  # not ready before either: still say why, now
+        return previous
+
+    def _emit(self, previous: dict[CheckKey, bool | None], origin: CheckKey | None = None,
+              result: ProbeResult | None = None) -> None:
+        """A Transition for every check in ``previous`` whose published health differs from it;
+        ``result`` is what ``origin`` just answered (the others changed because of it)."""
+        # not-ready first: consumers never hold two ready primaries, not even between two calls
+        for key, before in sorted(previous.items(), key=lambda kv: bool(self._entries.get(kv[0]) and
+                                                                        self._entries[kv[0]].state.healthy)):
+            entry = self._entries.get(key)
+            news = key in self._news
+            self._news.discard(key)
+            if entry is None or entry.state.healthy is None or (entry.state.healthy == before and not news):
+                continue
+            own = result is not None and key == origin
+            why = entry.state.vetoed or (result.reason if own and result else entry.state.reason)
+            duration = result.duration if own and result else 0.0
             try:
-                self.on_transition(Transition(check.key, healthy, result.reason, time.time(), result.duration,
-                                              previous))
+                self.on_transition(Transition(key, entry.state.healthy, why, time.time(), duration, before))
             except Exception:  # a broken consumer must not stop probing
-                log.exception("transition consumer failed", extra={"check": str(check.key)})
+                log.exception("transition consumer failed", extra={"check": str(key)})
 
     async def _probe(self, check: Check) -> ProbeResult:
         """Run one probe. Each prober enforces its own timeout (tested), so no second timer here."""
@@ -470,6 +536,8 @@ class Scheduler:
                 return await probe_udp(address, port, timeout, probe.data)
             if isinstance(probe, GRPCProbe):
                 return await self.grpc.probe(address, port, timeout, probe)
+            if isinstance(probe, DatabaseProbe):
+                return await self.database.probe(str(check.key), address, port, timeout, probe)
             return ProbeResult(False, f"unsupported probe {probe.kind}", 0.0)
         except Exception as err:  # a prober bug is a failed probe, never a dead scheduler
             log.exception("prober raised", extra={"check": str(check.key)})

@@ -6,6 +6,9 @@ healthy. A check starts *unknown* (``healthy is None``) unless given an initial 
 from existing EndpointSlice conditions after a restart). From unknown, like the kubelet's
 readiness (which starts at "not ready"), ``successThreshold`` successes decide healthy and a
 single failure decides unhealthy: traffic never goes to a host that has not passed a probe.
+
+A *veto* (a primary that another host outranks, roles.arbitrate) overrides the thresholds at once:
+``healthy`` is what is published, ``passing`` what the results alone say.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ class CheckState:
     failures: int = 0
     reason: str = ""
     runs: int = 0
+    passing: bool | None = None  # the thresholds' verdict (set from ``healthy`` at construction)
+    vetoed: str = ""  # why a passing check is published as not ready anyway ("" = it is not)
+
+    def __post_init__(self) -> None:
+        self.passing = self.healthy
 
     def record(self, ok: bool, reason: str = "") -> bool:
         """Account one result; return True when ``healthy`` changed."""
@@ -30,22 +38,35 @@ class CheckState:
         if ok:
             self.successes += 1
             self.failures = 0
-            if self.healthy is not True and self.successes >= self.success_threshold:
-                self.healthy = True
-                return True
+            if self.passing is not True and self.successes >= self.success_threshold:
+                self.passing = True
         else:
             self.failures += 1
             self.successes = 0
-            if self.healthy is None or (self.healthy and self.failures >= self.failure_threshold):
-                self.healthy = False
-                return True
-        return False
+            if self.passing is None or (self.passing and self.failures >= self.failure_threshold):
+                self.passing = False
+        return self._settle()
+
+    def veto(self, reason: str) -> bool:
+        """Set (or with "" lift) a veto; return True when ``healthy`` changed."""
+        self.vetoed = reason
+        return self._settle()
+
+    def _settle(self) -> bool:
+        effective = False if self.vetoed and self.passing else self.passing
+        if self.vetoed and self.passing:
+            self.reason = self.vetoed
+        changed = effective != self.healthy
+        self.healthy = effective
+        return changed
 
     @property
     def decided(self) -> bool:
         """The current streak has reached the threshold for the current state (``epctl check --once``)."""
-        if self.healthy is True:
+        if self.vetoed and self.passing:
+            return True
+        if self.passing is True:
             return self.successes >= self.success_threshold
-        if self.healthy is False:
+        if self.passing is False:
             return self.failures >= self.failure_threshold
         return False

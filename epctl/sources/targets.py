@@ -109,6 +109,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                  **published_readiness(slices, key)}
     groups: dict[str, PortGroup] = {}
     wanted: set[CheckKey] = set()
+    probed: list[tuple[PortGroup, str, CheckKey]] = []
     for port in ports:
         label = port.label
         for address in sorted(set(addresses(port))):
@@ -124,12 +125,22 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                 ready = bool(state and state.healthy)
             group = groups.setdefault(f"{label}/{family(address)}", PortGroup(family(address), (SlicePort(
                 port.name, port.target_port, port.protocol),), {}))
-            zone = (zones or {}).get(address)
-            if address in drained:
-                group.endpoints[address] = Endpoint(address, False, ready, True, zone=zone)
-            else:
-                group.endpoints[address] = Endpoint(address, ready, ready, zone=zone)
+            group.endpoints[address] = _endpoint(address, ready, address in drained, (zones or {}).get(address))
+            if port.probe is not None:
+                probed.append((group, address, CheckKey(target_name, label, address)))
     stale = [k for k in scheduler.keys_of(target_name) if k not in wanted]
     for check_key in stale:
         scheduler.remove(check_key)
+    if stale:  # a removed check can change the others' readiness (a primary claimant left: roles.arbitrate)
+        for group, address, check_key in probed:
+            state = scheduler.state(check_key)
+            group.endpoints[address] = _endpoint(address, bool(state and state.healthy), address in drained,
+                                                 group.endpoints[address].zone)
     return groups, stale
+
+
+def _endpoint(address: str, healthy: bool, drained: bool, zone: str | None) -> Endpoint:
+    """A drained endpoint is published not ready, serving as its probe says, terminating."""
+    if drained:
+        return Endpoint(address, False, healthy, True, zone=zone)
+    return Endpoint(address, healthy, healthy, zone=zone)

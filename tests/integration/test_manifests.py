@@ -55,6 +55,8 @@ async def test_base_and_examples_build_and_the_base_applies(kubectl: Kubectl) ->
     from epctl.api import parse_cluster_endpoint
 
     assert parse_cluster_endpoint(openstack_cep)[1] == []
+    databases = list(yaml.safe_load_all((ROOT / "manifests/examples/database/clusterendpoint.yaml").read_text()))
+    assert [parse_cluster_endpoint(d)[1] for d in databases] == [[], []]
 
 
 async def test_every_overlay_builds(kubectl: Kubectl) -> None:
@@ -69,7 +71,7 @@ async def test_every_overlay_builds(kubectl: Kubectl) -> None:
     finally:
         if made:
             credentials.unlink()
-    assert sorted(built) == ["dev", "egress-policy", "monitoring", "namespaced", "openstack"]
+    assert sorted(built) == ["database-secrets", "dev", "egress-policy", "monitoring", "namespaced", "openstack"]
     policy = next(d for d in built["egress-policy"] if d["kind"] == "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     controller = next(d for d in built["egress-policy"] if d["kind"] == "Deployment")
@@ -86,6 +88,10 @@ async def test_every_overlay_builds(kubectl: Kubectl) -> None:
     readers = [d for d in built["openstack"] if d["kind"] in ("Role", "ClusterRole")
                and any("secrets" in r["resources"] for r in d["rules"])]
     assert [(d["kind"], d["metadata"]["namespace"]) for d in readers] == [("Role", "default")]
+    db_readers = [d for d in built["database-secrets"] if d["kind"] in ("Role", "ClusterRole")
+                  and any("secrets" in r["resources"] for r in d["rules"])]
+    assert [(d["kind"], d["metadata"]["namespace"], d["rules"]) for d in db_readers] == [
+        ("Role", "default", [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])]
     assert not any("secrets" in r["resources"] for d in built["monitoring"] if d["kind"] == "ClusterRole"
                    for r in d["rules"]), "the base grants no Secrets"
     dev = next(d for d in built["dev"] if d["kind"] == "Deployment")

@@ -11,6 +11,7 @@ import epctl
 
 ROOT = Path(epctl.__file__).parent
 PURE = ["epctl.slices", "epctl.endpoints", "epctl.state", "epctl.probe.state", "epctl.probe.pacing",
+        "epctl.probe.roles", "epctl.probe.credentials",
         "epctl.shard.ring", "epctl.sources.openstack_select", "epctl.sources.openstack_auth",
         "epctl.api.spec", "epctl.api.parse", "epctl.api.fields", "epctl.heap", "epctl.shard.fence",
         "epctl.orphans", "epctl.topology"]
