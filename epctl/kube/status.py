@@ -162,8 +162,10 @@ class StatusWriter:
             self._last[key] = status
             self.writes += 1
             self._backoff.pop(key, None)
-        except Fenced:
-            return  # no longer ours: its owner writes the status
+        except Fenced:  # no longer ours (its owner writes it), or our claim lapsed until the next renewal
+            if self.owns(key) and key not in self._pending:
+                delay = self._backoff.setdefault(key, Backoff(1.0, 60.0)).next_delay()
+                self._pending[key] = (status, time.monotonic() + delay)
         except ApiError as err:
             if err.code == 404:
                 return  # the object is gone

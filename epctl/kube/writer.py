@@ -311,8 +311,12 @@ class Writer:
                 self.reporter.synced(key)
             if self.metrics:
                 self.metrics.sync("success", time.monotonic() - started)
-        except Fenced:  # no longer ours to write (or our claim lapsed): the owner writes it, not us
+        except Fenced:  # no longer ours to write, or our claim lapsed until the next renewal
             log.debug("write fenced off", extra={"target": "/".join(key)})
+            if self.owns(key):  # a lapse our next renewal may end: try again (a step-down releases it)
+                backoff = self._backoffs.setdefault(key, Backoff(self.backoff_initial, self.backoff_max))
+                self._retry_at[key] = time.monotonic() + backoff.next_delay()
+                self.notify(key)
             if self.metrics:
                 self.metrics.sync("fenced", time.monotonic() - started)
         except ServiceConflict as err:  # not requeued: the next change of the target retries
