@@ -82,7 +82,7 @@ for _result in SYNC_RESULTS:  # exported at 0 from the start: rate() and increas
     SYNCS.labels(_result)
 # the writer's operations (epctl/kube/writer.py): a series that first appears at 1 hides that write from rate()
 WRITE_OPERATIONS = ("create", "update", "delete", "endpoints_create", "endpoints_update", "endpoints_delete",
-                    "service_create", "service_replace", "service_update")
+                    "service_create", "service_replace", "service_update", "foreign_slice_delete")
 for _operation in WRITE_OPERATIONS:
     CHANGES.labels(_operation, "success")
 NOT_SYNCED_REASONS = ("Pending", "ServiceConflict", "WriteRejected", "WriteFailed", "InvalidSpec")

@@ -16,7 +16,7 @@ from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.openstack import FakeOpenStack
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import endpoints_of, slices_of
+from tests.integration.controller_helpers import endpoints_of, epctl_slices_of, slices_of
 from tests.integration.test_endpoints_ownership import v1_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ async def test_manager_with_seed_env_vars(api: KubeAPIServer, client: KubeClient
 
             await client.request("PATCH", SERVICES.path("default", "legacy-db"), content_type=MERGE_PATCH, body={
                 "spec": {"selector": {"app": "db"}}})  # now Kubernetes' own controllers manage it
-            await eventually(lambda: not slices_of(api, "legacy-db") and v1_endpoints(api, "legacy-db") is None,
+            await eventually(lambda: not epctl_slices_of(api, "legacy-db") and v1_endpoints(api, "legacy-db") is None,
                              timeout=20, message="a Service with a selector is let go: our slices and Endpoints")
         finally:
             if proc.returncode is None:

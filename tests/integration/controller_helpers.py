@@ -58,6 +58,12 @@ def slices_of(api: KubeAPIServer, service: str, namespace: str = "default") -> l
             if ns == namespace and o["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service]
 
 
+def epctl_slices_of(api: KubeAPIServer, service: str, namespace: str = "default") -> list[dict[str, Any]]:
+    """The Service's slices epctl manages (kube-controller-manager's, for a Service with a selector, aside)."""
+    return [o for o in slices_of(api, service, namespace)
+            if o["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by") == "controller.epctl.io"]
+
+
 def endpoints_of(api: KubeAPIServer, service: str, namespace: str = "default") -> dict[tuple[str, str], bool]:
     """(port name, address) -> ready, across all slices of the Service."""
     out = {}

@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SECRETS, SERVICES, KubeClient
+from epctl.kube.client import ENDPOINTSLICES, LEASES, MERGE_PATCH, SECRETS, SERVICES, KubeClient
+from epctl.shard.member import GROUP_LABEL, RELEASED_ANNOTATION
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.kubectl import Kubectl
@@ -115,6 +116,13 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
                 api, controller_client, shard=True, leader_election_namespace="epctl-system",
                 lease_duration=3.0, renew_deadline=2.0, retry_period=0.3) as controller:
             await eventually(lambda: controller.leading, message="a member of the ring")
+            # a member that left (released its Lease after its last write): the others delete its Lease
+            await setup.request("POST", LEASES.path("epctl-system"), body={
+                "metadata": {"name": "epctl-member-gone", "labels": {GROUP_LABEL: "epctl-controller"},
+                             "annotations": {RELEASED_ANNOTATION: "gone"}},
+                "spec": {"holderIdentity": "", "leaseDurationSeconds": 3}})
+            await eventually(lambda: ("epctl-system", "epctl-member-gone") not in api.store.objects[
+                ("coordination.k8s.io", "leases")], message="a released member Lease deleted")
             await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
                 {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
                  "periodSeconds": 1, "failureThreshold": 1}]))
