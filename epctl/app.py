@@ -14,6 +14,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from epctl import __version__
 from epctl.api.spec import DRAIN_ANNOTATION
@@ -21,7 +22,7 @@ from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE
 from epctl.health import HealthServer
 from epctl.heap import HeapKeeper
 from epctl.kube.client import ENDPOINTS as V1_ENDPOINTS
-from epctl.kube.client import ENDPOINTSLICES, SERVICES, KubeClient
+from epctl.kube.client import ENDPOINTSLICES, SERVICES, ApiError, KubeClient
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
 from epctl.kube.lease import LeaderElector, default_identity
@@ -65,6 +66,7 @@ from epctl.tasks import cancel_and_wait, core_health
 from epctl.topology import trim_node
 
 log = logging.getLogger(__name__)
+Obj = dict[str, Any]
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Controller:
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
+        self.writer.on_listed = self.source.follow_not_ready
         self.nodes: Informer | None = None
         self.topology: TopologySource | None = None
         if settings.topology_hints:
@@ -193,12 +196,7 @@ class Controller:
         for it (only then may the new owner start); take over what is newly ours, from caches at least
         as new as the handover (a lagging watch would otherwise hand us a host the previous owner had
         already marked not ready, and our repair would publish it ready again)."""
-        if self.member is not None and self.member.converged_at_rv:
-            fresh = await asyncio.gather(*(i.caught_up(self.member.converged_at_rv, self.settings.renew_deadline)
-                                           for i in self.informers))
-            behind = [i.name for i, ok in zip(self.informers, fresh, strict=True) if not ok]
-            if behind:
-                log.warning("taking over from caches older than the handover", extra={"informers": behind})
+        await self._catch_up()
         released, acquired = self.source.reconcile_ownership()
         mirror_released, mirror_acquired = self.mirror.reconcile_ownership()
         # bounded: a handover never waits longer than the renew deadline for a slow write (renewals go
@@ -206,16 +204,38 @@ class Controller:
         bound = self.settings.renew_deadline
         await asyncio.gather(self.writer.release_unowned(bound), self.status.release_unowned(bound),
                              self.events.release_unowned(bound))
-        self._sweep()  # what changed while nobody held what we hold now (cheap: a pass over two caches)
+        await self._sweep()  # what changed while nobody held what we hold now (a pass over two caches)
         HANDOVERS.labels("released").inc(released + mirror_released)
         HANDOVERS.labels("acquired").inc(acquired + mirror_acquired)
         if released or acquired or mirror_released or mirror_acquired:
             log.info("targets handed over", extra={"released": released + mirror_released,
                                                    "acquired": acquired + mirror_acquired})
 
-    def _sweep(self) -> None:
+    async def _catch_up(self) -> None:
+        """Before taking targets over: wait, briefly, until the caches whose state a takeover adopts
+        (ClusterEndpoint status, our slices and Endpoints) have seen the resourceVersion of the moment
+        ownership was granted (the converged listing; the won Lease), so the previous owner's last
+        writes are in them. Bounded by the retry period: a quiet resource's watch advances only with
+        kube-apiserver's bookmarks (about one a minute), and what the wait does not cover the
+        not-ready rule does (``ClusterEndpointSource.follow_not_ready``)."""
+        rv = ""
+        if self.member is not None:
+            rv, self.member.converged_at_rv = self.member.converged_at_rv, ""
+        elif self.elector is not None and self.elector.is_leader:
+            rv, self.elector.acquired_rv = self.elector.acquired_rv, ""
+        if not rv:
+            return
+        adopted = [self.ceps, self.slices, *([self.endpoints] if self.endpoints else [])]
+        fresh = await asyncio.gather(*(i.caught_up(rv, self.settings.retry_period) for i in adopted))
+        behind = [i.name for i, ok in zip(adopted, fresh, strict=True) if not ok]
+        if behind:
+            log.info("taking over from caches that have not shown the handover yet", extra={"informers": behind})
+
+    async def _sweep(self) -> None:
         """Delete the slices and Endpoints of held targets that no front-end claims any more (edits made
-        while no controller held them: docs/design.md section 5)."""
+        while no controller held them: docs/design.md section 8). A candidate from the caches is
+        confirmed by a fresh read of its owner (a ClusterEndpoint) or its Service (a mirror) first:
+        one cache may lag behind another, and a live ClusterEndpoint's slices must never go."""
         objects = [((o["metadata"].get("namespace", ""),
                      (o["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL, "")), o)
                    for o in self.slices.cache.values()]
@@ -228,12 +248,36 @@ class Controller:
             service = self.services.get(*key)
             return service is not None and mirror_source(service, self.settings.mirror_pairs) is not None
 
-        gone = orphaned(objects, claimed=lambda key: self.state.get(key) is not None, holds=self.owns,
-                        clusterendpoint_uids=uids, mirrored=mirrored)
+        candidates = orphaned(objects, claimed=lambda key: self.state.get(key) is not None, holds=self.owns,
+                              clusterendpoint_uids=uids, mirrored=mirrored)
+        gone: set[TargetKey] = set()
+        for key, ref in candidates.items():
+            try:
+                if await self._still_claimed(key, ref):
+                    continue
+            except ApiError as err:
+                log.warning("could not confirm an unclaimed target: %s", err, extra={"target": "/".join(key)})
+                continue
+            gone.add(key)
         if gone:
             log.info("deleting what no front-end claims any more",
                      extra={"targets": ",".join("/".join(k) for k in sorted(gone))})
             self.writer.sweep(gone)
+
+    async def _still_claimed(self, key: TargetKey, owner: Obj | None) -> bool:
+        """A fresh read: does the owning ClusterEndpoint still exist, or does the Service still ask to be
+        mirrored?"""
+        path = (CLUSTERENDPOINTS.path(key[0], str(owner.get("name", ""))) if owner is not None
+                else SERVICES.path(*key))
+        try:
+            found = await self.client.request("GET", path)
+        except ApiError as err:
+            if err.code == 404:
+                return False
+            raise
+        if owner is not None:
+            return bool(found.get("metadata", {}).get("uid") == owner.get("uid"))
+        return mirror_source(found, self.settings.mirror_pairs) is not None
 
     @property
     def informers(self) -> list[Informer]:
@@ -296,7 +340,7 @@ class Controller:
         self.heap.start()  # caches and checks are in: keep full GC pauses off the event loop
         self.mirror.start()
         self._core += [self.writer.start(), self.status.start(), self.events.start()]
-        self._sweep()
+        await self._sweep()
         self._gauge_task = asyncio.create_task(self._gauges(), name="gauges")
         self.scheduler.start()
         self.discovery.resume()

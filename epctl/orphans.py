@@ -33,12 +33,14 @@ def _controller_ref(obj: Obj) -> Obj | None:
 
 def orphaned(objects: Iterable[tuple[TargetKey, Obj]], *, claimed: Callable[[TargetKey], bool],
              holds: Callable[[TargetKey], bool], clusterendpoint_uids: set[str],
-             mirrored: Callable[[TargetKey], bool]) -> set[TargetKey]:
-    """The targets whose objects (``(target, object)`` pairs of our slices and Endpoints) nobody claims.
+             mirrored: Callable[[TargetKey], bool]) -> dict[TargetKey, Obj | None]:
+    """The targets whose objects (``(target, object)`` pairs of our slices and Endpoints) nobody claims,
+    each with the ClusterEndpoint ownerReference that names its missing owner (None: a mirror's).
 
     ``claimed``: a front-end of this process claims the target now; ``holds``: this process may write
-    it; ``mirrored``: its Service asks to be mirrored."""
-    found: set[TargetKey] = set()
+    it; ``mirrored``: its Service asks to be mirrored. These are *candidates*: a cache may lag (the
+    caller confirms each with a fresh read before anything is deleted)."""
+    found: dict[TargetKey, Obj | None] = {}
     for key, obj in objects:
         if key in found or not holds(key) or claimed(key):
             continue
@@ -47,7 +49,7 @@ def orphaned(objects: Iterable[tuple[TargetKey, Obj]], *, claimed: Callable[[Tar
         if ref is not None and ref.get("kind") == "ClusterEndpoint" \
                 and str(ref.get("apiVersion", "")).split("/")[0] == CEP_GROUP:
             if ref.get("uid") not in clusterendpoint_uids:
-                found.add(key)
+                found[key] = ref
         elif labels.get(MIRRORED_LABEL) == "true" and not mirrored(key):
-            found.add(key)
+            found[key] = None
     return found

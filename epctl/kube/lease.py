@@ -1,11 +1,16 @@
 """Leader election on a ``coordination.k8s.io/v1`` Lease, the way client-go's leaderelection does it.
 
-- Acquire: create the Lease, or take it over when its holder is empty (released) or has not renewed
-  for ``lease_duration`` as *observed locally* (remote timestamps are never compared with our clock).
+- Acquire: create the Lease, or take it over when its holder released it (holder cleared and signed
+  ``epctl.io/released``) or has not renewed for its lease duration as *observed locally* (remote
+  timestamps are never compared with our clock). A Lease deleted, its holder cleared by hand or its
+  duration shortened frees nothing before that: the holder may still be writing. A candidate that
+  never saw the Lease held waits one lease duration from its start before taking it.
+- A leader that finds its Lease deleted or held by someone else steps down (it is seen dead), then
+  campaigns again like anyone.
 - Renew every ``retry_period``. If renewals keep failing for ``renew_deadline`` (< lease duration) the
   leader steps down on its own, before anyone else may take the Lease: never two writers.
-- Release on shutdown: the holder is cleared so a standby takes over at its next retry (~1 s), not
-  after the lease duration.
+- Release on shutdown: the holder is cleared and the release signed, so a standby takes over at its
+  next retry (~1 s), not after the lease duration.
 - Every write is a conditional update on the Lease's resourceVersion; a 409 means someone else won.
 """
 
@@ -32,6 +37,9 @@ def micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+RELEASED_ANNOTATION = "epctl.io/released"  # signed by a holder that let go after its last write
+
+
 def published_duration(lease_duration: float) -> int:
     """``leaseDurationSeconds`` is a whole number above 0 (the API server refuses 0): round *up*, so
     the others never count us as expired sooner than the duration our renew deadline was checked
@@ -55,26 +63,62 @@ class LeaderElector:
         self.identity = identity or default_identity()
         self.lease_duration, self.renew_deadline, self.retry_period = lease_duration, renew_deadline, retry_period
         self.is_leader = False
-        self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
-        self._observed_at = 0.0
         self._lease: Obj | None = None
         self.step_downs = 0  # times leadership was lost (deadline passed, or someone else holds it)
         self.deadline = 0.0  # monotonic: the leader sends nothing after this unless it renews first
+        # the last holder seen *renewing*, when we first saw that renewal, and the longest duration it
+        # published: only its own signed release, or that long without a renewal, frees the Lease (a
+        # deleted Lease, a holder cleared by hand, a shortened duration do not)
+        self._holder: str | None = None
+        self._renewed = ""
+        self._seen_at = 0.0
+        self._duration = lease_duration
+        self._released = False
+        self._started: float | None = None  # first attempt: a Lease never seen held may be held by a writer
+        self._lost = False  # our own Lease was deleted or taken while we led
+        self.acquired_rv = ""  # resourceVersion of the write that won the Lease (a new leader's caches catch up to it)
+
+    def _observe(self, holder: str, renewed: str, duration: float, released_by: str, now: float) -> None:
+        if holder and (holder, renewed) != (self._holder, self._renewed):
+            self._duration = duration if holder != self._holder else max(duration, self._duration)
+            self._holder, self._renewed, self._seen_at, self._released = holder, renewed, now, False
+        elif holder and holder == self._holder:
+            self._duration = max(duration, self._duration)  # shortened by hand: not for us
+        elif not holder and released_by and released_by == self._holder:
+            self._released = True
+
+    def _free(self, now: float) -> bool:
+        """May we take the Lease over (create it, or write ourselves into it)?"""
+        if self._holder is None:  # never seen held: whoever held it may still write for a whole duration
+            return self._started is not None and now - self._started >= self.lease_duration
+        if self._holder == self.identity or self._released:
+            return True
+        return now - self._seen_at >= self._duration
 
     async def _try(self, timeout: tuple[float, float]) -> bool:
-        """One acquire-or-renew attempt; True if we hold the Lease afterwards."""
+        """One acquire-or-renew attempt; True if we hold the Lease afterwards. A leader that finds its
+        Lease deleted or held by someone else returns False and marks itself lost (it steps down and
+        campaigns again like anyone)."""
         path = LEASES.path(self.namespace, self.name)
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
         try:
             lease = await self.client.request("GET", path, timeout=timeout)
         except ApiError as err:
             if err.code != 404:
                 raise
-            now = micro_now()
+            if self.is_leader:
+                self._lost = True
+                return False
+            if not self._free(time.monotonic()):
+                return False
+            stamp = micro_now()
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {"holderIdentity": self.identity,
                              "leaseDurationSeconds": published_duration(self.lease_duration),
-                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+                             "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0}}
             try:
                 self._lease = await self.client.request("POST", LEASES.path(self.namespace), body=body,
                                                         timeout=timeout)
@@ -82,21 +126,28 @@ class LeaderElector:
                 if create_err.code == 409:
                     return False
                 raise
+            self._holder = self.identity
+            self.acquired_rv = str((self._lease.get("metadata") or {}).get("resourceVersion") or "")
             return True
-        spec = lease.get("spec") or {}
+        spec, meta = lease.get("spec") or {}, lease.get("metadata") or {}
         holder = spec.get("holderIdentity") or ""
-        record = (holder, str(spec.get("renewTime")))
-        if record != self._observed:
-            self._observed, self._observed_at = record, time.monotonic()
-        if holder and holder != self.identity:
-            duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
-            if time.monotonic() - self._observed_at < duration:
+        # never shorter than ours: a duration cut by hand (or a replica misconfigured) must not let us in early
+        duration = max(float(spec.get("leaseDurationSeconds") or 0), self.lease_duration)
+        self._observe(holder, str(spec.get("renewTime")), duration,
+                      (meta.get("annotations") or {}).get(RELEASED_ANNOTATION, ""), time.monotonic())
+        if holder != self.identity:
+            if self.is_leader:
+                self._lost = True  # deleted and re-created, or edited: the others may count us as gone
+                return False
+            if not self._free(time.monotonic()):
                 return False  # held by someone who renewed within its lease duration, as far as we saw
-        now = micro_now()
+        stamp = micro_now()
         taking_over = holder != self.identity
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != RELEASED_ANNOTATION}
+        lease["metadata"] = {**meta, "annotations": annotations}
         lease["spec"] = {**spec, "holderIdentity": self.identity,
-                         "leaseDurationSeconds": published_duration(self.lease_duration), "renewTime": now,
-                         "acquireTime": now if taking_over else spec.get("acquireTime", now),
+                         "leaseDurationSeconds": published_duration(self.lease_duration), "renewTime": stamp,
+                         "acquireTime": stamp if taking_over else spec.get("acquireTime", stamp),
                          "leaseTransitions": int(spec.get("leaseTransitions") or 0) + (1 if taking_over else 0)}
         try:
             self._lease = await self.client.request("PUT", path, body=lease, timeout=timeout)
@@ -104,6 +155,9 @@ class LeaderElector:
             if err.code == 409:
                 return False
             raise
+        if taking_over:
+            self.acquired_rv = str((self._lease.get("metadata") or {}).get("resourceVersion") or "")
+        self._holder = self.identity
         return True
 
     async def run(self, on_started: Callable[[], Awaitable[None]], on_stopped: Callable[[], Awaitable[None]]) -> None:
@@ -141,8 +195,8 @@ class LeaderElector:
                     self.is_leader = True
                     log.info("became leader", extra={"identity": self.identity})
                     await on_started()
-            elif self.is_leader and (time.monotonic() >= deadline or self._held_by_other()):
-                self.is_leader = False
+            elif self.is_leader and (time.monotonic() >= deadline or self._lost):
+                self.is_leader, self._lost = False, False
                 self.step_downs += 1
                 log.warning("lost leadership", extra={"identity": self.identity})
                 await on_stopped()
@@ -155,15 +209,15 @@ class LeaderElector:
         """The write fence's limit (``epctl.shard.fence``): the renew deadline while leading."""
         return self.deadline if self.is_leader else 0.0
 
-    def _held_by_other(self) -> bool:
-        return bool(self._observed and self._observed[0] and self._observed[0] != self.identity)
-
     async def release(self) -> None:
         """Give the Lease up now (graceful shutdown), so a standby does not wait out the duration."""
         if not self.is_leader or self._lease is None:
             return
         self.is_leader = False
         lease = dict(self._lease)
+        meta = lease.get("metadata") or {}
+        lease["metadata"] = {**meta, "annotations": {**(meta.get("annotations") or {}),
+                                                     RELEASED_ANNOTATION: self.identity}}
         lease["spec"] = {**(lease.get("spec") or {}), "holderIdentity": "", "leaseDurationSeconds": 1,
                          "renewTime": micro_now()}
         try:

@@ -45,6 +45,7 @@ from epctl.tasks import cancel_and_wait, ensure_running
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"  # kube-controller-manager's, for selector Services
+POD_SLICES_ANNOTATION = "epctl.io/pod-slices"  # "delete": the selector we removed left Pod slices behind
 
 
 class SyncReporter(Protocol):
@@ -113,6 +114,7 @@ class Writer:
         self._written: dict[tuple[str, str], _Written] = {}
         self._written_endpoints: dict[tuple[str, str], _Written] = {}
         self._deselected: set[TargetKey] = set()  # adopted Services whose selector we removed
+        self._pod_slices_cleared: dict[TargetKey, int] = {}  # the Service's resourceVersion after our clearing
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -122,6 +124,9 @@ class Writer:
         # neither planned nor written, whatever the desired state says about them
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
         self.fence: Fence = UNFENCED  # asked at the moment each write is sent (epctl.shard.fence)
+        # told what a fresh read of a target's slices found, before re-planning (the ClusterEndpoint
+        # source follows slices that say not ready for hosts no probe of ours has passed)
+        self.on_listed: Callable[[TargetKey, list[Obj]], None] | None = None
         # last touch on the port groups before planning (topology hints, epctl.sources.topology)
         self.decorate: Callable[[TargetKey, list[PortGroup]], list[PortGroup]] | None = None
         if not slices.has_index:
@@ -381,7 +386,11 @@ class Writer:
         kube-controller-manager's EndpointSlice controller made for it. It does not do so itself when a
         Service loses its selector (its sync skips selector-less Services), so kube-proxy would keep
         routing to those Pods beside our hosts."""
-        if key not in self._deselected:
+        service = self.services.get(*key)
+        marked = ((service or {}).get("metadata", {}).get("annotations") or {}).get(POD_SLICES_ANNOTATION)
+        if marked and _rv(service) <= self._pod_slices_cleared.get(key, -1):
+            marked = None  # our own clearing has not reached the cache yet
+        if key not in self._deselected and not marked:
             return
         found = await self.client.request("GET", ENDPOINTSLICES.path(key[0]), query={
             "labelSelector": f"{SERVICE_NAME_LABEL}={key[1]},{MANAGED_BY_LABEL}={SLICE_CONTROLLER}"})
@@ -394,6 +403,9 @@ class Writer:
             except ApiError as err:
                 if err.code not in (404, 409):
                     raise
+        cleared = await self._send(key, "PATCH", SERVICES.path(*key), content_type=MERGE_PATCH,
+                                   body={"metadata": {"annotations": {POD_SLICES_ANNOTATION: None}}})
+        self._pod_slices_cleared[key] = _rv(cleared)
         self._deselected.discard(key)
 
     async def _sync_slices(self, key: TargetKey, target: Target | None) -> None:
@@ -403,7 +415,19 @@ class Writer:
         owners = [target.owner] if target and target.owner else []
         fresh = False
         for _attempt in range(4):
-            observed = await self._list_slices(key) if fresh else self._observed(key)
+            if fresh:
+                observed = await self._list_slices(key)
+                if self.on_listed is not None and target is not None:
+                    # what we read may be newer than what our desired state was built from (a takeover
+                    # from a lagging cache): let the source follow it before we plan (no dead host
+                    # made ready by a "repair")
+                    self.on_listed(key, observed)
+                    target = self.state.get(key)
+                    groups = list(target.groups.values()) if target else []
+                    if self.decorate is not None and groups:
+                        groups = self.decorate(key, groups)
+            else:
+                observed = self._observed(key)
             plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
                                owner_references=owners, extra_labels=front_end_labels(target) if target else None)
             if plan.empty:
@@ -607,6 +631,10 @@ class Writer:
         patch: Obj = {}
         if current_ports != want_ports or existing.get("spec", {}).get("selector"):
             patch["spec"] = {"ports": want_ports, "selector": None}
+        if existing.get("spec", {}).get("selector"):
+            # in the same write: whoever writes this target next (us, or another replica after a crash)
+            # knows kube-controller-manager's Pod slices are still to be deleted
+            patch.setdefault("metadata", {})["annotations"] = {POD_SLICES_ANNOTATION: "delete"}
         if (existing["metadata"].get("labels") or {}).get(MANAGED_LABEL) != MANAGED_VALUE:
             patch.setdefault("metadata", {})["labels"] = {MANAGED_LABEL: MANAGED_VALUE}
         if (not owned or inherited) and target.owner:

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from epctl.kube.client import LEASES, ApiError, KubeClient
-from epctl.kube.lease import micro_now, published_duration
+from epctl.kube.lease import RELEASED_ANNOTATION, micro_now, published_duration
 from epctl.shard.fence import Fence
 from epctl.shard.ring import Holdings, LeaseRecord, Members, Ring, TargetKey
 
@@ -45,7 +45,6 @@ Obj = dict[str, Any]
 GROUP_LABEL = "epctl.io/shard-group"
 RING_ANNOTATION = "epctl.io/ring"
 MEMBERS_ANNOTATION = "epctl.io/ring-members"  # for people: `kubectl get lease -o yaml`
-RELEASED_ANNOTATION = "epctl.io/released"  # the identity that released its own Lease after its last write
 LEASE_PREFIX = "epctl-member-"
 
 
@@ -87,13 +86,15 @@ class ShardMember:
         self._acked = ""  # the ring version our Lease publishes (last successful write)
         self._deadline = 0.0
         self._ring_since: float | None = None  # when the ring not yet converged was first seen
-        self._legacy_seen: tuple[str, str] | None = None
-        self._legacy_seen_at = 0.0
+        # the single-leader Lease of replicas running --leader-elect (a rollout from it): alive by the same
+        # rules as a member (a deletion or a hand edit does not end it, a signed release does)
+        self.legacy = Members()
         self._handover: asyncio.Task[None] | None = None  # on_change for the newest ring (or a drop)
         self._handover_for: str | None = None  # the ring version the running handover releases for
         self._wakeup = asyncio.Event()
         self._uids: dict[str, tuple[str, str]] = {}  # member Lease name -> (uid, resourceVersion) last listed
         self._listed_rv = ""
+        self._watching_since: float | None = None  # first listing: a member joins a lease duration later
         # the resourceVersion of the listing that showed the ring converged: whatever the previous
         # owners wrote before they acked is older, so a new owner starts from caches at least this new
         self.converged_at_rv = ""
@@ -186,17 +187,18 @@ class ShardMember:
             self._acked, self._joined = ack, True
             return
 
-    async def _list(self, timeout: tuple[float, float]) -> tuple[dict[str, LeaseRecord], tuple[str, str, float] | None]:
+    async def _list(self, timeout: tuple[float, float]) -> tuple[dict[str, LeaseRecord], LeaseRecord | None]:
         """Member Leases of our group, and the single-leader Lease (holder, renewTime, duration) if any."""
         found = await self.client.request("GET", LEASES.path(self.namespace), timeout=timeout)
         self._listed_rv = str((found.get("metadata") or {}).get("resourceVersion") or "")
         members: dict[str, LeaseRecord] = {}
-        legacy: tuple[str, str, float] | None = None
+        legacy: LeaseRecord | None = None
         self._uids = {}
         for lease in found.get("items") or []:
             meta, spec = lease.get("metadata") or {}, lease.get("spec") or {}
             holder, renewed = spec.get("holderIdentity") or "", str(spec.get("renewTime") or "")
-            duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+            # never shorter than ours: a duration cut by hand must not end a member early in our eyes
+            duration = max(float(spec.get("leaseDurationSeconds") or 0), self.lease_duration)
             annotations = meta.get("annotations") or {}
             if (meta.get("labels") or {}).get(GROUP_LABEL) == self.group:
                 members[meta.get("name", "")] = LeaseRecord(holder, renewed, duration,
@@ -204,16 +206,14 @@ class ShardMember:
                                                             annotations.get(RELEASED_ANNOTATION, ""))
                 self._uids[meta.get("name", "")] = (meta.get("uid", ""), meta.get("resourceVersion", ""))
             elif meta.get("name") == self.legacy_leader:
-                legacy = (holder, renewed, duration)
+                legacy = LeaseRecord(holder, renewed, duration, "", annotations.get(RELEASED_ANNOTATION, ""))
         return members, legacy
 
-    def _legacy_alive(self, legacy: tuple[str, str, float] | None, now: float) -> bool:
-        if legacy is None or not legacy[0]:
-            self._legacy_seen = None
-            return False
-        if (legacy[0], legacy[1]) != self._legacy_seen:
-            self._legacy_seen, self._legacy_seen_at = (legacy[0], legacy[1]), now
-        return now - self._legacy_seen_at < legacy[2]
+    def _legacy_alive(self, legacy: LeaseRecord | None, now: float) -> bool:
+        """Does a replica running --leader-elect still hold the single-leader Lease (and so write every
+        target)? Observed like a member: only its signed release or its expiry ends it."""
+        self.legacy.observe({"leader": legacy} if legacy is not None else {}, now)
+        return bool(self.legacy.alive(now))
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -240,6 +240,9 @@ class ShardMember:
         sent = time.monotonic()
         if self.member and sent >= self._deadline:
             self._step_down("could not renew the member Lease within the renew deadline")
+        if self._watching_since is None or sent - self._watching_since < self.lease_duration:
+            await self._watch_first(sent)
+            return
         budget = self._budget(sent)
         try:
             async with asyncio.timeout(budget):
@@ -261,6 +264,24 @@ class ShardMember:
         self.member = True
         await self._look(members, legacy)
         await self._delete_released()
+
+    async def _watch_first(self, now: float) -> None:
+        """A new member lists the member Leases for one lease duration before it joins: a member whose
+        Lease was deleted or edited before we started (so we never saw it renew) is still writing
+        until it notices, at its next renewal, and writes its Lease again; we must have seen that
+        before we take anything. The others release nothing to us meanwhile (we are no member yet)."""
+        try:
+            async with asyncio.timeout(self.renew_deadline):
+                members, legacy = await self._list((self.renew_deadline, self.renew_deadline))
+        except Exception as err:
+            self._log_failure(err)
+            return
+        if self._watching_since is None:
+            self._watching_since = now
+            log.info("watching the shard ring before joining", extra={"identity": self.identity,
+                                                                     "seconds": self.lease_duration})
+        self.members.observe(members, time.monotonic())
+        self._legacy_alive(legacy, time.monotonic())
 
     def _step_down(self, why: str) -> None:
         """Hold nothing from now on (the fence closes for every target at once); the writes in flight
@@ -323,10 +344,16 @@ class ShardMember:
         else:
             log.error("shard membership attempt failed", exc_info=err, extra=where)
 
-    async def _look(self, leases: dict[str, LeaseRecord], legacy: tuple[str, str, float] | None) -> None:
+    async def _look(self, leases: dict[str, LeaseRecord], legacy: LeaseRecord | None) -> None:
         """Apply one listing: start a handover for a new ring, or take what a converged ring gives."""
         now = time.monotonic()
         self.members.observe(leases, now)
+        legacy_alive = self._legacy_alive(legacy, now)
+        if legacy_alive and self.holdings.drop():
+            # a single-leader replica (back) at work writes every target: hold nothing beside it
+            log.warning("a --leader-elect replica holds the leader Lease: dropping every target",
+                        extra={"identity": self.identity})
+            self._start_handover("")
         alive = self.members.alive(now)
         alive[self.identity] = self._acked  # we just renewed: alive, with the ack the server has
         ring = Ring.of(alive)
@@ -342,7 +369,7 @@ class ShardMember:
         if self._ack != ring.version:
             self._start_handover(ring.version)  # a handover that failed: again (the ack only after it)
             return
-        if self._acked != ring.version or self._legacy_alive(legacy, now):
+        if self._acked != ring.version or legacy_alive:
             return  # our ack is not out yet; or an old single-leader replica still writes everything
         if self.holdings.converge(alive):
             self.converged_at_rv = self._listed_rv
@@ -353,6 +380,9 @@ class ShardMember:
             self._ring_since = None
 
     def _delay(self) -> float:
+        if self._watching_since is None or time.monotonic() - self._watching_since < self.lease_duration:
+            left = self.lease_duration - (time.monotonic() - (self._watching_since or time.monotonic()))
+            return max(0.01, min(self.retry_period, left))
         if self._ack != self._acked and self._handover is None:
             return 0.0  # an ack to publish
         delay = self.retry_period if self.holdings.converged or not self.member else self.retry_period / 4

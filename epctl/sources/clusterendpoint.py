@@ -278,20 +278,25 @@ class ClusterEndpointSource:
             self._follow_discovery(key, spec)
 
     def _on_slice(self, event: InformerEvent) -> None:
-        """No repair may make a host ready that has not passed a probe of ours. A check held ready
-        whose last probe of ours did not pass (none yet: adopted from our cache when we took the
-        target over; or failing, below the failure threshold) follows a slice that now says not
-        ready: that is the previous owner's last word seen late (a lagging watch), or someone who
-        knows better, not an edit to undo. The next passing probe makes it ready again."""
         if event.type == "DELETED" or not self._started:
             return
         meta = event.obj.get("metadata", {})
-        key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
+        self.follow_not_ready((meta.get("namespace", ""), (meta.get("labels") or {}).get(SERVICE_NAME_LABEL, "")),
+                              [event.obj])
+
+    def follow_not_ready(self, key: TargetKey, slices: list[Obj]) -> None:
+        """No repair may make a host ready that has not passed a probe of ours. A check held ready
+        whose last probe of ours did not pass (none yet: adopted from our cache when we took the
+        target over; or failing, below the failure threshold) follows a slice that says not ready:
+        that is the previous owner's last word seen late (a lagging watch, or the writer's fresh
+        read after a conflict), or someone who knows better, not an edit to undo. The next passing
+        probe makes it ready again. (Called for every slice event, and by the writer with what it
+        lists before it re-plans.)"""
         entry = self._entries.get(key)
-        if entry is None or not entry.active:
+        if not self._started or entry is None or not entry.active:
             return
         target, corrected = f"{key[0]}/{key[1]}", False
-        for (label, address), ready in published_readiness([event.obj], key).items():
+        for (label, address), ready in published_readiness(slices, key).items():
             state = None if ready else self.scheduler.state(CheckKey(target, label, address))
             if state is not None and state.healthy and state.successes == 0:  # ready, but not by our last probe
                 state.healthy = False

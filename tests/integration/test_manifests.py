@@ -112,10 +112,26 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
     try:
         await install_crd(setup)
         await setup.request("POST", "/api/v1/namespaces", body={"metadata": {"name": "epctl-system"}})
+        # left behind while no controller ran (the garbage collector down): a deleted ClusterEndpoint's
+        # slice and a mirror's whose annotation went; the sweep reads their owners again, then deletes
+        api.store.gc_paused = True
+        await setup.request("POST", SERVICES.path("default"), body={
+            "metadata": {"name": "was-mirror"}, "spec": {"ports": [{"name": "p", "port": 1}]}})
+        for name, extra in (("ghost", {"ownerReferences": [{
+                "apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint", "name": "ghost", "uid": "gone-uid",
+                "controller": True}]}), ("was-mirror", {})):
+            labels = {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by":
+                      "controller.epctl.io", **({} if extra else {"epctl.io/mirrored": "true"})}
+            await setup.request("POST", ENDPOINTSLICES.path("default"), body={
+                "metadata": {"name": f"{name}-1", "labels": labels, **extra}, "addressType": "IPv4",
+                "ports": [{"name": "p", "port": 1}], "endpoints": [{"addresses": ["10.0.0.9"]}]})
         async with TCPBackend() as db, running_controller(
                 api, controller_client, shard=True, leader_election_namespace="epctl-system",
                 lease_duration=3.0, renew_deadline=2.0, retry_period=0.3) as controller:
             await eventually(lambda: controller.leading, message="a member of the ring")
+            await eventually(lambda: not slices_of(api, "ghost") and not slices_of(api, "was-mirror"),
+                             message="what nobody claims is swept")
+            api.store.resume_gc()
             # a member that left (released its Lease after its last write): the others delete its Lease
             await setup.request("POST", LEASES.path("epctl-system"), body={
                 "metadata": {"name": "epctl-member-gone", "labels": {GROUP_LABEL: "epctl-controller"},
