@@ -143,6 +143,7 @@ class Controller:
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify
         self.writer.on_listed = self.source.follow_not_ready
+        self.writer.may_ready = self.source.may_ready
         self.nodes: Informer | None = None
         self.topology: TopologySource | None = None
         if settings.topology_hints:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -84,6 +85,28 @@ def _earlier_self(ref: Obj, owner: Obj | None) -> bool:
             and ref.get("uid") != owner.get("uid"))
 
 
+def _held_not_ready(key: TargetKey, groups: list[PortGroup], observed: list[Obj],
+                    may_ready: Callable[[TargetKey, str, str], bool]) -> list[PortGroup]:
+    """``groups`` with every endpoint kept not ready that a slice publishes not ready and that may not
+    become ready yet (no passing probe of ours since); ``groups`` itself when nothing is held."""
+    published = {(str((o.get("ports") or [{}])[0].get("name") or ""), address)
+                 for o in observed for e in o.get("endpoints") or []
+                 if (e.get("conditions") or {}).get("ready") is False for address in e.get("addresses") or []}
+    if not published:
+        return groups
+    out: list[PortGroup] = []
+    changed = False
+    for group in groups:
+        name = group.ports[0].name if group.ports else ""
+        endpoints = dict(group.endpoints)
+        for address, endpoint in group.endpoints.items():
+            if endpoint.ready and (name, address) in published and not may_ready(key, name, address):
+                endpoints[address] = dataclasses.replace(endpoint, ready=False, serving=False)
+                changed = True
+        out.append(dataclasses.replace(group, endpoints=endpoints) if endpoints != group.endpoints else group)
+    return out if changed else groups
+
+
 def _rv(obj: Obj | None) -> int:
     try:
         return int((obj or {}).get("metadata", {}).get("resourceVersion", "0"))
@@ -127,6 +150,9 @@ class Writer:
         # told what a fresh read of a target's slices found, before re-planning (the ClusterEndpoint
         # source follows slices that say not ready for hosts no probe of ours has passed)
         self.on_listed: Callable[[TargetKey, list[Obj]], None] | None = None
+        # may (target, slice port name, address) go from published not ready to ready? Only after a
+        # passing probe of ours: asked at planning time, whatever order the events came in
+        self.may_ready: Callable[[TargetKey, str, str], bool] | None = None
         # last touch on the port groups before planning (topology hints, epctl.sources.topology)
         self.decorate: Callable[[TargetKey, list[PortGroup]], list[PortGroup]] | None = None
         if not slices.has_index:
@@ -430,6 +456,12 @@ class Writer:
                 observed = self._observed(key)
             plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
                                owner_references=owners, extra_labels=front_end_labels(target) if target else None)
+            if self.may_ready is not None and target is not None:
+                held = _held_not_ready(key, groups, observed, self.may_ready)
+                if held is not groups:
+                    groups = held
+                    plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
+                                       owner_references=owners, extra_labels=front_end_labels(target))
             if plan.empty:
                 break
             log.debug("writing slices", extra={"target": "/".join(key), "create": len(plan.creates),

@@ -306,6 +306,16 @@ class ClusterEndpointSource:
         if corrected and entry.spec is not None and entry.resolved is entry.spec:
             self._materialise(key, entry)
 
+    def may_ready(self, key: TargetKey, port_name: str, address: str) -> bool:
+        """May the writer publish this endpoint ready where a slice says not ready? Only after a passing
+        probe of ours (its last result passed); a port without a probe is always ready."""
+        target = f"{key[0]}/{key[1]}"
+        for check_key in self.scheduler.keys_of(target):
+            if check_key.address == address and (not port_name or check_key.port == port_name):
+                state = self.scheduler.state(check_key)
+                return state is None or state.successes > 0
+        return True
+
     def _drain_events(self, obj: Obj, before: tuple[str, ...], after: tuple[str, ...],
                       spec: ClusterEndpointSpec | None = None, previous: ClusterEndpointSpec | None = None) -> None:
         """An Event per host put into or taken out of maintenance, naming who asked (the field manager that

@@ -38,6 +38,8 @@ async def test_writes_refused_while_the_claim_lapsed_go_out_once_it_is_renewed(a
              "periodSeconds": 1, "failureThreshold": 1}]))
         await eventually(lambda: (cep_of(api, "svc") or {}).get("status", {}).get("phase") == "Healthy",
                          message="published healthy")
+        await controller.writer.wait_idle(10)  # the first publication's writes (Endpoints too) are done
+        await controller.status.flush()
         until = [0.0]  # lapsed
         fences = {name: Fence(controller.owns, lambda: until[0]) for name in ("writer", "status", "events")}
         controller.writer.fence, controller.status.fence = fences["writer"], fences["status"]

@@ -281,9 +281,10 @@ async def test_a_new_owner_waits_until_the_old_owner_let_go(api: KubeAPIServer) 
     await install_crd(setup)
     async with AsyncExitStack() as stack:
         up = await stack.enter_async_context(TCPBackend())
-        slow = {"lease_duration": 8.0, "renew_deadline": 6.0}  # b keeps writing 6 s after it went blind
-        a = await stack.enter_async_context(member(api, "a", **slow))
-        b = await stack.enter_async_context(member(api, "b", **slow))
+        slow = {"lease_duration": 8.0, "renew_deadline": 6.0}
+        blind = {"lease_duration": 14.0, "renew_deadline": 12.0}  # b keeps writing 12 s after it went blind,
+        a = await stack.enter_async_context(member(api, "a", **slow))  # longer than d watches before joining
+        b = await stack.enter_async_context(member(api, "b", **blind))
         await settled([a, b], 2)
         await populate(api, setup, up, free_port())
         moving = {t for t in NAMES if owner(("default", t), "ab") == "b" and owner(("default", t), "abd") == "d"}
@@ -291,9 +292,10 @@ async def test_a_new_owner_waits_until_the_old_owner_let_go(api: KubeAPIServer) 
         mark = len(api.request_log)
         api.inject_fault(FaultRule(user_agent="epctl/b", verb="list", resource="leases", code=503, count=10**6))
         d = await stack.enter_async_context(member(api, "d", **slow))
-        await eventually(lambda: len(d.member.ring.members) == 3, message="d sees the ring with itself")  # type: ignore[union-attr]
+        await eventually(lambda: len(d.member.ring.members) == 3, timeout=25,  # type: ignore[union-attr]
+                         message="d sees the ring with itself (it watches one lease duration first)")
         await up.set_mode("closed")  # every target changes now: b writes its share while it holds it
-        await eventually(lambda: "b" not in d.member.ring.members, timeout=15,  # type: ignore[union-attr]
+        await eventually(lambda: "b" not in d.member.ring.members, timeout=25,  # type: ignore[union-attr]
                          message="b's Lease expires for d")
         b_gone = time.monotonic()
         early = [r for r in target_writes(api, mark) if r.user_agent == "epctl/d" and r.time < b_gone]
