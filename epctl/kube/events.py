@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, Fenced, KubeClient
+from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
 from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
 
@@ -57,6 +58,7 @@ class EventRecorder:
         self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, updated)
         self._seen: dict[tuple[str, str, str, str], _Seen] = {}
         self._task: asyncio.Task[None] | None = None
+        self.turn: Turn | None = None  # waited for before each write: routing writes and status first
         # shard ownership: Events only about objects of the targets this replica owns
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True
         self.fence: Fence = UNFENCED  # asked at the moment each Event is sent (epctl.shard.fence)
@@ -106,6 +108,8 @@ class EventRecorder:
         while True:
             involved, type_, reason, message = await self._queue.get()
             try:
+                if self.turn is not None:
+                    await self.turn.wait()
                 if not self.owns(_key_of(involved)):  # let go since it was queued
                     continue
                 # its own task, so a handover can wait for exactly this write (or cancel it)
