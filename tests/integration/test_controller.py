@@ -97,9 +97,10 @@ async def test_backend_death_and_recovery_flip_one_slice_within_the_thresholds(
                          message="ready again")
         assert time.monotonic() - back <= 2 * 1 + 1  # successThreshold x period + 1 s
         assert slice_writes(api, mark) == ["update"]
-        events = [e for e in api.store.objects[("", "events")].values()
-                  if e["involvedObject"]["name"] == "db"]
-        assert {e["reason"] for e in events} >= {"EndpointUnhealthy", "EndpointHealthy"}
+        # Events go after the slices and status they explain (routing first): wait for them
+        await eventually(lambda: {e["reason"] for e in api.store.objects[("", "events")].values()
+                                  if e["involvedObject"]["name"] == "db"} >= {"EndpointUnhealthy", "EndpointHealthy"},
+                         message="both Events")
 
 
 async def test_250_hosts_make_3_slices_and_shrinking_does_not_churn(api: KubeAPIServer, client: KubeClient) -> None:
