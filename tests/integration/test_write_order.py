@@ -1,12 +1,15 @@
-"""When much changes at once: routing writes first, then status, then Events (epctl.kube.priority)."""
+"""When much changes at once: routing writes first, then status, then Events; Events correlated and
+summarised as client-go's EventCorrelator does (epctl.kube.priority, epctl.kube.events)."""
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AsyncExitStack
 from typing import Any
 
 from epctl.app import Controller
 from epctl.kube.client import KubeClient
-from epctl.testing.backends import TCPBackend
+from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer, RequestRecord
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import (
@@ -68,6 +71,48 @@ async def test_a_mass_flip_writes_slices_and_endpoints_then_status_then_events(
         order = {"routing": 0, "status": 1, "event": 2}
         ranks = [order[k] for k in kinds]
         assert ranks == sorted(ranks), kinds
+
+
+async def test_first_decisions_are_one_event_and_similar_ones_are_combined(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """A new ClusterEndpoint whose hosts fail from the start gets one Event naming them, not one per host.
+    Later, 12 hosts failing together make 12 similar Events (same object, type, reason): with the first
+    Event they are 13 different messages; the first 9 are written as they are, every one from the 10th
+    on goes to one "(combined from similar events)" Event, counted up."""
+    await install_crd(client)
+    port = free_port()
+    hosts = [f"127.0.0.{i}" for i in range(1, 13)]
+    async with AsyncExitStack() as stack:
+        backends = [await stack.enter_async_context(TCPBackend(port, host=h)) for h in hosts[:4]]
+        controller = await stack.enter_async_context(running_controller(api, client))
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("farm", [
+            {"name": "app", "port": 80, "targetPort": port, "hosts": hosts, "tcpSocket": {},
+             "periodSeconds": 1, "failureThreshold": 1, "successThreshold": 1}]))
+        await eventually(lambda: len(endpoints_of(api, "farm")) == 12, timeout=30, message="published")
+        await _settled(controller)
+        first = _events_about(api, "farm")
+        assert len(first) == 1, first
+        assert first[0]["reason"] == "EndpointUnhealthy" and first[0]["type"] == "Warning"
+        assert first[0]["message"].startswith("first probes: 8 of 12 endpoints unhealthy: ")
+        assert all(f"{h} port app: connection refused" in first[0]["message"] for h in hosts[4:])
+        assert all(f"{h} port" not in first[0]["message"] for h in hosts[:4])
+
+        # all 12 healthy, then all 12 fail at once
+        backends += [await stack.enter_async_context(TCPBackend(port, host=h)) for h in hosts[4:]]
+        await eventually(lambda: all(endpoints_of(api, "farm").values()), timeout=30, message="all healthy")
+        await _settled(controller)
+        before = {e["metadata"]["name"] for e in _events_about(api, "farm")}
+        await asyncio.gather(*(b.set_mode("closed") for b in backends))
+        await eventually(lambda: not any(endpoints_of(api, "farm").values()), timeout=30, message="all failed")
+
+        def unhealthy() -> list[dict[str, Any]]:
+            return [e for e in _events_about(api, "farm") if e["metadata"]["name"] not in before
+                    and e["reason"] == "EndpointUnhealthy"]
+
+        await eventually(lambda: sum(e["count"] for e in unhealthy()) == 12, timeout=30, message="12 counted")
+        combined = [e for e in unhealthy() if e["message"].startswith("(combined from similar events): ")]
+        assert len(unhealthy()) == 9 and len(combined) == 1, [e["message"] for e in unhealthy()]
+        assert combined[0]["count"] == 4
 
 
 async def test_status_and_events_wait_for_routing_writes_only_so_long(api: KubeAPIServer, client: KubeClient) -> None:
