@@ -66,6 +66,7 @@ class EventRecorder:
         self.instance = socket.gethostname()
         self.burst, self.refill_seconds = burst, refill_seconds
         self.dropped = 0
+        self.created = self.counted = 0  # Events created, and count bumps of existing ones (benchmarks)
         self._queue: asyncio.Queue[tuple[Obj, str, str, str]] = asyncio.Queue(maxsize=10_000)
         self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, updated)
         self._seen: dict[tuple[str, str, str, str | None], _Seen] = {}  # message None: the combined Event
@@ -150,6 +151,7 @@ class EventRecorder:
                 await self.client.request("PATCH", EVENTS.path(namespace, seen.name),
                                           body={"count": seen.count, "lastTimestamp": _now(), "message": message},
                                           content_type=MERGE_PATCH, fence=self.fence.for_key(_key_of(involved)))
+                self.counted += 1
                 return
             except ApiError as err:
                 if err.code != 404:
@@ -169,6 +171,7 @@ class EventRecorder:
         created = await self.client.request("POST", EVENTS.path(namespace), body=body,
                                             fence=self.fence.for_key(_key_of(involved)))
         self._seen[key] = _Seen(created["metadata"]["name"], 1, now)
+        self.created += 1
         if len(self._seen) > 10_000:  # forget the oldest correlations
             for old in sorted(self._seen, key=lambda k: self._seen[k].last)[:1000]:
                 del self._seen[old]
