@@ -42,14 +42,14 @@ class Turn:
             self._credit -= 1
             return
         deadline = time.monotonic() + self.bound
-        for writer in self.ahead:
-            while writer.busy():  # quiet() may return and the writer take new work at once
-                remaining = deadline - time.monotonic()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    await asyncio.wait_for(writer.quiet(), remaining)
-                except TimeoutError:
-                    self.expired += 1
-                    self._credit = self.burst - 1
-                    return
+        while (busy := next((writer for writer in self.ahead if writer.busy()), None)) is not None:
+            # all of them quiet at once: waiting for the status writer may give the writer new work
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(busy.quiet(), remaining)
+            except TimeoutError:
+                self.expired += 1
+                self._credit = self.burst - 1
+                return
