@@ -11,6 +11,7 @@ import yaml
 
 from epctl.app import Controller, ControllerSettings
 from epctl.kube.client import CRDS, ENDPOINTSLICES, SERVICES, KubeClient
+from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
 from epctl.testing.kubeapi import KubeAPIServer
 
@@ -58,6 +59,13 @@ def slices_of(api: KubeAPIServer, service: str, namespace: str = "default") -> l
             if ns == namespace and o["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service]
 
 
+def our_slices_of(api: KubeAPIServer, service: str, namespace: str = "default") -> list[dict[str, Any]]:
+    """The slices epctl wrote for ``service`` (kube-controller-manager writes its own, even empty, for a
+    Service with a selector)."""
+    return [o for o in slices_of(api, service, namespace)
+            if o["metadata"]["labels"].get(MANAGED_BY_LABEL) == MANAGED_BY]
+
+
 def endpoints_of(api: KubeAPIServer, service: str, namespace: str = "default") -> dict[tuple[str, str], bool]:
     """(port name, address) -> ready, across all slices of the Service."""
     out = {}
@@ -76,4 +84,4 @@ def cep_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[st
 
 
 __all__ = ["CLUSTERENDPOINTS", "CRD", "ENDPOINTSLICES", "SERVICES", "cep", "cep_of", "endpoints_of", "install_crd",
-           "running_controller", "service_of", "slices_of", "source_service"]
+           "our_slices_of", "running_controller", "service_of", "slices_of", "source_service"]

@@ -16,6 +16,7 @@ from tests.integration.controller_helpers import (
     cep_of,
     endpoints_of,
     install_crd,
+    our_slices_of,
     running_controller,
     service_of,
     slices_of,
@@ -238,7 +239,7 @@ async def test_existing_service_is_not_touched_unless_adoption_is_asked(api: Kub
 
         await eventually(lambda: synced().get("reason") == "ServiceConflict", message="conflict reported")
         assert service_of(api, "legacy")["spec"]["selector"] == {"app": "x"}  # type: ignore[index]
-        assert not slices_of(api, "legacy")
+        assert not our_slices_of(api, "legacy")
         obj = await client.request("GET", CLUSTERENDPOINTS.path("default", "legacy"))
         obj["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
         await client.request("PUT", CLUSTERENDPOINTS.path("default", "legacy"), body=obj)

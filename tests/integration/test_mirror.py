@@ -8,7 +8,7 @@ from typing import Any
 from epctl.kube.client import ENDPOINTSLICES, MERGE_PATCH, SERVICES, KubeClient
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import install_crd, running_controller, slices_of
+from tests.integration.controller_helpers import install_crd, our_slices_of, running_controller, slices_of
 
 SEED = {"endpoint-copier/enabled": "true", "endpoint-copier/default-service-name": "kubernetes",
         "endpoint-copier/default-service-namespace": "default"}
@@ -105,7 +105,7 @@ async def test_source_deleted_annotation_removed_and_refusals(api: KubeAPIServer
         await eventually(lambda: "MirrorRefused" in events_for(api, "with-selector") and
                          "MirrorRefused" in events_for(api, "a") and "PortNotResolved" in events_for(api, "bad-port"),
                          message="refusals announced")
-        assert not slices_of(api, "with-selector") and not slices_of(api, "a") and not slices_of(api, "b")
+        assert not our_slices_of(api, "with-selector") and not slices_of(api, "a") and not slices_of(api, "b")
         assert not slices_of(api, "bad-port")
         await client.request("PATCH", SERVICES.path("default", "other"), content_type=MERGE_PATCH,
                              body={"metadata": {"annotations": {"endpoint-copier/enabled": None}}})
