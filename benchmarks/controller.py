@@ -221,6 +221,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     snapshot = Counter(counting.requests)
     unhealthy_transitions[0] = 0
     probes0 = _probe_counts()
+    status0, events0 = controller.status.writes, (controller.events.created, controller.events.counted)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
     await asyncio.sleep(args.steady)
@@ -231,6 +232,11 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     probes = {k: v - probes0.get(k, 0.0) for k, v in _probe_counts().items() if v - probes0.get(k, 0.0)}
     steady = {"seconds": args.steady, "api_writes": counting.writes() - before,
               "slice_writes": counting.by_method_since(snapshot).get("PUT", 0),
+              # which writes: a status patch per ClusterEndpoint when ProbesDelayed turns on or off
+              "status_patches": controller.status.writes - status0,
+              "events_created": controller.events.created - events0[0],
+              "events_counted": controller.events.counted - events0[1],
+              "probes_delayed": controller.scheduler.delayed,
               "false_unhealthy_transitions": unhealthy_transitions[0], "not_ready_at_end": not_ready,
               "cpu_percent_of_one_core": 100 * ((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime))
               / wall, "period_stretch": controller.scheduler.stretch.factor,
@@ -316,7 +322,8 @@ def table(r: dict[str, Any]) -> str:
         f"{'host back -> every ClusterEndpoint published':<48} {flips['start']['all_published_s']:>8.1f} s  "
         f"(bound 1 x period x stretch + 2 s = {flips['start']['bound_s']:.1f} s)",
         f"{'steady state: API writes in ' + str(steady['seconds']) + ' s':<48} {steady['api_writes']:>8}  "
-        f"(slice writes {steady['slice_writes']})",
+        f"(slice writes {steady['slice_writes']}, status patches {steady.get('status_patches', '?')}, Events "
+        f"{steady.get('events_created', '?')}; ProbesDelayed {steady.get('probes_delayed', '?')})",
         f"{'steady state: false unhealthy transitions':<48} {steady['false_unhealthy_transitions']:>8}  "
         f"(not ready at the end: {steady['not_ready_at_end']})",
         f"{'steady state: period stretch':<48} {steady['period_stretch']:>8.2f}  "

@@ -26,6 +26,7 @@ from epctl.kube.client import ENDPOINTSLICES, SERVICES, ApiError, KubeClient
 from epctl.kube.events import EventRecorder
 from epctl.kube.informer import Informer
 from epctl.kube.lease import LeaderElector, default_identity
+from epctl.kube.priority import DEFAULT_BOUND, Turn
 from epctl.kube.secrets import secret_credentials
 from epctl.kube.status import StatusWriter
 from epctl.kube.writer import Writer
@@ -98,6 +99,7 @@ class ControllerSettings:
     openstack_retry_base: float = 5.0  # first retry after a failed poll; doubles up to the max
     openstack_retry_max: float = 300.0
     terminating_grace: float = 0.0  # seconds a host that left a ClusterEndpoint is published terminating
+    routing_first_bound: float = DEFAULT_BOUND  # s a status patch or Event waits for routing writes at most
     topology_hints: bool = True  # watch Nodes and write hints.forZones where a Service asks (needs nodes list/watch)
 
 
@@ -144,6 +146,9 @@ class Controller:
         self.state.on_dirty = self.writer.notify
         self.writer.on_listed = self.source.follow_not_ready
         self.writer.may_ready = self.source.may_ready
+        # routing first: slices and Endpoints, then status patches, then Events (epctl.kube.priority)
+        self.status.turn = Turn([self.writer], bound=settings.routing_first_bound)
+        self.events.turn = Turn([self.writer, self.status], bound=settings.routing_first_bound)
         self.nodes: Informer | None = None
         self.topology: TopologySource | None = None
         if settings.topology_hints:

@@ -1,7 +1,11 @@
-"""core/v1 Events, recorded the way client-go's event broadcaster does.
+"""core/v1 Events, recorded the way client-go's event broadcaster (its EventCorrelator) does.
 
 - Correlation: the same (object, type, reason, message) again within 10 minutes bumps ``count``
   and ``lastTimestamp`` of the existing Event instead of creating a new one.
+- Aggregation (client-go's EventAggregator): once 10 different messages of the same (object, type,
+  reason) came within 10 minutes, further ones go to one Event with the message "(combined from
+  similar events): <latest>", counted up with each. Like client-go, it combines per involved object:
+  Events about different ClusterEndpoints are never merged (``kubectl describe`` shows an object's).
 - Spam filter: a token bucket per involved object (burst 25, one token per 5 minutes), so a
   flapping host cannot flood the API server; dropped events are counted in a metric.
 - Fire and forget: :meth:`EventRecorder.record` never blocks and never raises; a background task
@@ -20,12 +24,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, Fenced, KubeClient
+from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
 from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 CORRELATION_WINDOW = 600.0
+AGGREGATE_MAX = 10  # client-go's defaultAggregateMaxEvents (its interval is CORRELATION_WINDOW)
+COMBINED = "(combined from similar events): "
 BURST, REFILL_SECONDS = 25, 300.0
 
 
@@ -37,6 +44,12 @@ def _now() -> str:
 class _Seen:
     name: str
     count: int
+    last: float
+
+
+@dataclass
+class _Similar:
+    messages: set[str]
     last: float
 
 
@@ -53,10 +66,13 @@ class EventRecorder:
         self.instance = socket.gethostname()
         self.burst, self.refill_seconds = burst, refill_seconds
         self.dropped = 0
+        self.created = self.counted = 0  # Events created, and count bumps of existing ones (benchmarks)
         self._queue: asyncio.Queue[tuple[Obj, str, str, str]] = asyncio.Queue(maxsize=10_000)
         self._buckets: dict[str, tuple[float, float]] = {}  # uid -> (tokens, updated)
-        self._seen: dict[tuple[str, str, str, str], _Seen] = {}
+        self._seen: dict[tuple[str, str, str, str | None], _Seen] = {}  # message None: the combined Event
+        self._similar: dict[tuple[str, str, str], _Similar] = {}  # (uid, type, reason) -> messages seen
         self._task: asyncio.Task[None] | None = None
+        self.turn: Turn | None = None  # waited for before each write: routing writes and status first
         # shard ownership: Events only about objects of the targets this replica owns
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True
         self.fence: Fence = UNFENCED  # asked at the moment each Event is sent (epctl.shard.fence)
@@ -106,6 +122,8 @@ class EventRecorder:
         while True:
             involved, type_, reason, message = await self._queue.get()
             try:
+                if self.turn is not None:
+                    await self.turn.wait()
                 if not self.owns(_key_of(involved)):  # let go since it was queued
                     continue
                 # its own task, so a handover can wait for exactly this write (or cancel it)
@@ -123,16 +141,17 @@ class EventRecorder:
     async def _write(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         meta = involved.get("metadata", {})
         namespace = meta.get("namespace") or "default"
-        key = (meta.get("uid", ""), type_, reason, message)
-        seen = self._seen.get(key)
         now = time.monotonic()
+        message, key = self._aggregate(meta.get("uid", ""), type_, reason, message, now)
+        seen = self._seen.get(key)
         if seen is not None and now - seen.last < CORRELATION_WINDOW:
             seen.count += 1
             seen.last = now
             try:
                 await self.client.request("PATCH", EVENTS.path(namespace, seen.name),
-                                          body={"count": seen.count, "lastTimestamp": _now()},
+                                          body={"count": seen.count, "lastTimestamp": _now(), "message": message},
                                           content_type=MERGE_PATCH, fence=self.fence.for_key(_key_of(involved)))
+                self.counted += 1
                 return
             except ApiError as err:
                 if err.code != 404:
@@ -152,6 +171,25 @@ class EventRecorder:
         created = await self.client.request("POST", EVENTS.path(namespace), body=body,
                                             fence=self.fence.for_key(_key_of(involved)))
         self._seen[key] = _Seen(created["metadata"]["name"], 1, now)
+        self.created += 1
         if len(self._seen) > 10_000:  # forget the oldest correlations
             for old in sorted(self._seen, key=lambda k: self._seen[k].last)[:1000]:
                 del self._seen[old]
+        if len(self._similar) > 10_000:
+            for gone in sorted(self._similar, key=lambda k: self._similar[k].last)[:1000]:
+                del self._similar[gone]
+
+    def _aggregate(self, uid: str, type_: str, reason: str, message: str,
+                   now: float) -> tuple[str, tuple[str, str, str, str | None]]:
+        """client-go's EventAggregate: the message to send and the key it is counted under. The 10th
+        different message of (object, type, reason) within the window, and every similar one after
+        it, goes to the combined Event."""
+        similar = self._similar.get((uid, type_, reason))
+        if similar is None or now - similar.last > CORRELATION_WINDOW:
+            similar = self._similar[(uid, type_, reason)] = _Similar(set(), now)
+        similar.last = now
+        similar.messages.add(message)
+        if len(similar.messages) < AGGREGATE_MAX:
+            return message, (uid, type_, reason, message)
+        similar.messages.pop()  # the set stays below the mark, so every further one is combined
+        return (COMBINED + message)[:1024], (uid, type_, reason, None)

@@ -17,6 +17,7 @@ from typing import Any
 
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import MERGE_PATCH, ApiError, Fenced, KubeClient, Resource
+from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
 from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
 
@@ -69,6 +70,9 @@ class StatusWriter:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._quiet = asyncio.Event()  # nothing due or being written (retries in backoff do not count)
+        self._quiet.set()
+        self.turn: Turn | None = None  # waited for before each patch: routing writes go first
         self._task: asyncio.Task[None] | None = None
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True  # shard ownership: write only these
         self.fence: Fence = UNFENCED  # asked at the moment each patch is sent (epctl.shard.fence)
@@ -86,6 +90,7 @@ class StatusWriter:
             return
         self._pending[key] = (status, time.monotonic() + self.delay)
         self._idle.clear()
+        self._quiet.clear()
         self._wakeup.set()
 
     def forget(self, namespace: str, name: str) -> None:
@@ -110,6 +115,13 @@ class StatusWriter:
         if self._writing_key is not None and not self.owns(self._writing_key):
             await wait_or_cancel(self._writing, timeout)
 
+    def busy(self) -> bool:
+        """Status patches are due or being written: Events wait (epctl.kube.priority)."""
+        return not self._quiet.is_set()
+
+    async def quiet(self) -> None:
+        await self._quiet.wait()
+
     async def flush(self, timeout: float = 5.0) -> None:
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
         self._wakeup.set()
@@ -124,6 +136,8 @@ class StatusWriter:
             now = time.monotonic()
             due = [k for k, (_, at) in self._pending.items() if at <= now]
             for key in due:
+                if self.turn is not None and key in self._pending:
+                    await self.turn.wait()  # routing writes first; the newest status is taken after
                 item = self._pending.pop(key, None)  # set() or forget() may have dropped it meanwhile
                 if item is not None and self.owns(key):
                     # its own task, so a handover can wait for exactly this write to finish (or cancel it)
@@ -137,6 +151,11 @@ class StatusWriter:
                         log.error("status write failed", exc_info=error)
             if not self._pending:
                 self._idle.set()
+            soon = time.monotonic() + self.delay  # what is due later than this waits out a retry backoff
+            if any(at <= soon for _, at in self._pending.values()):
+                self._quiet.clear()
+            else:
+                self._quiet.set()
             self._wakeup.clear()
             if not self._pending:
                 await self._wakeup.wait()

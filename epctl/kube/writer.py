@@ -141,6 +141,10 @@ class Writer:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        # nothing due or in flight (targets only waiting out a retry backoff do not count): what the
+        # status writer and the Event recorder wait for before each write (epctl.kube.priority)
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         # the targets this replica may write (shard ownership, docs/design.md section 8); others are
@@ -175,6 +179,7 @@ class Writer:
         else:
             entry[1] = now
         self._idle.clear()
+        self._quiet.clear()
         self._wakeup.set()
 
     @staticmethod
@@ -270,6 +275,14 @@ class Writer:
         API work is forming (the probe scheduler yields to it)."""
         return len(self._in_flight) + len(self._pending) > self.concurrency
 
+    def busy(self) -> bool:
+        """Routing writes are due or in flight: status patches and Events wait (epctl.kube.priority)."""
+        return not self._quiet.is_set()
+
+    async def quiet(self) -> None:
+        """Wait until no routing write is due or in flight."""
+        await self._quiet.wait()
+
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until nothing is pending or in flight (tests and benchmarks)."""
         await asyncio.wait_for(self._idle.wait(), timeout)
@@ -300,6 +313,10 @@ class Writer:
                 self._batch_size = 0
             if not self._pending and not self._in_flight:
                 self._idle.set()
+            if self._in_flight or any(self._retry_at.get(key, 0.0) <= now for key in self._pending):
+                self._quiet.clear()
+            else:
+                self._quiet.set()
             self._wakeup.clear()
             if wake_at is None:
                 await self._wakeup.wait()

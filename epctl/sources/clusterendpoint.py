@@ -49,7 +49,7 @@ from epctl.sources.targets import (
     published_readiness,
     published_zones,
 )
-from epctl.state import DesiredState, ServicePort, ServiceSpec, Target, TargetKey
+from epctl.state import DesiredState, PortGroup, ServicePort, ServiceSpec, Target, TargetKey
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -124,6 +124,8 @@ class _Entry:
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
     mirror_blocked: bool = False  # the Service carries a mirror annotation and is not ours: we wait
     undecided: bool = False  # not published yet and some check has no first result yet
+    # first decisions that were unhealthy while undecided: one Event at first publication, not one each
+    first_unhealthy: dict[tuple[str, str], str] = field(default_factory=dict)  # (port, address) -> reason
     active: bool = False  # materialised here: this replica owns the Service (checks, desired state)
 
 
@@ -447,6 +449,8 @@ class ClusterEndpointSource:
             # take the old ones' mirrored slices away) until the first probes answer.
             self._write_status(key)
             return
+        if entry.first_unhealthy:
+            self._summarise_first(entry, groups)
         meta = entry.obj["metadata"]
         owner = {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta.get("uid", ""),
                  "controller": True, "blockOwnerDeletion": True}
@@ -467,6 +471,19 @@ class ClusterEndpointSource:
         if conflict is not None:
             self.failed(key, "ServiceConflict", conflict, True, force=True)
         self._write_status(key)
+
+    def _summarise_first(self, entry: _Entry, groups: dict[str, PortGroup]) -> None:
+        """One Event for a ClusterEndpoint's first publication naming its hosts that were unhealthy
+        from the start: a first install of many failing hosts costs an Event per ClusterEndpoint, not
+        per host. (A first healthy decision is not news, as before.)"""
+        total = sum(len(group.endpoints) for group in groups.values())
+        published = {address for group in groups.values() for address in group.endpoints}
+        listed = [f"{address} port {port}: {reason}"
+                  for (port, address), reason in sorted(entry.first_unhealthy.items()) if address in published]
+        entry.first_unhealthy.clear()
+        if listed:
+            self.events.record(entry.obj, "Warning", "EndpointUnhealthy",
+                               f"first probes: {len(listed)} of {total} endpoints unhealthy: {'; '.join(listed)}")
 
     def _drained_by_name(self, key: TargetKey, entry: _Entry) -> dict[str, set[str]]:
         """Each name in the drain annotation -> the addresses it puts into maintenance: a host as written
@@ -570,15 +587,19 @@ class ClusterEndpointSource:
         self._unpublished.setdefault(key, time.monotonic())
         group_id = f"{transition.key.port}/{family(transition.key.address)}"
         self.state.set_ready(key, group_id, transition.key.address, transition.healthy, SOURCE)
+        first = transition.previous is None and entry.undecided  # summarised when it is published
+        unreported = entry.first_unhealthy.pop((transition.key.port, transition.key.address), None) is not None
+        if first and not transition.healthy:
+            entry.first_unhealthy[(transition.key.port, transition.key.address)] = transition.reason
         if (entry.undecided and entry.spec is not None and entry.resolved is entry.spec
                 and not self._undecided(key, entry.spec, entry)):
             self._materialise(key, entry)  # the last first result is in: publish
         _log_transition(transition)
         if transition.healthy:
-            if transition.previous is False:  # a first healthy decision is not news
+            if transition.previous is False and not unreported:  # a first healthy decision is not news
                 self.events.record(entry.obj, "Normal", "EndpointHealthy",
                                    f"{transition.key.address} port {transition.key.port} is healthy again")
-        else:
+        elif not first:
             self.events.record(entry.obj, "Warning", "EndpointUnhealthy",
                                f"{transition.key.address} port {transition.key.port}: {transition.reason}")
         self._write_status(key)

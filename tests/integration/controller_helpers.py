@@ -81,5 +81,18 @@ def cep_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[st
     return api.store.objects[("epctl.io", "clusterendpoints")].get((namespace, name))
 
 
-__all__ = ["CLUSTERENDPOINTS", "CRD", "ENDPOINTSLICES", "SERVICES", "cep", "cep_of", "endpoints_of", "install_crd",
-           "running_controller", "service_of", "slices_of", "source_service"]
+__all__ = [
+    "CLUSTERENDPOINTS",
+    "CRD",
+    "ENDPOINTSLICES",
+    "SERVICES",
+    "cep",
+    "cep_of",
+    "endpoints_of",
+    "epctl_slices_of",
+    "install_crd",
+    "running_controller",
+    "service_of",
+    "slices_of",
+    "source_service",
+]

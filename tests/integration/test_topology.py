@@ -80,9 +80,13 @@ spec:
                                                         "b": {"127.0.0.2", "127.0.0.3"}}, message="hints off")
         assert all("hints" not in e for s in slices_of(api, "pg") for e in s["endpoints"])
         await eventually(lambda: hints_condition(api, "pg") == ("False", "ZoneWithoutEndpoints"), message="why")
-        events = (await client.request("GET", EVENTS.path("default")))["items"]
-        assert any(e["reason"] == "TopologyAwareHintsDisabled" and e["involvedObject"]["kind"] == "Service"
-                   and "zone a has Nodes but no ready endpoint" in e["message"] for e in events)
+
+        async def told() -> bool:  # Events go after the slices and status (routing first)
+            events = (await client.request("GET", EVENTS.path("default")))["items"]
+            return any(e["reason"] == "TopologyAwareHintsDisabled" and e["involvedObject"]["kind"] == "Service"
+                       and "zone a has Nodes but no ready endpoint" in e["message"] for e in events)
+
+        await eventually(told, message="TopologyAwareHintsDisabled Event")
 
         await one.start()  # back: hints return
         await eventually(lambda: routing(api, "pg") == {"a": {"127.0.0.1"}, "b": {"127.0.0.2", "127.0.0.3"}},
