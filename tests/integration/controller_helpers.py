@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,45 @@ def endpoints_of(api: KubeAPIServer, service: str, namespace: str = "default") -
 
 def service_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[str, Any] | None:
     return api.store.objects[("", "services")].get((namespace, name))
+
+
+@asynccontextmanager
+async def named_replica(api: KubeAPIServer, name: str, **settings: Any) -> AsyncIterator[Controller]:
+    """A controller replica with its own client, identified as ``epctl/<name>`` in the request log."""
+    client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
+    controller = Controller(client, ControllerSettings(
+        batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True, identity=name,
+        **settings))
+    await controller.start()
+    try:
+        yield controller
+    finally:
+        await controller.stop()
+        await client.close()
+
+
+@asynccontextmanager
+async def two_open_fences(controllers: dict[str, Controller], keys: Iterable[tuple[str, str]]
+                          ) -> AsyncIterator[list[str]]:
+    """Samples, every few milliseconds, whether two replicas' write fences would let a write of one
+    target out at the same moment (what "two writers" means before any write happens). Yields the
+    findings: target, the replicas, when."""
+    found: list[str] = []
+    watched = list(keys)
+
+    async def sample() -> None:
+        while True:
+            for key in watched:
+                open_for = [m for m, c in controllers.items() if c.fence.remaining(key) > 0]
+                if len(open_for) > 1:
+                    found.append(f"{key[1]}: {open_for} @{round(time.monotonic(), 2)}")
+            await asyncio.sleep(0.005)  # a sampling interval, not synchronisation
+
+    task = asyncio.create_task(sample())
+    try:
+        yield found
+    finally:
+        task.cancel()
 
 
 def cep_of(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[str, Any] | None:

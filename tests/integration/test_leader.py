@@ -7,33 +7,22 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from epctl.app import Controller, ControllerSettings
+from epctl.app import Controller
 from epctl.kube.client import KubeClient
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, cep_of, install_crd, slices_of
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, cep_of, install_crd, named_replica, slices_of
 
 TIMING = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
 WRITES = ("create", "update", "patch", "delete")
 
 
-@asynccontextmanager
-async def replica(api: KubeAPIServer, name: str, **timing: float) -> AsyncIterator[Controller]:
-    client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
-    controller = Controller(client, ControllerSettings(
-        batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True, leader_elect=True,
-        identity=name, **{**TIMING, **timing}))  # type: ignore[arg-type]
-    await controller.start()
-    try:
-        yield controller
-    finally:
-        await controller.stop()
-        await client.close()
+def replica(api: KubeAPIServer, name: str, **timing: float) -> AbstractAsyncContextManager[Controller]:
+    return named_replica(api, name, leader_elect=True, **{**TIMING, **timing})
 
 
 def writers(api: KubeAPIServer, since: int = 0) -> list[tuple[float, str]]:

@@ -7,59 +7,34 @@ tests/integration/test_shards.py samples them."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import pytest
 
-from epctl.app import Controller, ControllerSettings
+from epctl.app import Controller
 from epctl.kube.client import LEASES, MERGE_PATCH, SERVICES, KubeClient, Resource
 from epctl.shard.member import GROUP_LABEL, lease_name
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, cep_of, install_crd, slices_of
+from tests.integration.controller_helpers import (
+    CLUSTERENDPOINTS,
+    cep,
+    cep_of,
+    install_crd,
+    named_replica,
+    slices_of,
+    two_open_fences,
+)
 
 Obj = dict[str, Any]
 NAME = "lag-1"  # owned by a in the shard ring {a, b} (rendezvous hashing): a is the one that hands over
 KEYS = [("default", f"svc-{i}") for i in range(8)]
 
 
-@asynccontextmanager
-async def replica(api: KubeAPIServer, name: str, **settings: Any) -> AsyncIterator[Controller]:
-    client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
-    controller = Controller(client, ControllerSettings(
-        batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True,
-        identity=name, **settings))
-    await controller.start()
-    try:
-        yield controller
-    finally:
-        await controller.stop()
-        await client.close()
-
-
-@asynccontextmanager
-async def two_open_fences(controllers: dict[str, Controller]) -> AsyncIterator[list[str]]:
-    """Sample every few ms whether two replicas' fences would let a write of one target out at the same
-    moment (the definition of "two writers" test_shards.py uses)."""
-    found: list[str] = []
-
-    async def sample() -> None:
-        while True:
-            for key in KEYS:
-                open_for = [m for m, c in controllers.items() if c.fence.remaining(key) > 0]
-                if len(open_for) > 1:
-                    found.append(f"{key[1]}: {open_for} @{round(time.monotonic(), 2)}")
-            await asyncio.sleep(0.005)  # a sampling interval, not synchronisation
-
-    task = asyncio.create_task(sample())
-    try:
-        yield found
-    finally:
-        task.cancel()
+def replica(api: KubeAPIServer, name: str, **settings: Any) -> AbstractAsyncContextManager[Controller]:
+    return named_replica(api, name, **settings)
 
 
 # --- 1. --leader-elect: a deleted leader Lease makes a second leader at once -------------------------
@@ -85,7 +60,7 @@ async def test_leader_elect_deleted_or_edited_lease_makes_two_leaders(api: KubeA
         await eventually(lambda: a.leading, message="a leads")
         b = await stack.enter_async_context(replica(api, "b", **LEADER))
         await asyncio.sleep(0)
-        sharing = await stack.enter_async_context(two_open_fences({"a": a, "b": b}))
+        sharing = await stack.enter_async_context(two_open_fences({"a": a, "b": b}, KEYS))
         api.inject_fault(FaultRule(user_agent="epctl/a", resource="leases", verb="get", code=0, delay=1.6))
         path = LEASES.path("default", "epctl-controller")
         if edit == "delete":
@@ -133,7 +108,7 @@ async def test_a_member_joining_after_a_lease_vanished_takes_everything_while_th
             await setup.request("PATCH", path, body={"metadata": {"labels": {GROUP_LABEL: None}}},
                                 content_type=MERGE_PATCH)
         c = await stack.enter_async_context(replica(api, "c", **SHARD))
-        sharing_c = await stack.enter_async_context(two_open_fences({"a": a, "c": c}))
+        sharing_c = await stack.enter_async_context(two_open_fences({"a": a, "c": c}, KEYS))
         await eventually(lambda: c.leading or (a.member is not None and a.member.step_downs > 0), timeout=15,
                          message="c converged or a stepped down")
         await eventually(lambda: a.member is not None and (a.member.step_downs > 0 or not a.leading), timeout=15,
@@ -392,7 +367,7 @@ async def test_rollout_to_shard_a_deleted_leader_lease_lets_members_take_everyth
         await eventually(lambda: old.leading, message="the old single leader leads")
         new = await stack.enter_async_context(replica(api, "new", shard=True, lease_duration=3.0,
                                                       renew_deadline=2.0, retry_period=0.3))
-        sharing = await stack.enter_async_context(two_open_fences({"old": old, "new": new}))
+        sharing = await stack.enter_async_context(two_open_fences({"old": old, "new": new}, KEYS))
         await eventually(lambda: new.member is not None and new.member.member, message="new joined the ring")
         assert not new.leading  # waits for the old leader, as designed
         await setup.request("DELETE", LEASES.path("default", "epctl-controller"))

@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 from epctl.app import Controller, ControllerSettings
@@ -25,28 +25,21 @@ from tests.integration.controller_helpers import (
     cep,
     cep_of,
     install_crd,
+    named_replica,
     slices_of,
     source_service,
+    two_open_fences,
 )
 
 Obj = dict[str, Any]
 TIMING = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
 NAMES = [f"svc-{i}" for i in range(12)]
+KEYS = [("default", name) for name in NAMES]
 WRITES = ("create", "update", "patch", "delete")
 
 
-@asynccontextmanager
-async def member(api: KubeAPIServer, name: str, **timing: float) -> AsyncIterator[Controller]:
-    client = await KubeClient.connect(api.kubeconfig_path, user_agent=f"epctl/{name}")
-    controller = Controller(client, ControllerSettings(
-        batch_delay=0.05, max_batch_delay=0.3, metrics_addr=None, allow_loopback_hosts=True, shard=True,
-        identity=name, **{**TIMING, **timing}))  # type: ignore[arg-type]
-    await controller.start()
-    try:
-        yield controller
-    finally:
-        await controller.stop()
-        await client.close()
+def member(api: KubeAPIServer, name: str, **timing: float) -> AbstractAsyncContextManager[Controller]:
+    return named_replica(api, name, shard=True, **{**TIMING, **timing})
 
 
 def target_writes(api: KubeAPIServer, since: int = 0) -> list[RequestRecord]:
@@ -345,28 +338,6 @@ async def test_mirrors_and_openstack_pollers_follow_ownership(api: KubeAPIServer
     await setup.close()
 
 
-@asynccontextmanager
-async def watch_for_two_senders(controllers: dict[str, Controller]) -> AsyncIterator[list[str]]:
-    """Samples, every few milliseconds, whether two members' fences let a write of one target out at
-    the same moment (what "two writers" means before any write happens). Yields the findings."""
-    found: list[str] = []
-
-    async def sample() -> None:
-        while True:
-            for name in NAMES:
-                key = ("default", name)
-                open_for = [m for m, c in controllers.items() if c.fence.remaining(key) > 0]
-                if len(open_for) > 1:
-                    found.append(f"{name}: {open_for}")
-            await asyncio.sleep(0.005)  # a sampling interval, not synchronisation
-
-    task = asyncio.create_task(sample())
-    try:
-        yield found
-    finally:
-        task.cancel()
-
-
 async def test_a_handover_waiting_on_a_slow_write_keeps_renewing_and_shares_nothing(api: KubeAPIServer) -> None:
     """Issue 22, case 1: a's status patches are applied at once but answered only after three lease
     durations. A third member joins, so a hands over while such a write is in flight. The handover
@@ -387,7 +358,7 @@ async def test_a_handover_waiting_on_a_slow_write_keeps_renewing_and_shares_noth
         mark = len(api.request_log)
         api.inject_fault(FaultRule(user_agent="epctl/a", resource="clusterendpoints", subresource="status",
                                    code=0, respond_after=3 * TIMING["lease_duration"], count=2))
-        sharing = await stack.enter_async_context(watch_for_two_senders({"a": a, "b": b}))
+        sharing = await stack.enter_async_context(two_open_fences({"a": a, "b": b}, KEYS))
         await up.set_mode("closed")  # every target's status changes: a's first patches hang in flight
         await eventually(lambda: a.status._writing is not None, message="a status write in flight")
         c = await stack.enter_async_context(member(api, "c"))
@@ -420,7 +391,7 @@ async def test_a_deleted_member_lease_never_makes_two_writers(api: KubeAPIServer
         await quiet([a, b])
         assert a.member is not None
         mark = len(api.request_log)
-        sharing = await stack.enter_async_context(watch_for_two_senders({"a": a, "b": b}))
+        sharing = await stack.enter_async_context(two_open_fences({"a": a, "b": b}, KEYS))
         await setup.request("DELETE", LEASES.path("default", lease_name("a")))
         await up.set_mode("closed")  # a flip right in the window
         await eventually(lambda: a.member is not None and a.member.step_downs == 1, message="a drops everything")
