@@ -94,6 +94,7 @@ class ShardMember:
         self._wakeup = asyncio.Event()
         self._uids: dict[str, tuple[str, str]] = {}  # member Lease name -> (uid, resourceVersion) last listed
         self._listed_rv = ""
+        self._deleted: set[tuple[str, str]] = set()  # released member Leases we tried to delete (name, uid)
         self._watching_since: float | None = None  # first listing: a member joins a lease duration later
         # the resourceVersion of the listing that showed the ring converged: whatever the previous
         # owners wrote before they acked is older, so a new owner starts from caches at least this new
@@ -320,8 +321,9 @@ class ShardMember:
         """Delete member Leases their members released (they will never be renewed again)."""
         for name in self.members.released():
             uid, rv = self._uids.get(name, ("", ""))
-            if not uid or name == self.name:
+            if not uid or name == self.name or (name, uid) in self._deleted:
                 continue
+            self._deleted.add((name, uid))  # once: a slow API server must not hold up our renewals
             try:
                 await self.client.request("DELETE", LEASES.path(self.namespace, name), timeout=(1.0, 1.0),
                                           body={"preconditions": {"uid": uid, "resourceVersion": rv}})
