@@ -8,8 +8,15 @@ from typing import Any
 import pytest
 
 from epctl.kube.client import KubeClient
+from epctl.testing.debian import ensure_installed
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.kubectl import KUBECTL, Kubectl
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The real servers the suite runs (Prometheus, PostgreSQL, MariaDB, Redis) are installed when
+    missing, so the README's test command works on a fresh machine; never skipped."""
+    ensure_installed()
 
 
 @pytest.fixture
