@@ -178,7 +178,26 @@ class RedisTLS:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class RedisPair:
+class _ProcessPair:
+    """A primary and a replica this process started (their server processes and their directory)."""
+
+    dir: Path
+    processes: dict[str, subprocess.Popen[bytes]]
+
+    def stop_primary(self) -> None:
+        process = self.processes.pop(PRIMARY_ADDRESS)
+        process.kill()
+        process.wait(30)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+            process.wait(30)
+        self.processes.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisPair(_ProcessPair):
     """A Redis master (127.0.0.2) and a replica of it (127.0.0.3); ``requirepass PASSWORD``."""
 
     def __init__(self) -> None:
@@ -210,20 +229,9 @@ class RedisPair:
     def promote_replica(self) -> None:
         self.cli(REPLICA_ADDRESS, "REPLICAOF", "NO", "ONE")
 
-    def stop_primary(self) -> None:
-        process = self.processes.pop(PRIMARY_ADDRESS)
-        process.kill()
-        process.wait(30)
-
-    def close(self) -> None:
-        for process in self.processes.values():
-            process.kill()
-            process.wait(30)
-        self.processes.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class MariaDBPair:
+class MariaDBPair(_ProcessPair):
     """A MariaDB primary (127.0.0.2, binary log on) and a read-only replica of it (127.0.0.3); the probe
     user ``probe`` (password ``PASSWORD``, REPLICATION CLIENT + SLAVE MONITOR) comes to the replica
     through replication, as it would in production."""
@@ -296,14 +304,3 @@ class MariaDBPair:
     def promote_replica(self) -> None:
         self.sql(self.replica, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;")
 
-    def stop_primary(self) -> None:
-        process = self.processes.pop(PRIMARY_ADDRESS)
-        process.kill()
-        process.wait(30)
-
-    def close(self) -> None:
-        for process in self.processes.values():
-            process.kill()
-            process.wait(30)
-        self.processes.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)

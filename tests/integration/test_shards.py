@@ -338,6 +338,18 @@ async def test_mirrors_and_openstack_pollers_follow_ownership(api: KubeAPIServer
     await setup.close()
 
 
+async def two_published_members(stack: AsyncExitStack, api: KubeAPIServer, setup: KubeClient
+                                ) -> tuple[TCPBackend, Controller, Controller]:
+    """A backend, members a and b settled, the twelve targets published and quiet."""
+    up = await stack.enter_async_context(TCPBackend())
+    a = await stack.enter_async_context(member(api, "a"))
+    b = await stack.enter_async_context(member(api, "b"))
+    await settled([a, b], 2)
+    await populate(api, setup, up, free_port())
+    await quiet([a, b])
+    return up, a, b
+
+
 async def test_a_handover_waiting_on_a_slow_write_keeps_renewing_and_shares_nothing(api: KubeAPIServer) -> None:
     """Issue 22, case 1: a's status patches are applied at once but answered only after three lease
     durations. A third member joins, so a hands over while such a write is in flight. The handover
@@ -348,12 +360,7 @@ async def test_a_handover_waiting_on_a_slow_write_keeps_renewing_and_shares_noth
     setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
     await install_crd(setup)
     async with AsyncExitStack() as stack:
-        up = await stack.enter_async_context(TCPBackend())
-        a = await stack.enter_async_context(member(api, "a"))
-        b = await stack.enter_async_context(member(api, "b"))
-        await settled([a, b], 2)
-        await populate(api, setup, up, free_port())
-        await quiet([a, b])
+        up, a, b = await two_published_members(stack, api, setup)
         mine = {t for t, w in owners(["a", "b"]).items() if w == "epctl/a"}
         mark = len(api.request_log)
         api.inject_fault(FaultRule(user_agent="epctl/a", resource="clusterendpoints", subresource="status",
@@ -383,12 +390,7 @@ async def test_a_deleted_member_lease_never_makes_two_writers(api: KubeAPIServer
     setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
     await install_crd(setup)
     async with AsyncExitStack() as stack:
-        up = await stack.enter_async_context(TCPBackend())
-        a = await stack.enter_async_context(member(api, "a"))
-        b = await stack.enter_async_context(member(api, "b"))
-        await settled([a, b], 2)
-        await populate(api, setup, up, free_port())
-        await quiet([a, b])
+        up, a, b = await two_published_members(stack, api, setup)
         assert a.member is not None
         mark = len(api.request_log)
         sharing = await stack.enter_async_context(two_open_fences({"a": a, "b": b}, KEYS))
