@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from epctl.kube.client import KubeClient
+from epctl.kube.client import ApiError, KubeClient
 from epctl.testing.backends import HTTPBackend, TCPBackend
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
@@ -63,12 +63,20 @@ async def test_create_makes_service_and_slices_with_probed_conditions(api: KubeA
 
 
 async def edit(api: KubeAPIServer, client: KubeClient, name: str, change: Any) -> int:
-    """Read-modify-write a ClusterEndpoint's spec; return the request-log mark before the write."""
-    current = await client.request("GET", CLUSTERENDPOINTS.path("default", name))
-    change(current["spec"])
-    mark = len(api.request_log)
-    await client.request("PUT", CLUSTERENDPOINTS.path("default", name), body=current)
-    return mark
+    """Read-modify-write a ClusterEndpoint's spec; return the request-log mark before the write. A
+    409 (the controller patched the status in between: status is written after routing, later) reads
+    again, as any client of an optimistically locked object does."""
+    for _attempt in range(5):
+        current = await client.request("GET", CLUSTERENDPOINTS.path("default", name))
+        change(current["spec"])
+        mark = len(api.request_log)
+        try:
+            await client.request("PUT", CLUSTERENDPOINTS.path("default", name), body=current)
+            return mark
+        except ApiError as err:
+            if err.code != 409:
+                raise
+    raise AssertionError(f"{name}: five conflicting writes in a row")
 
 
 def slice_writes(api: KubeAPIServer, since: int) -> list[str]:

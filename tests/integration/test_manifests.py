@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from epctl.kube.client import ENDPOINTSLICES, LEASES, MERGE_PATCH, SECRETS, SERVICES, KubeClient
+from epctl.kube.client import ENDPOINTSLICES, LEASES, MERGE_PATCH, SECRETS, SERVICES, ApiError, KubeClient
 from epctl.shard.member import GROUP_LABEL, RELEASED_ANNOTATION
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
@@ -149,9 +149,16 @@ async def test_cluster_role_grants_exactly_what_the_controller_uses(api: KubeAPI
                                  message=f"{mode}")
 
             async def edit(change: Any) -> None:
-                current = await setup.request("GET", CLUSTERENDPOINTS.path("default", "pg"))
-                change(current["spec"])
-                await setup.request("PUT", CLUSTERENDPOINTS.path("default", "pg"), body=current)
+                for _attempt in range(5):  # again on a conflict: the controller writes the status
+                    current = await setup.request("GET", CLUSTERENDPOINTS.path("default", "pg"))
+                    change(current["spec"])
+                    try:
+                        await setup.request("PUT", CLUSTERENDPOINTS.path("default", "pg"), body=current)
+                        return
+                    except ApiError as err:
+                        if err.code != 409:
+                            raise
+                raise AssertionError("five conflicting writes in a row")
 
             await edit(lambda spec: spec["ports"][0].update({"port": 5433, "targetPort": db.port + 0}))
             await eventually(lambda: service_of(api, "pg")["spec"]["ports"][0]["port"] == 5433,  # type: ignore[index]
