@@ -89,14 +89,18 @@ async def test_roles_on_one_kept_session_per_host(engine: str, servers: dict[str
             result = await prober.probe("ns/r/x", REPLICA_ADDRESS, pair.port, 2.0, replica)
             return result.ok
         await eventually(replicating, timeout=30)
+        # the warm-up may have dialled the replica more than once (the probe user reaches it by
+        # replication, so its first login can be refused); from here on every session is counted
+        warm = prober.connects
+        asked.clear()
         for _ in range(5):  # five periods, the same two sessions
             on_primary = await prober.probe("ns/p/a", PRIMARY_ADDRESS, pair.port, 2.0, primary)
             on_replica = await prober.probe("ns/p/b", REPLICA_ADDRESS, pair.port, 2.0, primary)
             assert on_primary.ok and on_primary.role == "primary", on_primary
             assert not on_replica.ok and on_replica.role == "replica", on_replica
             assert "expected primary" in on_replica.reason
-        assert prober.connects == 3
-        assert asked == [("ns", "good")] * 3  # the Secret is read per session, not per probe
+        assert prober.connects - warm == 2  # one session per (target, host), opened once
+        assert asked == [("ns", "good")] * 2  # the Secret is read per session, not per probe
         assert sessions(engine, pair, PRIMARY_ADDRESS) == 1
         assert sessions(engine, pair, REPLICA_ADDRESS) == 2
         if engine == "postgres":
@@ -108,7 +112,7 @@ async def test_roles_on_one_kept_session_per_host(engine: str, servers: dict[str
         again = await prober.probe("ns/w/a", PRIMARY_ADDRESS, pair.port, 2.0,
                                    DatabaseProbe(kind, Expect.ANY, secret_name="bad"))
         assert not again.ok and again.reason.startswith("reconnecting after: authentication failed")
-        assert prober.connects == 4
+        assert prober.connects - warm == 3
     finally:
         await prober.close()
     await eventually(lambda: sessions(engine, pair, PRIMARY_ADDRESS) == 0, timeout=10)

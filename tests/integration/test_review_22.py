@@ -155,8 +155,12 @@ async def _dead_host_ready_again(api: KubeAPIServer, settings: dict[str, Any], l
         a = await leaving.__aenter__()
         stopped = False
         try:
-            b = await stack.enter_async_context(replica(api, "b", **settings))
+            # b starts once a leads: started together, either could win the first election
             await eventually(lambda: a.leading, timeout=15, message="a leads")
+            b = await stack.enter_async_context(replica(api, "b", **settings))
+            if settings.get("shard"):
+                await eventually(lambda: all(c.member is not None and len(c.member.ring.members) == 2
+                                             for c in (a, b)), timeout=15, message="a and b converged")
             await setup.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(NAME, [
                 {"name": "p", "port": 80, "targetPort": port, "hosts": ["127.0.0.1", "127.0.0.2"], "tcpSocket": {},
                  "periodSeconds": 1, "failureThreshold": 5}]))
