@@ -72,3 +72,71 @@ def apiserver_process(core: int | None = 1) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+class StallSampler:
+    """Where the event loop stalls: a heartbeat on the loop every ``tick`` seconds and a watcher thread
+    that, when the heartbeat is older than ``threshold``, samples the loop thread's stack (once per
+    stall, at the point the threshold passed). The admission throttles probing when the loop lags
+    above 50 ms, so a periodic synchronous chunk of work shows up as fewer probes at lower CPU; this
+    names the chunk. Counts stalls by the innermost epctl frame (file:function) and keeps the
+    longest stall per site."""
+
+    def __init__(self, threshold: float = 0.04, tick: float = 0.005) -> None:
+        self.threshold, self.tick = threshold, tick
+        self.sites: dict[str, list[float]] = {}  # site -> [count, longest stall seen by the watcher]
+        self.stalls = 0
+        self._beat = 0.0
+        self._stop = False
+        self._thread: Any = None
+        self._handle: Any = None
+
+    def _heartbeat(self) -> None:
+        import time as _time
+        self._beat = _time.monotonic()
+        loop = __import__("asyncio").get_running_loop()
+        self._handle = loop.call_later(self.tick, self._heartbeat)
+
+    def start(self) -> None:
+        import threading
+        import time as _time
+        self._beat = _time.monotonic()
+        self._heartbeat()
+        target = threading.get_ident()
+
+        def watch() -> None:
+            sampled_beat = -1.0
+            while not self._stop:
+                _time.sleep(self.tick)
+                beat = self._beat
+                age = _time.monotonic() - beat
+                if age < self.threshold or beat == sampled_beat:
+                    continue
+                sampled_beat = beat
+                frame = sys._current_frames().get(target)
+                site = "?"
+                while frame is not None:
+                    name = frame.f_code.co_filename
+                    if "/epctl/" in name and "/testing/" not in name:
+                        site = f"{Path(name).parent.name}/{Path(name).name}:{frame.f_code.co_name}"
+                        break
+                    frame = frame.f_back
+                self.stalls += 1
+                entry = self.sites.setdefault(site, [0, 0.0])
+                entry[0] += 1
+                while self._beat == beat and not self._stop:  # how long this stall lasts
+                    _time.sleep(self.tick / 5)
+                entry[1] = max(entry[1], _time.monotonic() - beat)
+
+        self._thread = threading.Thread(target=watch, name="stall-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop = True
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._thread is not None:
+            self._thread.join(1)
+        top = sorted(self.sites.items(), key=lambda kv: -kv[1][0])[:10]
+        return {"threshold_ms": self.threshold * 1000, "stalls": self.stalls,
+                "sites": [{"site": s, "count": int(c), "longest_ms": round(m * 1000, 1)} for s, (c, m) in top]}

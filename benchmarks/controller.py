@@ -39,7 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from benchmarks.common import APISERVER, apiserver_process, process_cpu_seconds, quantile, rss_bytes, write_report
+from benchmarks.common import (
+    APISERVER,
+    StallSampler,
+    apiserver_process,
+    process_cpu_seconds,
+    quantile,
+    rss_bytes,
+    write_report,
+)
 from epctl.app import Controller, ControllerSettings
 from epctl.assets import read_asset
 from epctl.kube.client import CRDS, KubeClient
@@ -159,6 +167,71 @@ def unlimit_cpu(group: Path) -> None:
     group.rmdir()
 
 
+async def write_ceiling(client: KubeClient, concurrency: int) -> dict[str, Any]:
+    """The harness's own limit: how fast the test API server takes the writes one flip costs, from a plain
+    client (no planning, no queue, no probing) sending the same kinds of writes with ``concurrency``
+    requests in flight: one update per slice and per Endpoints (the host flipped back to not ready),
+    one status merge patch and one Event per ClusterEndpoint. Run after the controller stopped, so
+    the API server serves nobody else; epctl's flip time is then read against it."""
+    from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, EVENTS, MERGE_PATCH
+    from epctl.slices import MANAGED_BY, MANAGED_BY_LABEL
+    slices = [s for s in (await client.request("GET", ENDPOINTSLICES.path("default"))).get("items") or []
+              if (s["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY]
+    endpoints = [e for e in (await client.request("GET", ENDPOINTS.path("default"))).get("items") or []
+                 if e["metadata"]["name"].startswith("cep")]
+    ceps = (await client.request("GET", CLUSTERENDPOINTS.path("default"))).get("items") or []
+
+    def flip_slice(obj: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        last = obj["endpoints"][-1]["conditions"]
+        last["ready"] = last["serving"] = not last.get("ready", True)
+        return "PUT", ENDPOINTSLICES.path("default", obj["metadata"]["name"]), obj
+
+    def flip_endpoints(obj: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        subset = obj["subsets"][0]
+        ready, not_ready = subset.get("addresses") or [], subset.get("notReadyAddresses") or []
+        if len(ready) > 1:
+            not_ready.append(ready.pop())
+        elif not_ready:
+            ready.append(not_ready.pop())
+        subset["addresses"], subset["notReadyAddresses"] = ready, not_ready
+        return "PUT", ENDPOINTS.path("default", obj["metadata"]["name"]), obj
+
+    def event(obj: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        meta = obj["metadata"]
+        return "POST", EVENTS.path("default"), {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": "default"},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": "default", "uid": meta["uid"]},
+            "type": "Warning", "reason": "Unhealthy", "message": "ceiling run", "count": 1,
+            "source": {"component": "epctl-bench"}}
+
+    async def send(requests: list[tuple[str, str, dict[str, Any]]], content_type: str | None = None) -> float:
+        queue = iter(requests)
+        start = time.monotonic()
+
+        async def worker() -> None:
+            for method, path, body in queue:
+                if content_type:
+                    await client.request(method, path, body=body, content_type=content_type)
+                else:
+                    await client.request(method, path, body=body)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.monotonic() - start
+
+    routing_s = await send([flip_slice(s) for s in slices] + [flip_endpoints(e) for e in endpoints])
+    status_s = await send([("PATCH", CLUSTERENDPOINTS.path("default", c["metadata"]["name"]) + "/status",
+                            {"status": {"healthy": int(c.get("status", {}).get("healthy", 0)) - 1}})
+                           for c in ceps], MERGE_PATCH)
+    events_s = await send([event(c) for c in ceps])
+    routing = len(slices) + len(endpoints)
+    return {"concurrency": concurrency, "routing_writes": routing, "routing_s": routing_s,
+            "routing_writes_per_s": routing / routing_s, "status_patches": len(ceps), "status_s": status_s,
+            "events": len(ceps), "events_s": events_s,
+            "all_s": routing_s + status_s + events_s,
+            "writes_per_s": (routing + 2 * len(ceps)) / (routing_s + status_s + events_s)}
+
+
 async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], port: int,
               control: Any) -> dict[str, Any]:
     counting = Counting()
@@ -224,7 +297,10 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     status0, events0 = controller.status.writes, (controller.events.created, controller.events.counted)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
+    sampler = StallSampler()
+    sampler.start()
     await asyncio.sleep(args.steady)
+    stalls = sampler.stop()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.monotonic() - wall0
     not_ready = sum(not e.ready for t in controller.state.targets.values() for g in t.groups.values()
@@ -241,17 +317,20 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
               "cpu_percent_of_one_core": 100 * ((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime))
               / wall, "period_stretch": controller.scheduler.stretch.factor,
               "admitted_probes_per_s": controller.scheduler.admission.rate,
-              "probes": probes, "demand_per_s": controller.scheduler.demand}
+              "probes": probes, "demand_per_s": controller.scheduler.demand, "loop_stalls": stalls}
     print(f"  steady: {steady}", file=sys.stderr)
     transitions.clear()
     latencies.clear()
     flips: dict[str, Any] = {}
     for action, expect in (("stop", False), ("start", True)):
         published.clear()
+        latencies.clear()
         stretch = controller.scheduler.stretch.factor
         before = counting.writes()
         snapshot = Counter(counting.requests)
         endpoints_before = _endpoints_updates()
+        sampler = StallSampler()
+        sampler.start()
         control.send((action, addresses[-1]))
         await asyncio.get_running_loop().run_in_executor(None, control.recv)  # never block the loop under test
         changed_at = time.monotonic()
@@ -267,6 +346,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
             raise TimeoutError(f"only {flipped()} of {args.ceps} endpoints flipped") from None
         await controller.writer.wait_idle(60)
         busy = time.monotonic() - changed_at
+        flip_stalls = sampler.stop()
         own_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         api_cpu = (process_cpu_seconds(APISERVER["pid"]) - api_cpu0) / busy * 100
         own_cpu = ((own_cpu1.ru_utime - own_cpu0.ru_utime) + (own_cpu1.ru_stime - own_cpu0.ru_stime)) / busy * 100
@@ -283,18 +363,50 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
                          "latency_p50_ms": quantile(latencies, 0.5) * 1000,
                          "latency_p99_ms": quantile(latencies, 0.99) * 1000, "samples": len(latencies),
                          "all_published_s": (max(published) - changed_at) if published else None,
+                         # first probe transition -> last slice written: the span epctl spent writing
+                         "writing_s": (max(published) - min(p - lat for p, lat in zip(published, latencies,
+                                                                                       strict=True)))
+                         if published else None,
                          "bound_s": (2 if action == "stop" else 1) * args.period * stretch + 2,
                          "controller_cpu_percent": own_cpu, "apiserver_cpu_percent": api_cpu,
-                         "period_stretch": stretch}
+                         "period_stretch": stretch, "loop_stalls": flip_stalls}
         latencies.clear()
         print(f"  flip {action}: {flips[action]}", file=sys.stderr)
     await controller.stop()
+    # the harness's ceiling for the same writes, same API server, same run
+    ceiling = await write_ceiling(client, settings.write_concurrency)
+    print(f"  write ceiling: {ceiling}", file=sys.stderr)
     await client.close()
-    return {"ceps": args.ceps, "hosts": args.hosts, "endpoints": args.ceps * args.hosts, "period": args.period,
+    return {"write_ceiling": ceiling,
+            "ceps": args.ceps, "hosts": args.hosts, "endpoints": args.ceps * args.hosts, "period": args.period,
             "probe": args.probe,
             "cold_start": cold, "flips": flips, "steady": steady,
             "rss_bytes_per_endpoint": (rss_full - rss_empty) / (args.ceps * args.hosts),
             "requests": {f"{m} {c}": n for (m, c), n in sorted(counting.requests.items())}}
+
+
+def _ceiling_rows(r: dict[str, Any]) -> list[str]:
+    """The test API server's ceiling for one flip's writes (plain client) and epctl's flip against it."""
+    c = r.get("write_ceiling")
+    if not c:
+        return []
+    rows = [f"{'API server ceiling: routing writes (plain client)':<48} {c['routing_s']:>8.1f} s  "
+            f"({c['routing_writes']} slice + Endpoints updates, {c['routing_writes_per_s']:.0f}/s at "
+            f"{c['concurrency']} in flight)",
+            f"{'API server ceiling: all of one flip' + chr(39) + 's writes':<48} {c['all_s']:>8.1f} s  "
+            f"(+ {c['status_patches']} status patches, {c['events']} Events; {c['writes_per_s']:.0f} writes/s)"]
+    for action, label in (("stop", "host down"), ("start", "host back")):
+        flip = r["flips"][action]
+        if flip.get("writing_s"):
+            rows.append(f"{label + ': first transition -> last slice':<48} {flip['writing_s']:>8.1f} s  "
+                        f"(the probes' phases spread transitions over a period; the ceiling's routing "
+                        f"writes take {c['routing_s']:.1f} s; transition -> slice p99 "
+                        f"{flip['latency_p99_ms'] / 1000:.1f} s)")
+    return rows
+
+
+def _sites(stalls: dict[str, Any], top: int = 3) -> str:
+    return ", ".join(f"{s['site']} x{s['count']} (<= {s['longest_ms']:.0f} ms)" for s in stalls["sites"][:top])
 
 
 def table(r: dict[str, Any]) -> str:
@@ -331,6 +443,11 @@ def table(r: dict[str, Any]) -> str:
         f"{'steady state: probe results':<48} {steady['probes']}  "
         f"({sum(steady['probes'].values()) / steady['seconds']:.0f} probes/s)",
         f"{'steady state: controller CPU (% of one core)':<48} {steady['cpu_percent_of_one_core']:>8.0f}",
+        f"{'steady state: loop stalls > 40 ms (top sites)':<48} {steady['loop_stalls']['stalls']:>8}  "
+        f"{_sites(steady['loop_stalls'])}",
+        f"{'host down: loop stalls > 40 ms (top sites)':<48} {flips['stop']['loop_stalls']['stalls']:>8}  "
+        f"{_sites(flips['stop']['loop_stalls'])}",
+        *_ceiling_rows(r),
         f"{'RSS per endpoint':<48} {r['rss_bytes_per_endpoint']:>8.0f} B",
         *([f"{'controller CPU limit (CFS quota)':<48} {r['cpu_limit']:>8.2f} cores"] if r.get("cpu_limit") else []),
     ])
