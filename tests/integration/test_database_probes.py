@@ -44,18 +44,23 @@ PERIOD, FAILURES = 1, 2
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[dict[str, Any]]:
-    """One primary+replica pair per engine for the whole module, started on first use."""
-    started: dict[str, Any] = {}
+    """One primary+replica pair per engine for the whole module, started on first use; a test that
+    breaks its pair (a failover) retires it, and the next test asking for that engine gets a new one."""
+    started: list[Any] = []
 
     class Lazy(dict[str, Any]):
         def __missing__(self, engine: str) -> Any:
-            pair = started[engine] = ENGINES[engine]().start()
+            pair = self[engine] = ENGINES[engine]().start()
+            started.append(pair)
             return pair
+
+        def retire(self, engine: str) -> None:
+            self.pop(engine).close()
 
     try:
         yield Lazy()
     finally:
-        for pair in started.values():
+        for pair in started:  # closing twice is harmless
             pair.close()
 
 
@@ -277,7 +282,7 @@ def _unhealthy(api: KubeAPIServer) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("engine", list(ENGINES))
 async def test_failover_primary_and_replica_services_follow_never_two_primaries(
-        engine: str, servers: dict[str, Any], api: KubeAPIServer, client: KubeClient,
+        engine: str, servers: Any, api: KubeAPIServer, client: KubeClient,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     pair = servers[engine]
@@ -335,6 +340,7 @@ async def test_failover_primary_and_replica_services_follow_never_two_primaries(
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        servers.retire(engine)  # promoted and stopped: no use to another test
     secret_reads = {r.verb for r in api.request_log if r.resource == "secrets" and r.verb != "create"}
     assert secret_reads == {"get"}, secret_reads  # one GET per session: what the overlay grants, no list/watch
     primaries = [ready for service, ready in seen if service == "db-primary"]
