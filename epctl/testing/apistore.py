@@ -95,6 +95,11 @@ class ObjectStore:
         self._snapshot_ids = itertools.count(1)
         self._gc_scheduled = False
         self.gc_paused = False  # kube-controller-manager down or busy: deletions wait for the collector
+        # the collector's graph, as kube-controller-manager's GraphBuilder keeps it: owner uid -> the
+        # objects naming it, and the objects to look at (attemptToDelete); only what a change touched
+        # is examined, never the whole store (that made every write cost O(objects))
+        self._dependents_of: dict[str, set[tuple[tuple[str, str], Key]]] = {}
+        self._gc_queue: dict[tuple[tuple[str, str], Key], None] = {}
         # controllers emulated beside the store (epctl.testing.kcm) hear of every committed change
         self.listeners: list[Callable[[ResourceType, Obj], None]] = []
         self._ip_counter = itertools.count(10)
@@ -376,11 +381,13 @@ class ObjectStore:
         self.objects[rt.storage_key][key] = obj
         self.managers[(rt.storage_key, key)] = owned
         self.uid_index[meta["uid"]] = (rt.storage_key, key)
+        self._link_owners(rt.storage_key, key, old, obj)
         self._emit(rt, "MODIFIED" if old is not None else "ADDED", obj, old)
         if rt.plural == "customresourcedefinitions":
             self._sync_crd(obj)
-        if meta.get("ownerReferences") or (old is not None and old["metadata"].get("ownerReferences")):
-            self._schedule_gc()
+        if meta.get("ownerReferences") or meta.get("deletionTimestamp") or (
+                old is not None and old["metadata"].get("ownerReferences")):
+            self._gc_enqueue(rt.storage_key, key)
 
     def owned_fields(self, rt: ResourceType, key: Key) -> dict[tuple[str, str], set[Path]]:
         stored = self.managers.get((rt.storage_key, key))
@@ -504,21 +511,53 @@ class ObjectStore:
             if rt.plural == "namespaces":
                 marked.setdefault("status", {})["phase"] = "Terminating"
             self._commit(rt, key, marked, obj, self.owned_fields(rt, key))
-            self._schedule_gc()
             return self.present(rt, marked)
         return self.present(rt, self._remove(rt, key))
 
     def _remove(self, rt: ResourceType, key: Key) -> Obj:
         obj = self.objects[rt.storage_key].pop(key)
         self.managers.pop((rt.storage_key, key), None)
-        self.uid_index.pop(obj["metadata"]["uid"], None)
+        uid = obj["metadata"]["uid"]
+        self.uid_index.pop(uid, None)
+        self._link_owners(rt.storage_key, key, obj, None)
         self.rv += 1
         gone = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
         self._emit(rt, "DELETED", gone, obj)
         if rt.plural == "customresourcedefinitions":
             self._drop_crd(obj)
+        # what this removal may unblock: its dependents (owner gone), an owner waiting in foreground
+        # deletion for it, and its namespace if that is terminating
+        for dependent in self._dependents_of.get(uid, ()):
+            self._gc_enqueue(*dependent)
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            location = self.uid_index.get(ref.get("uid", ""))
+            if location is not None:
+                self._gc_enqueue(*location)
+        namespace = key[0]
+        if namespace:
+            ns_key = ("", namespace)
+            ns = self.objects.get(("", "namespaces"), {}).get(ns_key)
+            if ns is not None and ns["metadata"].get("deletionTimestamp"):
+                self._gc_enqueue(("", "namespaces"), ns_key)
         self._schedule_gc()
         return gone
+
+    def _link_owners(self, storage_key: tuple[str, str], key: Key, old: Obj | None, new: Obj | None) -> None:
+        """Keep the owner uid -> dependents index in step with one object's ownerReferences."""
+        before = {r.get("uid", "") for r in ((old or {}).get("metadata") or {}).get("ownerReferences") or []}
+        after = {r.get("uid", "") for r in ((new or {}).get("metadata") or {}).get("ownerReferences") or []}
+        for uid in before - after:
+            dependents = self._dependents_of.get(uid)
+            if dependents is not None:
+                dependents.discard((storage_key, key))
+                if not dependents:
+                    del self._dependents_of[uid]
+        for uid in after - before:
+            self._dependents_of.setdefault(uid, set()).add((storage_key, key))
+
+    def _gc_enqueue(self, storage_key: tuple[str, str], key: Key) -> None:
+        self._gc_queue[(storage_key, key)] = None
+        self._schedule_gc()
 
     def _schedule_gc(self) -> None:
         if self._gc_scheduled or self.gc_paused:
@@ -541,26 +580,33 @@ class ObjectStore:
                 yield rt, key, obj
 
     def resume_gc(self) -> None:
-        """The collector is back: it catches up with everything it missed."""
+        """The collector is back: it resyncs (looks at every object with owners or being deleted) and
+        catches up with everything it missed."""
         self.gc_paused = False
+        for rt, key, obj in self._all_objects():
+            meta = obj["metadata"]
+            if meta.get("ownerReferences") or meta.get("deletionTimestamp"):
+                self._gc_queue[(rt.storage_key, key)] = None
         self._schedule_gc()
 
     def _run_gc(self) -> None:
-        """One pass of the garbage collector and namespace controller; repeats until stable."""
+        """The garbage collector and namespace controller: look at every queued object until the queue
+        is empty (what they do may queue more)."""
         self._gc_scheduled = False
-        if self.gc_paused:
-            return
-        changed = True
-        while changed:
-            changed = False
-            for rt, key, obj in list(self._all_objects()):
-                if key not in self.objects[rt.storage_key] or self.objects[rt.storage_key][key] is not obj:
-                    continue
-                changed |= self._gc_object(rt, key, obj)
+        while self._gc_queue and not self.gc_paused:
+            storage_key, key = next(iter(self._gc_queue))
+            del self._gc_queue[(storage_key, key)]
+            obj = self.objects.get(storage_key, {}).get(key)
+            if obj is not None:
+                self._gc_object(self._type_by_storage(storage_key), key, obj)
 
     def _dependents(self, uid: str) -> list[tuple[ResourceType, Key, Obj]]:
-        return [(rt, k, o) for rt, k, o in self._all_objects()
-                if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
+        found = []
+        for storage_key, key in sorted(self._dependents_of.get(uid, ())):
+            obj = self.objects.get(storage_key, {}).get(key)
+            if obj is not None:
+                found.append((self._type_by_storage(storage_key), key, obj))
+        return found
 
     def _gc_object(self, rt: ResourceType, key: Key, obj: Obj) -> bool:
         meta = obj["metadata"]

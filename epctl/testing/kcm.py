@@ -101,6 +101,10 @@ class EndpointSliceMirroring:
         self.store = store
         self._queue: set[tuple[str, str]] = set()
         self._scheduled = False
+        # its informer's index: (namespace, Service) -> names of the slices it manages, and back, so a
+        # reconcile reads its own slices rather than every slice in the store
+        self._mirrored: dict[tuple[str, str], set[str]] = {}
+        self._service_of: dict[tuple[str, str], tuple[str, str]] = {}
         store.listeners.append(self._on_change)
 
     def _type(self, group: str, plural: str) -> ResourceType:
@@ -110,8 +114,28 @@ class EndpointSliceMirroring:
         meta = obj["metadata"]
         if rt.plural in ("endpoints", "services") and rt.group == "":
             self._enqueue((meta.get("namespace", ""), meta["name"]))
-        elif rt.plural == "endpointslices" and (meta.get("labels") or {}).get(MANAGED_BY) == MIRRORING:
-            self._enqueue((meta.get("namespace", ""), (meta.get("labels") or {}).get(SERVICE_NAME, "")))
+        elif rt.plural == "endpointslices" and rt.group == "discovery.k8s.io":
+            service = self._index(rt, obj)
+            if service is not None:
+                self._enqueue(service)
+
+    def _index(self, rt: ResourceType, obj: Obj) -> tuple[str, str] | None:
+        """Follow one slice change in the index; returns the Service whose mirrored slices changed."""
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        before = self._service_of.pop(key, None)
+        if before is not None:
+            self._mirrored[before].discard(key[1])
+            if not self._mirrored[before]:
+                del self._mirrored[before]
+        labels = meta.get("labels") or {}
+        present = key in self.store.objects[rt.storage_key]  # a deletion hands us the object as it was
+        if present and labels.get(MANAGED_BY) == MIRRORING:
+            after = (key[0], labels.get(SERVICE_NAME, ""))
+            self._service_of[key] = after
+            self._mirrored.setdefault(after, set()).add(key[1])
+            return after
+        return before
 
     def _enqueue(self, key: tuple[str, str]) -> None:
         self._queue.add(key)
@@ -131,10 +155,8 @@ class EndpointSliceMirroring:
         endpoints = self.store.objects[("", "endpoints")].get((namespace, name))
         service = self.store.objects[("", "services")].get((namespace, name))
         slices_rt = self._type("discovery.k8s.io", "endpointslices")
-        ours = sorted((o for (ns, _), o in self.store.objects[slices_rt.storage_key].items()
-                       if ns == namespace and (o["metadata"].get("labels") or {}).get(SERVICE_NAME) == name
-                       and o["metadata"]["labels"].get(MANAGED_BY) == MIRRORING),
-                      key=lambda o: o["metadata"]["name"])
+        slices = self.store.objects[slices_rt.storage_key]
+        ours = [slices[(namespace, n)] for n in sorted(self._mirrored.get((namespace, name), ()))]
         mirror = (endpoints is not None and service is not None and not (service.get("spec") or {}).get("selector")
                   and (endpoints["metadata"].get("labels") or {}).get(SKIP_MIRROR) != "true"
                   and LEADER_ANNOTATION not in (endpoints["metadata"].get("annotations") or {}))

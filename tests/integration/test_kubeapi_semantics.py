@@ -19,6 +19,7 @@ from epctl.kube.client import (
     JSON_PATCH,
     LEASES,
     MERGE_PATCH,
+    NAMESPACES,
     SERVICES,
     STRATEGIC_PATCH,
     ApiError,
@@ -329,6 +330,65 @@ async def test_gc_background_foreground_orphan(api: KubeAPIServer, client: KubeC
     await eventually(lambda: "or" not in names(), message="orphaning owner deleted")
     child = await client.request("GET", CONFIGMAPS.path("default", "or-child0"))
     assert "ownerReferences" not in child["metadata"]
+
+
+async def test_gc_multiple_owners_dangling_and_foreign_owners_namespaces_and_a_paused_collector(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """The collector's other rules, each of which only a change elsewhere sets off: a dependent of two
+    owners loses one reference and stays; a dependent naming an owner that never existed, or one in
+    another namespace, is deleted; a foreground deletion waits for grandchildren; a deleted namespace
+    takes everything in it; and what happens while the collector is paused is done when it is back."""
+    from epctl.testing.waiting import eventually
+
+    def names(namespace: str = "default") -> set[str]:
+        return {k[1] for k in api.store.objects[("", "configmaps")] if k[0] == namespace}
+
+    def ref(owner: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "name": owner["metadata"]["name"],
+                "uid": owner["metadata"]["uid"]}
+
+    async def child(name: str, *owners: dict[str, Any], ns: str = "default") -> dict[str, Any]:
+        body = cm(name)
+        body["metadata"]["ownerReferences"] = [ref(o) for o in owners]
+        return await create(client, CONFIGMAPS, body, ns=ns)
+
+    one, two = await create(client, CONFIGMAPS, cm("one")), await create(client, CONFIGMAPS, cm("two"))
+    await child("shared", one, two)
+    await client.request("DELETE", CONFIGMAPS.path("default", "one"))
+    await eventually(lambda: "one" not in names(), message="owner one deleted")
+    shared = await eventually(lambda: [o for k, o in api.store.objects[("", "configmaps")].items()
+                                       if k == ("default", "shared") and len(o["metadata"]["ownerReferences"]) == 1],
+                              message="one reference stripped")
+    assert shared[0]["metadata"]["ownerReferences"][0]["uid"] == two["metadata"]["uid"]
+    ghost = {"metadata": {"name": "ghost", "uid": "00000000-0000-0000-0000-000000000000"}}
+    await child("dangling", ghost)
+    await create(client, NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}, ns=None)
+    await child("foreign", two, ns="other")  # an owner in another namespace does not count
+    await eventually(lambda: "dangling" not in names() and "foreign" not in names("other"),
+                     message="dependents of absent owners deleted")
+    top = await create(client, CONFIGMAPS, cm("top"))
+    middle = await child("middle", top)
+    await child("bottom", middle)
+    await client.request("DELETE", CONFIGMAPS.path("default", "top"), body={"propagationPolicy": "Foreground"})
+    await eventually(lambda: not {"top", "middle", "bottom"} & names(), message="foreground through two levels")
+    held = cm("in-other")
+    held["metadata"]["finalizers"] = ["example.com/hold"]
+    await create(client, CONFIGMAPS, held, ns="other")
+    await create(client, CONFIGMAPS, cm("plain"), ns="other")
+    await client.request("DELETE", NAMESPACES.path(None, "other"))
+    await eventually(lambda: names("other") == {"in-other"}, message="the namespace's objects deleted")
+    terminating = await client.request("GET", NAMESPACES.path(None, "other"))
+    assert terminating["status"]["phase"] == "Terminating"  # held by the finalizer of what is left
+    await client.request("PATCH", CONFIGMAPS.path("other", "in-other"), body={"metadata": {"finalizers": None}},
+                         content_type=MERGE_PATCH)
+    await eventually(lambda: not names("other") and ("", "other") not in api.store.objects[("", "namespaces")],
+                     message="the namespace goes once its last object does")
+    api.store.gc_paused = True
+    await child("orphan-to-be", two)
+    await client.request("DELETE", CONFIGMAPS.path("default", "two"))
+    assert "orphan-to-be" in names() and "shared" in names()  # nothing collected while paused
+    api.store.resume_gc()
+    await eventually(lambda: not {"orphan-to-be", "shared"} & names(), message="collected once resumed")
 
 
 async def test_fault_injection_request_log_and_restart(api: KubeAPIServer, client: KubeClient) -> None:
