@@ -9,7 +9,11 @@ Those collections found nothing: the long-lived objects are not garbage.
 
 ``gc.freeze()`` moves every live object out of the collector's reach. :func:`settle_heap` does it
 once the caches are in at start-up; :class:`HeapKeeper` does it again whenever full collections keep
-pausing the loop for nothing (a cold start's writes, a handover, growth), at most once per interval.
+pausing the loop for nothing (a cold start's decisions, a handover, growth): once they have cost twice
+what the last settle cost, and not more often than ``interval``. A fixed 30 s wait meant the desired
+state built during a cold start (an Endpoint and a health record per host, lists and dicts: 90,000
+objects at 1,000 x 10) stayed in the collector's reach for half a minute, a 100-180 ms full
+collection about every second, each throttling the probe admission.
 A settle first *unfreezes* and collects everything, so a cycle that died while frozen is reclaimed
 at the next settle rather than leaked. The decision is pure (:class:`FullCollections`); the gc hook
 and the task are below it.
@@ -42,25 +46,29 @@ def settle_heap() -> float:
 @dataclass
 class FullCollections:
     """When is another settle worth its one pause? When fruitless full collections (they took at
-    least ``min_pause`` and found fewer than ``max_found`` objects) have cost ``budget`` seconds of
-    loop time since the last settle, and ``interval`` has passed since it."""
+    least ``min_pause`` and found fewer than ``max_found`` objects) have cost at least ``budget``
+    seconds of loop time since the last settle, and at least ``worth`` times that settle's own pause
+    (so settling never costs more than half the pauses it ends), and ``interval`` has passed since it."""
 
     min_pause: float = 0.02
     max_found: int = 1000
     budget: float = 0.5
-    interval: float = 30.0
+    worth: float = 2.0
+    interval: float = 5.0
     wasted: float = 0.0
     settled_at: float = float("-inf")
+    settle_pause: float = 0.0  # what the last settle cost
 
     def observe(self, pause: float, found: int) -> None:
         if pause >= self.min_pause and found < self.max_found:
             self.wasted += pause
 
     def due(self, now: float) -> bool:
-        return self.wasted >= self.budget and now - self.settled_at >= self.interval
+        return (self.wasted >= max(self.budget, self.worth * self.settle_pause)
+                and now - self.settled_at >= self.interval)
 
-    def settled(self, now: float) -> None:
-        self.wasted, self.settled_at = 0.0, now
+    def settled(self, now: float, pause: float = 0.0) -> None:
+        self.wasted, self.settled_at, self.settle_pause = 0.0, now, pause
 
 
 class HeapKeeper:
@@ -89,7 +97,7 @@ class HeapKeeper:
 
     def settle(self) -> None:
         pause = settle_heap()
-        self.policy.settled(time.monotonic())
+        self.policy.settled(time.monotonic(), pause)
         self.settles += 1
         log.debug("heap settled", extra={"pause_ms": round(pause * 1000, 1), "frozen": gc.get_freeze_count()})
 

@@ -1,5 +1,5 @@
 """The heap keeper: full collections that find nothing trigger one settle (unfreeze, collect, freeze),
-at most once per interval; a cycle that died while frozen is reclaimed by the next settle."""
+when they cost more than a settle, at most once per interval; a dead frozen cycle is reclaimed by the next settle."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from epctl.heap import FullCollections, HeapKeeper
 from epctl.testing.waiting import eventually
 
 
-def test_only_fruitless_pauses_count_and_a_settle_waits_for_its_interval() -> None:
-    policy = FullCollections(min_pause=0.02, max_found=1000, budget=0.5, interval=30.0)
-    policy.settled(100.0)
+def test_only_fruitless_pauses_count_and_a_settle_waits_for_its_interval_and_its_worth() -> None:
+    policy = FullCollections(min_pause=0.02, max_found=1000, budget=0.5, worth=2.0, interval=5.0)
+    policy.settled(100.0, pause=0.1)
     for _ in range(10):
         policy.observe(0.1, found=5000)  # found garbage: worth it
         policy.observe(0.01, found=0)  # short: harmless
@@ -20,10 +20,14 @@ def test_only_fruitless_pauses_count_and_a_settle_waits_for_its_interval() -> No
     for _ in range(5):
         policy.observe(0.1, found=0)
     assert policy.wasted >= 0.5
-    assert not policy.due(129.0)  # budget spent, interval not yet over
-    assert policy.due(130.0)
-    policy.settled(130.0)
+    assert not policy.due(104.0)  # budget spent, interval not yet over
+    assert policy.due(105.0)
+    policy.settled(105.0, pause=0.4)  # an expensive settle: worth another only after 0.8 s wasted
+    for _ in range(7):
+        policy.observe(0.1, found=0)
     assert not policy.due(1000.0)
+    policy.observe(0.15, found=0)
+    assert policy.due(1000.0)
 
 
 class _Node:
@@ -32,7 +36,7 @@ class _Node:
 
 
 async def test_fruitless_full_collections_settle_the_heap_and_frozen_cycles_are_reclaimed() -> None:
-    keeper = HeapKeeper(FullCollections(min_pause=0.0, budget=0.0, interval=0.0), check_every=0.01)
+    keeper = HeapKeeper(FullCollections(min_pause=0.0, budget=0.0, worth=0.0, interval=0.0), check_every=0.01)
     a, b = _Node(), _Node()
     a.other, b.other = b, a  # a cycle, alive and frozen by the first settle
     dead = weakref.ref(a)
