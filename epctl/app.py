@@ -118,8 +118,11 @@ class Controller:
                                    metrics=informer_metrics, name="endpoints")
                           if settings.manage_endpoints else None)
         self.state = DesiredState()
-        self.events = EventRecorder(client)
-        self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay)
+        # status patches and Events each get half the routing writer's concurrency (they go after it)
+        side = max(1, settings.write_concurrency // 2)
+        self.events = EventRecorder(client, concurrency=side)
+        self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay,
+                                   concurrency=side)
         self.scheduler = Scheduler(lambda t: self.source.on_transition(t),
                                    max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics(),
                                    target_metrics=PerTargetMetrics() if settings.per_target_metrics else None,
@@ -410,7 +413,7 @@ class Controller:
 
 
 async def run_controller(settings: ControllerSettings, kubeconfig: str | None, context: str | None) -> int:
-    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + settings.write_concurrency,
+    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + 2 * settings.write_concurrency,
                                       on_response=api_request)
     controller = Controller(client, settings)
     try:

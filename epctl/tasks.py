@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
 
@@ -60,3 +60,60 @@ async def run_child_task(task: asyncio.Task[None]) -> tuple[asyncio.Task[None], 
     if task.cancelled():
         return task, asyncio.CancelledError()
     return task, task.exception()
+
+
+class KeyedTasks:
+    """Child tasks in flight, at most ``limit`` at once and at most one per key: the status writer's
+    patches and the Event recorder's writes. One at a time made a first install of 3,000 failing
+    ClusterEndpoints wait over a minute for its status patches and another for its Events, each a
+    round trip; one per key keeps a key's writes in order (and a correlation's create before its
+    count bump). A handover waits for, or cancels, exactly the writes of the keys it let go."""
+
+    def __init__(self, limit: int, name: str,
+                 on_error: Callable[[Hashable, BaseException], None] | None = None,
+                 on_done: Callable[[], None] | None = None) -> None:
+        self.limit = max(1, limit)
+        self.name = name
+        self.on_error, self.on_done = on_error, on_done
+        self.running: dict[Hashable, asyncio.Task[None]] = {}
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.running
+
+    async def free(self, key: Hashable | None = None) -> None:
+        """Return when a slot is free (and, given ``key``, no task of ``key`` runs)."""
+        while len(self.running) >= self.limit or (key is not None and key in self.running):
+            self._changed.clear()
+            await self._changed.wait()
+
+    def start(self, key: Hashable, coro: Coroutine[Any, Any, None]) -> None:
+        """Start ``coro`` for ``key`` now (the caller waited for :meth:`free`)."""
+        assert key not in self.running, f"{self.name}: {key} already in flight"
+        task = asyncio.create_task(coro, name=self.name)
+        self.running[key] = task
+        task.add_done_callback(lambda done: self._done(key, done))
+
+    def _done(self, key: Hashable, task: asyncio.Task[None]) -> None:
+        if self.running.get(key) is task:
+            del self.running[key]
+        self._changed.set()
+        if not task.cancelled() and task.exception() is not None and self.on_error is not None:
+            self.on_error(key, task.exception())  # type: ignore[arg-type]
+        if self.on_done is not None:
+            self.on_done()
+
+    async def release(self, let_go: Callable[[Any], bool], timeout: float) -> None:
+        """Wait at most ``timeout`` for the tasks of keys ``let_go`` picks, then cancel what still runs."""
+        tasks = [task for key, task in list(self.running.items()) if let_go(key)]
+        await asyncio.gather(*(wait_or_cancel(task, timeout) for task in tasks))
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)

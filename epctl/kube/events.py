@@ -26,7 +26,7 @@ from typing import Any
 from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, Fenced, KubeClient
 from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
-from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
+from epctl.tasks import KeyedTasks, cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -60,7 +60,7 @@ def _key_of(involved: Obj) -> tuple[str, str]:
 
 class EventRecorder:
     def __init__(self, client: KubeClient, component: str = "epctl-controller",
-                 burst: int = BURST, refill_seconds: float = REFILL_SECONDS) -> None:
+                 burst: int = BURST, refill_seconds: float = REFILL_SECONDS, concurrency: int = 4) -> None:
         self.client = client
         self.component = component
         self.instance = socket.gethostname()
@@ -76,8 +76,9 @@ class EventRecorder:
         # shard ownership: Events only about objects of the targets this replica owns
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True
         self.fence: Fence = UNFENCED  # asked at the moment each Event is sent (epctl.shard.fence)
-        self._writing: asyncio.Task[None] | None = None
-        self._writing_key: tuple[str, str] | None = None
+        # writes in flight: up to ``concurrency``, one per involved object, so one object's Events
+        # (and a correlation's create before its count bump) stay in order (epctl.tasks.KeyedTasks)
+        self._writing = KeyedTasks(concurrency, "event")
 
     def record(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         """Queue an Event about ``involved`` (a full object, or at least apiVersion/kind/metadata)."""
@@ -104,12 +105,16 @@ class EventRecorder:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        await self._writing.cancel_all()
+
+    def in_flight(self) -> int:
+        """Event writes sent and not yet answered."""
+        return len(self._writing)
 
     async def release_unowned(self, timeout: float = 10.0) -> None:
         """Wait for an Event write in flight about an object no longer ours (queued ones are skipped),
         at most ``timeout`` (the handover's bound: then it is cancelled)."""
-        if self._writing_key is not None and not self.owns(self._writing_key):
-            await wait_or_cancel(self._writing, timeout)
+        await self._writing.release(lambda key: not self.owns(key), timeout)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued events are written (tests, shutdown)."""
@@ -121,22 +126,32 @@ class EventRecorder:
     async def _run(self) -> None:
         while True:
             involved, type_, reason, message = await self._queue.get()
+            started = False
             try:
+                key = _key_of(involved)
+                await self._writing.free(key)
                 if self.turn is not None:
                     await self.turn.wait()
-                if not self.owns(_key_of(involved)):  # let go since it was queued
+                if not self.owns(key):  # let go since it was queued
                     continue
                 # its own task, so a handover can wait for exactly this write (or cancel it)
-                self._writing = asyncio.create_task(self._write(involved, type_, reason, message), name="event")
-                self._writing_key = _key_of(involved)
-                _task, error = await run_child_task(self._writing)
-                if isinstance(error, ApiError):
-                    log.warning("could not record event", extra={"reason": reason, "error": str(error)})
-                elif error is not None and not isinstance(error, Fenced | asyncio.CancelledError):
-                    log.error("event recorder failed", exc_info=error)
+                self._writing.start(key, self._write_one(involved, type_, reason, message))
+                started = True
             finally:
-                self._writing, self._writing_key = None, None
-                self._queue.task_done()
+                if not started:
+                    self._queue.task_done()
+
+    async def _write_one(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        try:
+            await self._write(involved, type_, reason, message)
+        except ApiError as err:
+            log.warning("could not record event", extra={"reason": reason, "error": str(err)})
+        except Fenced:
+            pass  # no longer ours, or our claim lapsed: its owner records what it sees
+        except Exception:
+            log.exception("event recorder failed")
+        finally:
+            self._queue.task_done()
 
     async def _write(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         meta = involved.get("metadata", {})

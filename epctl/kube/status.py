@@ -19,7 +19,7 @@ from epctl.kube.backoff import Backoff
 from epctl.kube.client import MERGE_PATCH, ApiError, Fenced, KubeClient, Resource
 from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
-from epctl.tasks import cancel_and_wait, ensure_running, run_child_task, wait_or_cancel
+from epctl.tasks import KeyedTasks, cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -60,7 +60,7 @@ class StatusWriter:
     """Debounced ``PATCH .../status`` per object, skipped when the object already has that status."""
 
     def __init__(self, client: KubeClient, resource: Resource, current: Callable[[str, str], Obj | None], *,
-                 delay: float = 0.1) -> None:
+                 delay: float = 0.1, concurrency: int = 4) -> None:
         self.client, self.resource, self.current = client, resource, current
         self.delay = delay
         self.writes = 0
@@ -76,8 +76,8 @@ class StatusWriter:
         self._task: asyncio.Task[None] | None = None
         self.owns: Callable[[tuple[str, str]], bool] = lambda _key: True  # shard ownership: write only these
         self.fence: Fence = UNFENCED  # asked at the moment each patch is sent (epctl.shard.fence)
-        self._writing: asyncio.Task[None] | None = None
-        self._writing_key: tuple[str, str] | None = None
+        # patches in flight: up to ``concurrency``, one per object (epctl.tasks.KeyedTasks)
+        self._writing = KeyedTasks(concurrency, "status", on_error=self._failed, on_done=self._wakeup.set)
 
     def set(self, namespace: str, name: str, status: Obj) -> None:
         key = (namespace, name)
@@ -104,6 +104,15 @@ class StatusWriter:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        await self._writing.cancel_all()
+
+    def in_flight(self) -> int:
+        """Status patches sent and not yet answered."""
+        return len(self._writing)
+
+    @staticmethod
+    def _failed(key: object, error: BaseException) -> None:
+        log.error("status write failed", exc_info=error)
 
     async def release_unowned(self, timeout: float = 10.0) -> None:
         """Drop what is pending for objects no longer ours and wait for a write to one in flight, at
@@ -112,8 +121,7 @@ class StatusWriter:
             del self._pending[key]
         for key in [k for k in self._last if not self.owns(k)]:
             del self._last[key]  # a later owner may have written something else meanwhile
-        if self._writing_key is not None and not self.owns(self._writing_key):
-            await wait_or_cancel(self._writing, timeout)
+        await self._writing.release(lambda key: not self.owns(key), timeout)
 
     def busy(self) -> bool:
         """Status patches are due or being written: Events wait (epctl.kube.priority)."""
@@ -136,31 +144,30 @@ class StatusWriter:
             now = time.monotonic()
             due = [k for k, (_, at) in self._pending.items() if at <= now]
             for key in due:
+                if key in self._writing:
+                    continue  # one patch per object at a time: this one goes when that one is answered
+                await self._writing.free()
                 if self.turn is not None and key in self._pending:
                     await self.turn.wait()  # routing writes first; the newest status is taken after
                 item = self._pending.pop(key, None)  # set() or forget() may have dropped it meanwhile
                 if item is not None and self.owns(key):
                     # its own task, so a handover can wait for exactly this write to finish (or cancel it)
-                    self._writing = asyncio.create_task(self._write(key, item[0]), name="status")
-                    self._writing_key = key
-                    try:
-                        _task, error = await run_child_task(self._writing)
-                    finally:
-                        self._writing, self._writing_key = None, None
-                    if error is not None and not isinstance(error, asyncio.CancelledError):
-                        log.error("status write failed", exc_info=error)
-            if not self._pending:
+                    self._writing.start(key, self._write(key, item[0]))
+            if not self._pending and not self._writing:
                 self._idle.set()
+            else:
+                self._idle.clear()
             soon = time.monotonic() + self.delay  # what is due later than this waits out a retry backoff
-            if any(at <= soon for _, at in self._pending.values()):
+            waiting = [at for key, (_, at) in self._pending.items() if key not in self._writing]
+            if self._writing or any(at <= soon for at in waiting):
                 self._quiet.clear()
             else:
                 self._quiet.set()
             self._wakeup.clear()
-            if not self._pending:
-                await self._wakeup.wait()
+            if not waiting:
+                await self._wakeup.wait()  # set by set(), flush() and every answered patch
                 continue
-            wake = min(at for _, at in self._pending.values())
+            wake = min(waiting)
             handle = loop.call_later(max(0.0, wake - time.monotonic()), self._wakeup.set)
             try:
                 await self._wakeup.wait()

@@ -654,7 +654,7 @@ class World:
         await self._backend({"address": step["address"], "up": not self.up[step["address"]]}, stats)
         writing = victim.controller
         try:
-            await eventually(lambda: bool(writing.writer._in_flight) or writing.status._writing is not None,
+            await eventually(lambda: bool(writing.writer._in_flight) or writing.status.in_flight() > 0,
                              timeout=3, message="a write in flight")
         except AssertionError:
             pass  # it owned nothing that changed: the handover below is still worth walking

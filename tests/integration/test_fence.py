@@ -47,7 +47,7 @@ async def test_writes_refused_while_the_claim_lapsed_go_out_once_it_is_renewed(a
         mark = len(api.request_log)
         await up.set_mode("closed")
         await eventually(lambda: fences["writer"].refused >= 1 and fences["status"].refused >= 1
-                         and not controller.writer._in_flight and controller.status._writing is None,
+                         and not controller.writer._in_flight and controller.status.in_flight() == 0,
                          message="the lapsed fence refused the slice and the status write, nothing in flight")
         assert [r for r in api.writes(since=mark) if r.resource != "leases"] == []
         until[0] = math.inf  # renewed

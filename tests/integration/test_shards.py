@@ -367,7 +367,7 @@ async def test_a_handover_waiting_on_a_slow_write_keeps_renewing_and_shares_noth
                                    code=0, respond_after=3 * TIMING["lease_duration"], count=2))
         sharing = await stack.enter_async_context(two_open_fences({"a": a, "b": b}, KEYS))
         await up.set_mode("closed")  # every target's status changes: a's first patches hang in flight
-        await eventually(lambda: a.status._writing is not None, message="a status write in flight")
+        await eventually(lambda: a.status.in_flight() > 0, message="a status write in flight")
         c = await stack.enter_async_context(member(api, "c"))
         moved = {t for t in mine if owner(("default", t), ["a", "b", "c"]) == "c"}
         assert moved
