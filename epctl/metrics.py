@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 from epctl.api.spec import ProbeKind
+from epctl.kube.informer import RESTART_REASONS
 
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
@@ -60,6 +61,13 @@ class PrometheusProbeMetrics:
 
 class PrometheusInformerMetrics:
     """``InformerMetrics`` for informers."""
+
+    def known(self, resource: str) -> None:
+        """Restarts and relists start at 0 for every reason known in advance: a rate() or an alert over
+        ``increase()`` then sees the first one (a series born at 1 has no increase)."""
+        for reason in RESTART_REASONS:
+            WATCH_RESTARTS.labels(resource, reason)
+        RELISTS.labels(resource)
 
     def event(self, resource: str, type_: str) -> None:
         WATCH_EVENTS.labels(resource, type_).inc()

@@ -86,9 +86,14 @@ def object_key(obj: Obj) -> str:
     return f"{namespace}/{meta['name']}" if namespace else str(meta["name"])
 
 
+# why a watch is (re)opened; an HTTP error adds "http_<code>"
+RESTART_REASONS = ("closed", "expired", "inactivity", "connection", "decode")
+
+
 class InformerMetrics(Protocol):
     """Hooks for Prometheus (see epctl.metrics); every method must be cheap and never raise."""
 
+    def known(self, resource: str) -> None: ...  # the informer exists: its series start at 0
     def event(self, resource: str, type_: str) -> None: ...
     def restart(self, resource: str, reason: str) -> None: ...
     def relist(self, resource: str) -> None: ...
@@ -127,6 +132,8 @@ class Informer:
         self.backoff = backoff or Backoff(1.0, 60.0)
         self.metrics = metrics
         self.name = name or resource.plural
+        if metrics is not None:
+            metrics.known(self.name)
         self.cache: dict[str, Obj] = {}
         self._index_of: Callable[[Obj], str | None] | None = None
         self._index: dict[str, dict[str, Obj]] = {}  # index value -> cache key -> object

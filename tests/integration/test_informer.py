@@ -30,6 +30,9 @@ class Recorder:
         self.events: list[InformerEvent] = []
         self.replica: dict[str, str] = {}
 
+    def known(self, resource: str) -> None:
+        pass
+
     def event(self, resource: str, type_: str) -> None:
         pass
 

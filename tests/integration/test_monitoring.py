@@ -464,3 +464,15 @@ def test_the_openstack_error_reasons_exported_from_the_start_are_classifys() -> 
     from epctl.sources.openstack import classify
 
     assert set(re.findall(r'return "([A-Za-z]+)", ', inspect.getsource(classify))) == set(OPENSTACK_ERROR_REASONS)
+
+
+def test_the_watch_restart_reasons_exported_from_the_start_are_the_informers() -> None:
+    """epctl_watch_restarts_total starts at 0 for every reason the informer can give but an HTTP code."""
+    import re
+
+    from epctl.kube.informer import RESTART_REASONS
+
+    source = (ROOT / "epctl" / "kube" / "informer.py").read_text()
+    given = set(re.findall(r'_restarted\("([a-z]+)"\)', source))
+    given |= set(re.findall(r'reason = "([a-z]+)" if err\.reason == INACTIVITY else \(\s*"([a-z]+)"', source)[0])
+    assert given == set(RESTART_REASONS)
