@@ -343,6 +343,75 @@ async def bare(kind: str, seconds: float, addresses: list[str], port: int, concu
             "user_us_per_probe": user / count * 1e6}
 
 
+async def bare_callbacks(kind: str, seconds: float, addresses: list[str], port: int,
+                         concurrency: int = 1000) -> dict[str, Any]:
+    """The strictest anchor: the same kernel minimum as :func:`bare`, driven by loop callbacks instead of
+    coroutines (no timer, no result object, no epctl code): ``concurrency`` chains, each starting its
+    next probe when the last one ends."""
+    loop = asyncio.get_running_loop()
+    count = 0
+    stop = time.perf_counter() + seconds
+    finished = loop.create_future()
+    live = concurrency
+
+    def start(address: str) -> None:
+        nonlocal live
+        if time.perf_counter() >= stop:
+            live -= 1
+            if not live:
+                finished.set_result(None)
+            return
+        if kind == "udp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect((address, port))
+            sock.send(b"ping")
+            loop.add_reader(sock.fileno(), end, sock, address, True)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        sock.connect_ex((address, port))
+        loop.add_writer(sock.fileno(), connected, sock, address)
+
+    def connected(sock: socket.socket, address: str) -> None:
+        loop.remove_writer(sock.fileno())
+        if kind == "http":
+            sock.send(BARE_REQUEST)
+            loop.add_reader(sock.fileno(), readable, sock, address)
+            return
+        end(sock, address, False)
+
+    def readable(sock: socket.socket, address: str) -> None:
+        try:
+            if sock.recv(65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        end(sock, address, True)
+
+    def end(sock: socket.socket, address: str, reading: bool) -> None:
+        nonlocal count
+        if kind == "udp":
+            sock.recv(65535)
+        if reading:
+            loop.remove_reader(sock.fileno())
+        sock.close()
+        count += 1
+        start(address)
+
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for i in range(concurrency):
+        start(addresses[i % len(addresses)])
+    await finished
+    wall = time.perf_counter() - wall0
+    user, system = cpu_split(cpu0)
+    return {"kind": kind, "probes_per_s": count / wall, "cpu_us_per_probe": (user + system) / count * 1e6,
+            "user_us_per_probe": user / count * 1e6}
+
+
 async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, int]) -> dict[str, Any]:
     seconds = 2.0 if args.quick else 5.0
     sizes = (1000,) if args.quick else tuple(args.sizes)
@@ -387,27 +456,41 @@ async def saturated_rounds(args: argparse.Namespace, addresses: list[str], ports
     for i in range(args.repeat):
         for kind in [k for k in args.kinds if k in BARE_KINDS]:
             pair: dict[str, Any] = {}
-            for which in (("engine", "bare") if i % 2 == 0 else ("bare", "engine")):
+            order = ("engine", "bare", "callbacks")
+            for which in (order if i % 2 == 0 else order[::-1]):
                 if which == "engine":
                     pair["engine"] = await engine(kind, 1000, 0.01, seconds, addresses, ports[kind])
-                else:
+                elif which == "bare":
                     pair["bare"] = await bare(kind, seconds, addresses, ports[kind])
+                else:
+                    pair["callbacks"] = await bare_callbacks(kind, seconds, addresses, ports[kind])
             row = {"round": i, "kind": kind, "load1": os.getloadavg()[0],
                    "engine_probes_per_s": pair["engine"]["probes_per_s"],
                    "engine_cpu_us_per_probe": pair["engine"]["cpu_us_per_probe"],
                    "engine_failures": pair["engine"]["failures"],
                    "bare_probes_per_s": pair["bare"]["probes_per_s"],
-                   "bare_cpu_us_per_probe": pair["bare"]["cpu_us_per_probe"]}
+                   "bare_cpu_us_per_probe": pair["bare"]["cpu_us_per_probe"],
+                   "bare_callbacks_probes_per_s": pair["callbacks"]["probes_per_s"],
+                   "bare_callbacks_cpu_us_per_probe": pair["callbacks"]["cpu_us_per_probe"]}
             row["ratio_to_bare"] = row["engine_probes_per_s"] / row["bare_probes_per_s"]
+            row["ratio_to_bare_callbacks"] = row["engine_probes_per_s"] / row["bare_callbacks_probes_per_s"]
             rounds.append(row)
             print(f"  round {i} {kind}: engine {row['engine_probes_per_s']:.0f}/s "
-                  f"bare {row['bare_probes_per_s']:.0f}/s "
-                  f"ratio {row['ratio_to_bare']:.2f} (load {row['load1']:.2f})", file=sys.stderr)
+                  f"bare {row['bare_probes_per_s']:.0f}/s ratio {row['ratio_to_bare']:.2f}, "
+                  f"bare callbacks {row['bare_callbacks_probes_per_s']:.0f}/s "
+                  f"ratio {row['ratio_to_bare_callbacks']:.2f} (load {row['load1']:.2f}, "
+                  f"failures {row['engine_failures']})", file=sys.stderr)
     summary = []
     for kind in dict.fromkeys(r["kind"] for r in rounds):
         ratios = sorted(r["ratio_to_bare"] for r in rounds if r["kind"] == kind)
+        strict = sorted(r["ratio_to_bare_callbacks"] for r in rounds if r["kind"] == kind)
         summary.append({"kind": kind, "rounds": len(ratios), "ratio_median": statistics.median(ratios),
                         "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                        "callbacks_ratio_median": statistics.median(strict), "callbacks_ratio_min": strict[0],
+                        "callbacks_ratio_max": strict[-1],
+                        "engine_failures": sum(r["engine_failures"] for r in rounds if r["kind"] == kind),
+                        "bare_callbacks_median_per_s": statistics.median(
+                            r["bare_callbacks_probes_per_s"] for r in rounds if r["kind"] == kind),
                         "engine_median_per_s": statistics.median(r["engine_probes_per_s"] for r in rounds
                                                                  if r["kind"] == kind),
                         "bare_median_per_s": statistics.median(r["bare_probes_per_s"] for r in rounds
@@ -416,11 +499,16 @@ async def saturated_rounds(args: argparse.Namespace, addresses: list[str], ports
 
 
 def rounds_table(results: dict[str, Any]) -> str:
-    lines = ["saturated (1,000 checks), engine / bare raw-socket loop, same run, rounds alternating order",
-             f"{'type':<5} {'rounds':>7} {'median':>7} {'min':>6} {'max':>6} {'engine/s':>9} {'bare/s':>8}"]
+    lines = ["saturated (1,000 checks): engine / bare raw-socket loop (coroutines; and on callbacks), same run, "
+             "rounds alternating order; ratio median [min-max]",
+             f"{'type':<5} {'rounds':>7} {'x bare':>17} {'x bare callbacks':>17} {'engine/s':>9} {'bare/s':>8} "
+             f"{'callbacks/s':>12} {'failures':>9}"]
     for r in results["summary"]:
-        lines.append(f"{r['kind']:<5} {r['rounds']:>7} {r['ratio_median']:>7.2f} {r['ratio_min']:>6.2f} "
-                     f"{r['ratio_max']:>6.2f} {r['engine_median_per_s']:>9.0f} {r['bare_median_per_s']:>8.0f}")
+        plain = f"{r['ratio_median']:.2f} [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+        strict = f"{r['callbacks_ratio_median']:.2f} [{r['callbacks_ratio_min']:.2f}-{r['callbacks_ratio_max']:.2f}]"
+        lines.append(f"{r['kind']:<5} {r['rounds']:>7} {plain:>17} {strict:>17} {r['engine_median_per_s']:>9.0f} "
+                     f"{r['bare_median_per_s']:>8.0f} {r['bare_callbacks_median_per_s']:>12.0f} "
+                     f"{r['engine_failures']:>9}")
     return "\n".join(lines)
 
 
