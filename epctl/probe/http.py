@@ -325,12 +325,9 @@ def start_http(loop: asyncio.AbstractEventLoop, address: str, port: int, timeout
         return http
     http.request = _request(address, port, "HTTP", probe.path, probe)
     code = connect(http, address, port)
-    if code is None:
+    if code is None or code == 0:  # connected at once or not: the request goes out when writable
         http.watch_write(http.on_writable)
         http.arm()
-    elif code == 0:
-        http.arm()
-        http.on_writable()
     elif code > 0:
         http.finish(os_failure(http, code))
     return http

@@ -169,6 +169,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[int, SocketProbe] = {}  # generation -> its callback probe in flight
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatching = False  # inside _dispatch_due: results answered at once are deferred
         self._wakeup = asyncio.Event()
         self.progress = asyncio.Event()  # set after every recorded result; waiters clear it
         self._timer: asyncio.TimerHandle | None = None
@@ -303,16 +304,17 @@ class Scheduler:
         await cancel_and_wait(self._runner)
         self._runner = None
         running, self._running = self._running, {}
+        handed_over = [t for t in (getattr(p, "task", None) for p in running.values()) if t is not None]
         for generation, probe in running.items():
-            probe.cancel()  # closes its socket; its result is never reported
+            probe.cancel()  # closes its socket (and cancels an HTTPS/redirect Task); nothing is reported
             self._in_flight -= 1
             entry = self._queued.get(generation)
             if entry is not None:
                 entry.in_flight = False
         for task in list(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or handed_over:
+            await asyncio.gather(*self._tasks, *handed_over, return_exceptions=True)
         await self.grpc.close()
         await self.database.close()
 
@@ -330,6 +332,13 @@ class Scheduler:
     def _dispatch_due(self, now: float) -> tuple[int, bool]:
         """Launch due checks as far as admission (tokens) and the in-flight bound allow.
         Returns (launched, due checks still waiting)."""
+        self._dispatching = True
+        try:
+            return self._launch_due(now)
+        finally:
+            self._dispatching = False
+
+    def _launch_due(self, now: float) -> tuple[int, bool]:
         heap = self._heap
         launched = 0
         vnow = self._vnow(now)
@@ -500,6 +509,9 @@ class Scheduler:
 
     def _finish(self, entry: _Entry, generation: int, result: ProbeResult) -> None:
         """Every probe's result, whichever way it ran: thresholds, arbitration, metrics."""
+        if self._dispatching:  # answered at once (refused on the spot): consumers never run inside a dispatch
+            (self._loop or asyncio.get_running_loop()).call_soon(self._finish, entry, generation, result)
+            return
         entry.in_flight = False
         self._in_flight -= 1
         self._running.pop(generation, None)

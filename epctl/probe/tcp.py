@@ -44,13 +44,9 @@ def connect(probe: SocketProbe, address: str, port: int) -> int | None:
         return -1
     try:
         sock = socket.socket(family_of(address), socket.SOCK_STREAM)
-    except OSError as err:
-        probe.finish(ProbeResult(False, describe_os_error(err), probe.elapsed()))
-        return -1
-    probe.sock, probe.fd = sock, sock.fileno()
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    try:
+        probe.sock, probe.fd = sock, sock.fileno()
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         code = sock.connect_ex((address, port))
     except (OSError, OverflowError, ValueError) as err:  # e.g. a port out of range
         probe.finish(ProbeResult(False, describe_os_error(err) if isinstance(err, OSError) else str(err),
