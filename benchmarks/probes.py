@@ -20,6 +20,11 @@ Scenarios, per probe type:
   session saves the server and us.
 
     python benchmarks/probes.py [--quick] [--no-databases] [--json benchmarks/results/probes.json]
+
+Saturated engine vs bare loop only, repeated (median and spread of the ratio; the bare loop and
+the engine alternate in each round, so a load change on the machine hits both):
+
+    python benchmarks/probes.py --saturated-only --repeat 5 [--kinds tcp http udp]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import multiprocessing as mp
 import os
 import resource
 import socket
+import statistics
 import struct
 import sys
 import time
@@ -278,12 +284,14 @@ async def baseline(kind: str, seconds: float, addresses: list[str], port: int,
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 BARE_REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+BARE_KINDS = ("tcp", "http", "udp")
 
 
 async def bare(kind: str, seconds: float, addresses: list[str], port: int, concurrency: int = 1000,
                rate: float | None = None) -> dict[str, Any]:
     """The honest anchor: the minimum the kernel needs for one probe, on raw sockets in bare loops, no epctl
     code at all. TCP: socket, connect, close (RST). HTTP: connect, send one request, read to EOF, close.
+    UDP: connect, send one datagram, read one reply, close.
     ``rate``: paced at that many probes per second in total (for CPU per probe at a given load);
     otherwise as fast as ``concurrency`` loops go."""
     loop = asyncio.get_running_loop()
@@ -292,6 +300,16 @@ async def bare(kind: str, seconds: float, addresses: list[str], port: int, concu
     interval = concurrency / rate if rate else 0.0
 
     async def one(address: str) -> None:
+        if kind == "udp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, (address, port))
+                sock.send(b"ping")
+                await loop.sock_recv(sock, 65535)
+            finally:
+                sock.close()
+            return
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -325,6 +343,75 @@ async def bare(kind: str, seconds: float, addresses: list[str], port: int, concu
             "user_us_per_probe": user / count * 1e6}
 
 
+async def bare_callbacks(kind: str, seconds: float, addresses: list[str], port: int,
+                         concurrency: int = 1000) -> dict[str, Any]:
+    """The strictest anchor: the same kernel minimum as :func:`bare`, driven by loop callbacks instead of
+    coroutines (no timer, no result object, no epctl code): ``concurrency`` chains, each starting its
+    next probe when the last one ends."""
+    loop = asyncio.get_running_loop()
+    count = 0
+    stop = time.perf_counter() + seconds
+    finished = loop.create_future()
+    live = concurrency
+
+    def start(address: str) -> None:
+        nonlocal live
+        if time.perf_counter() >= stop:
+            live -= 1
+            if not live:
+                finished.set_result(None)
+            return
+        if kind == "udp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect((address, port))
+            sock.send(b"ping")
+            loop.add_reader(sock.fileno(), end, sock, address, True)
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        sock.connect_ex((address, port))
+        loop.add_writer(sock.fileno(), connected, sock, address)
+
+    def connected(sock: socket.socket, address: str) -> None:
+        loop.remove_writer(sock.fileno())
+        if kind == "http":
+            sock.send(BARE_REQUEST)
+            loop.add_reader(sock.fileno(), readable, sock, address)
+            return
+        end(sock, address, False)
+
+    def readable(sock: socket.socket, address: str) -> None:
+        try:
+            if sock.recv(65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        end(sock, address, True)
+
+    def end(sock: socket.socket, address: str, reading: bool) -> None:
+        nonlocal count
+        if kind == "udp":
+            sock.recv(65535)
+        if reading:
+            loop.remove_reader(sock.fileno())
+        sock.close()
+        count += 1
+        start(address)
+
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for i in range(concurrency):
+        start(addresses[i % len(addresses)])
+    await finished
+    wall = time.perf_counter() - wall0
+    user, system = cpu_split(cpu0)
+    return {"kind": kind, "probes_per_s": count / wall, "cpu_us_per_probe": (user + system) / count * 1e6,
+            "user_us_per_probe": user / count * 1e6}
+
+
 async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, int]) -> dict[str, Any]:
     seconds = 2.0 if args.quick else 5.0
     sizes = (1000,) if args.quick else tuple(args.sizes)
@@ -340,7 +427,7 @@ async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, i
             print(f"  paced {kind} n={n}: {paced[-1]['probes_per_s']:.0f}/s", file=sys.stderr)
         base = await baseline(kind, seconds, addresses, ports[kind])
         sat = await engine(kind, 1000, 0.01, seconds, addresses, ports[kind])
-        if kind in ("tcp", "http"):
+        if kind in BARE_KINDS:
             anchor = await bare(kind, seconds, addresses, ports[kind])
             sat["bare_probes_per_s"] = anchor["probes_per_s"]
             sat["bare_cpu_us_per_probe"] = anchor["cpu_us_per_probe"]
@@ -360,6 +447,69 @@ async def run(args: argparse.Namespace, addresses: list[str], ports: dict[str, i
                                "probes_per_s": result["probes_per_s"], "cpu_us_per_probe": result["cpu_us_per_probe"]})
     dbs = await databases(seconds, args.pairs) if args.pairs else []
     return {"paced": paced, "saturated": saturated, "grpc_modes": grpc_modes, "databases": dbs}
+
+
+async def saturated_rounds(args: argparse.Namespace, addresses: list[str], ports: dict[str, int]) -> dict[str, Any]:
+    """Saturated engine vs bare loop, ``args.repeat`` rounds; the order alternates each round."""
+    seconds = 2.0 if args.quick else 5.0
+    rounds: list[dict[str, Any]] = []
+    for i in range(args.repeat):
+        for kind in [k for k in args.kinds if k in BARE_KINDS]:
+            pair: dict[str, Any] = {}
+            order = ("engine", "bare", "callbacks")
+            for which in (order if i % 2 == 0 else order[::-1]):
+                if which == "engine":
+                    pair["engine"] = await engine(kind, 1000, 0.01, seconds, addresses, ports[kind])
+                elif which == "bare":
+                    pair["bare"] = await bare(kind, seconds, addresses, ports[kind])
+                else:
+                    pair["callbacks"] = await bare_callbacks(kind, seconds, addresses, ports[kind])
+            row = {"round": i, "kind": kind, "load1": os.getloadavg()[0],
+                   "engine_probes_per_s": pair["engine"]["probes_per_s"],
+                   "engine_cpu_us_per_probe": pair["engine"]["cpu_us_per_probe"],
+                   "engine_failures": pair["engine"]["failures"],
+                   "bare_probes_per_s": pair["bare"]["probes_per_s"],
+                   "bare_cpu_us_per_probe": pair["bare"]["cpu_us_per_probe"],
+                   "bare_callbacks_probes_per_s": pair["callbacks"]["probes_per_s"],
+                   "bare_callbacks_cpu_us_per_probe": pair["callbacks"]["cpu_us_per_probe"]}
+            row["ratio_to_bare"] = row["engine_probes_per_s"] / row["bare_probes_per_s"]
+            row["ratio_to_bare_callbacks"] = row["engine_probes_per_s"] / row["bare_callbacks_probes_per_s"]
+            rounds.append(row)
+            print(f"  round {i} {kind}: engine {row['engine_probes_per_s']:.0f}/s "
+                  f"bare {row['bare_probes_per_s']:.0f}/s ratio {row['ratio_to_bare']:.2f}, "
+                  f"bare callbacks {row['bare_callbacks_probes_per_s']:.0f}/s "
+                  f"ratio {row['ratio_to_bare_callbacks']:.2f} (load {row['load1']:.2f}, "
+                  f"failures {row['engine_failures']})", file=sys.stderr)
+    summary = []
+    for kind in dict.fromkeys(r["kind"] for r in rounds):
+        ratios = sorted(r["ratio_to_bare"] for r in rounds if r["kind"] == kind)
+        strict = sorted(r["ratio_to_bare_callbacks"] for r in rounds if r["kind"] == kind)
+        summary.append({"kind": kind, "rounds": len(ratios), "ratio_median": statistics.median(ratios),
+                        "ratio_min": ratios[0], "ratio_max": ratios[-1],
+                        "callbacks_ratio_median": statistics.median(strict), "callbacks_ratio_min": strict[0],
+                        "callbacks_ratio_max": strict[-1],
+                        "engine_failures": sum(r["engine_failures"] for r in rounds if r["kind"] == kind),
+                        "bare_callbacks_median_per_s": statistics.median(
+                            r["bare_callbacks_probes_per_s"] for r in rounds if r["kind"] == kind),
+                        "engine_median_per_s": statistics.median(r["engine_probes_per_s"] for r in rounds
+                                                                 if r["kind"] == kind),
+                        "bare_median_per_s": statistics.median(r["bare_probes_per_s"] for r in rounds
+                                                               if r["kind"] == kind)})
+    return {"rounds": rounds, "summary": summary}
+
+
+def rounds_table(results: dict[str, Any]) -> str:
+    lines = ["saturated (1,000 checks): engine / bare raw-socket loop (coroutines; and on callbacks), same run, "
+             "rounds alternating order; ratio median [min-max]",
+             f"{'type':<5} {'rounds':>7} {'x bare':>17} {'x bare callbacks':>17} {'engine/s':>9} {'bare/s':>8} "
+             f"{'callbacks/s':>12} {'failures':>9}"]
+    for r in results["summary"]:
+        plain = f"{r['ratio_median']:.2f} [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+        strict = f"{r['callbacks_ratio_median']:.2f} [{r['callbacks_ratio_min']:.2f}-{r['callbacks_ratio_max']:.2f}]"
+        lines.append(f"{r['kind']:<5} {r['rounds']:>7} {plain:>17} {strict:>17} {r['engine_median_per_s']:>9.0f} "
+                     f"{r['bare_median_per_s']:>8.0f} {r['bare_callbacks_median_per_s']:>12.0f} "
+                     f"{r['engine_failures']:>9}")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -408,13 +558,20 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[1000, 10_000], help="paced check counts")
     parser.add_argument("--addresses", type=int, default=50, help="loopback addresses the backends listen on")
-    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "probes.json"))
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/probes.json (none with "
+                        "--saturated-only)")
     parser.add_argument("--no-databases", dest="databases", action="store_false",
                         help="skip the database role probes (which start real PostgreSQL, MariaDB and Redis)")
     parser.add_argument("--databases-only", action="store_true", help="only the database role probes")
+    parser.add_argument("--saturated-only", action="store_true",
+                        help="only saturated engine vs bare loop (tcp, http, udp), --repeat rounds; prints the "
+                        "table and writes JSON only where --json is given explicitly")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds for --saturated-only")
     args = parser.parse_args()
     if args.databases_only:
         args.kinds = []
+    if args.saturated_only:
+        args.databases = False
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     addresses = [f"127.0.0.{i}" for i in range(1, args.addresses + 1)]
@@ -435,13 +592,19 @@ def main() -> None:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {0})
         import uvloop
-        results = uvloop.run(run(args, addresses, ports))
+        results = uvloop.run((saturated_rounds if args.saturated_only else run)(args, addresses, ports))
     finally:
         backend.terminate()
         backend.join(5)
         for pair in args.pairs.values():
             pair.close()
-    write_report("probes", {"quick": args.quick, **results}, table(results), args.json)
+    if args.saturated_only:
+        print(rounds_table(results))
+        if args.json:
+            write_report("probes-saturated", {"quick": args.quick, **results}, "", args.json)
+        return
+    write_report("probes", {"quick": args.quick, **results}, table(results),
+                 args.json or str(Path(__file__).parent / "results" / "probes.json"))
 
 
 if __name__ == "__main__":

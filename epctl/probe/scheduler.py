@@ -16,6 +16,10 @@
   exceeds that rate every check's period is stretched by the same factor (fair, bounded lateness).
 - Truth first: a timed-out probe whose deadline the loop noticed late is *inconclusive* (counted as
   such, not fed to the thresholds); the next run is its retry. One rule for every prober.
+- TCP, HTTP and UDP probes run on event-loop callbacks (epctl/probe/callback.py: a socket, an fd
+  watcher and a timer handle, no Task per probe) and report to :meth:`Scheduler._finish`; gRPC and
+  database probes (kept channels and sessions, client libraries with coroutine APIs) run as one
+  Task each and report to the same method. The in-flight gauge is set once per tick, not per probe.
 - Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
 - Role probes expecting a primary are arbitrated per port (roles.arbitrate): a host outranked by
   another claimant is vetoed at once, whatever the thresholds say, so two disagreeing primaries are
@@ -33,18 +37,20 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from epctl.api.spec import DatabaseProbe, Expect, GRPCProbe, HTTPProbe, Probe, ProbeKind, ProbeTiming, UDPProbe
+from epctl.probe.callback import SocketProbe
 from epctl.probe.database import DatabaseProber
 from epctl.probe.grpc import GRPCProber
-from epctl.probe.http import probe_http
+from epctl.probe.http import start_http
 from epctl.probe.pacing import Admission, Stretch, timeout_was_seen_late
 from epctl.probe.result import ProbeResult
 from epctl.probe.roles import PRIMARY, arbitrate
 from epctl.probe.state import CheckState
-from epctl.probe.tcp import probe_tcp
-from epctl.probe.udp import probe_udp
+from epctl.probe.tcp import start_tcp
+from epctl.probe.udp import start_udp
 from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
@@ -161,6 +167,9 @@ class Scheduler:
         self._generation = itertools.count(1)
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[int, SocketProbe] = {}  # generation -> its callback probe in flight
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatching = False  # inside _dispatch_due: results answered at once are deferred
         self._wakeup = asyncio.Event()
         self.progress = asyncio.Event()  # set after every recorded result; waiters clear it
         self._timer: asyncio.TimerHandle | None = None
@@ -294,10 +303,18 @@ class Scheduler:
             self._timer = None
         await cancel_and_wait(self._runner)
         self._runner = None
+        running, self._running = self._running, {}
+        handed_over = [t for t in (getattr(p, "task", None) for p in running.values()) if t is not None]
+        for generation, probe in running.items():
+            probe.cancel()  # closes its socket (and cancels an HTTPS/redirect Task); nothing is reported
+            self._in_flight -= 1
+            entry = self._queued.get(generation)
+            if entry is not None:
+                entry.in_flight = False
         for task in list(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or handed_over:
+            await asyncio.gather(*self._tasks, *handed_over, return_exceptions=True)
         await self.grpc.close()
         await self.database.close()
 
@@ -315,6 +332,13 @@ class Scheduler:
     def _dispatch_due(self, now: float) -> tuple[int, bool]:
         """Launch due checks as far as admission (tokens) and the in-flight bound allow.
         Returns (launched, due checks still waiting)."""
+        self._dispatching = True
+        try:
+            return self._launch_due(now)
+        finally:
+            self._dispatching = False
+
+    def _launch_due(self, now: float) -> tuple[int, bool]:
         heap = self._heap
         launched = 0
         vnow = self._vnow(now)
@@ -339,7 +363,7 @@ class Scheduler:
 
         Each wake-up measures loop lag (how late it runs against the time it asked for): the
         signal admission and the inconclusive rule are built on."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._refilled = now
         self._lag_window = (now, 0.0)
@@ -351,6 +375,8 @@ class Scheduler:
             self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * BURST))
             self._refilled = now
             launched, waiting = self._dispatch_due(now)
+            if self.metrics:  # once per tick, not per probe
+                self.metrics.in_flight(self._in_flight)
             self._account(now, lag, launched, waiting)
             self._wakeup.clear()
             if waiting:
@@ -436,22 +462,60 @@ class Scheduler:
             return  # still running from last period (cannot happen when timeout <= period)
         entry.in_flight = True
         self._in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run_one(entry, entry.generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         if self.metrics:
             self.metrics.lateness((vnow - due) * self.stretch.factor)
-            self.metrics.in_flight(self._in_flight)
+        check, generation = entry.check, entry.generation
+        kind = check.probe.kind
+        if kind is ProbeKind.TCP or kind is ProbeKind.HTTP or kind is ProbeKind.UDP:
+            self._start(entry, generation)
+            return
+        task = asyncio.get_running_loop().create_task(self._run_one(entry, generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start(self, entry: _Entry, generation: int) -> None:
+        """Start a callback probe (TCP, HTTP, UDP): no Task; its result comes back to :meth:`_finish`."""
+        check = entry.check
+        probe, address, port = check.probe, check.key.address, check.port
+        timeout = float(check.timing.timeout_seconds)
+        loop = self._loop or asyncio.get_running_loop()
+        done = partial(self._finish, entry, generation)
+        start = time.perf_counter()
+        try:
+            if isinstance(probe, HTTPProbe):
+                running = start_http(loop, address, port, timeout, probe, done)
+            elif isinstance(probe, UDPProbe):
+                running = start_udp(loop, address, port, timeout, probe.data, done)
+            else:
+                running = start_tcp(loop, address, port, timeout, done)
+        except Exception as err:  # a prober bug is a failed probe, never a dead scheduler
+            log.exception("prober raised", extra={"check": str(check.key)})
+            if entry.in_flight:
+                self._finish(entry, generation, ProbeResult(False, f"probe error: {type(err).__name__}",
+                                                            time.perf_counter() - start))
+            return
+        if running.done is not None:  # not answered synchronously: still in flight
+            self._running[generation] = running
 
     async def _run_one(self, entry: _Entry, generation: int) -> None:
-        check = entry.check
+        """A gRPC or database probe, as a Task (their clients are coroutines)."""
         try:
-            result = await self._probe(check)
-        finally:
+            result = await self._probe(entry.check)
+        except BaseException:
             entry.in_flight = False
             self._in_flight -= 1
-            if self.metrics:
-                self.metrics.in_flight(self._in_flight)
+            raise
+        self._finish(entry, generation, result)
+
+    def _finish(self, entry: _Entry, generation: int, result: ProbeResult) -> None:
+        """Every probe's result, whichever way it ran: thresholds, arbitration, metrics."""
+        if self._dispatching:  # answered at once (refused on the spot): consumers never run inside a dispatch
+            (self._loop or asyncio.get_running_loop()).call_soon(self._finish, entry, generation, result)
+            return
+        entry.in_flight = False
+        self._in_flight -= 1
+        self._running.pop(generation, None)
+        check = entry.check
         kind = check.probe.kind.short
         if result.timed_out and timeout_was_seen_late(result.duration, float(check.timing.timeout_seconds)):
             # the loop noticed the deadline late: an answer may be sitting unread behind it. Says nothing
@@ -523,17 +587,12 @@ class Scheduler:
                 log.exception("transition consumer failed", extra={"check": str(key)})
 
     async def _probe(self, check: Check) -> ProbeResult:
-        """Run one probe. Each prober enforces its own timeout (tested), so no second timer here."""
+        """Run one gRPC or database probe. Each prober enforces its own timeout (tested), so no second
+        timer here."""
         timeout = float(check.timing.timeout_seconds)
         probe, address, port = check.probe, check.key.address, check.port
         start = time.perf_counter()
         try:
-            if probe.kind is ProbeKind.TCP:
-                return await probe_tcp(address, port, timeout)
-            if isinstance(probe, HTTPProbe):
-                return await probe_http(address, port, timeout, probe)
-            if isinstance(probe, UDPProbe):
-                return await probe_udp(address, port, timeout, probe.data)
             if isinstance(probe, GRPCProbe):
                 return await self.grpc.probe(address, port, timeout, probe)
             if isinstance(probe, DatabaseProbe):

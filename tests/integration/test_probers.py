@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
+from typing import Any
 
 import pytest
 
@@ -195,3 +197,57 @@ def test_a_completed_handshake_counts_even_when_the_timeout_fired_first() -> Non
     finally:
         for sock in (listener, connected, fresh):
             sock.close()
+
+
+async def _every_path_once_many_times() -> None:
+    """Many TCP, HTTP and UDP probes at once down every path (answered, refused, blackholed, silent, hung,
+    cancelled): each ends within its timeout, and the fd count is back where it started."""
+    async with TCPBackend() as accepting, TCPBackend(mode="blackhole") as blackhole, HTTPBackend() as web, \
+            HTTPBackend() as hung, UDPBackend() as echo, UDPBackend(mode="silent") as silent:
+        hung.hang = True
+        refused = free_port()
+        await probe_tcp(HOST, accepting.port, 1.0)  # warm up whatever the loop allocates once
+        await probe_http(HOST, web.port, 1.0, HTTPProbe())
+        before = open_fds()
+
+        async def timed(coro: Any) -> tuple[Any, float]:
+            start = time.perf_counter()
+            result = await coro
+            return result, time.perf_counter() - start
+
+        groups = {
+            "tcp ok": [probe_tcp(HOST, accepting.port, 1.0) for _ in range(150)],
+            "tcp refused": [probe_tcp(HOST, refused, 1.0) for _ in range(50)],
+            "tcp blackhole": [probe_tcp(HOST, blackhole.port, 0.3) for _ in range(30)],
+            "http ok": [probe_http(HOST, web.port, 1.0, HTTPProbe()) for _ in range(50)],
+            "http refused": [probe_http(HOST, refused, 1.0, HTTPProbe()) for _ in range(30)],
+            "http blackhole": [probe_http(HOST, blackhole.port, 0.3, HTTPProbe()) for _ in range(20)],
+            "http hung": [probe_http(HOST, hung.port, 0.3, HTTPProbe()) for _ in range(10)],
+            "udp ok": [probe_udp(HOST, echo.port, 1.0, b"ping") for _ in range(100)],
+            "udp silent": [probe_udp(HOST, silent.port, 0.3, b"ping") for _ in range(30)],
+            "udp refused": [probe_udp(HOST, free_port(socket.SOCK_DGRAM), 1.0, b"ping") for _ in range(30)],
+        }
+        cancelled = [asyncio.ensure_future(probe_tcp(HOST, blackhole.port, 5.0)) for _ in range(20)]
+        cancelled += [asyncio.ensure_future(probe_udp(HOST, silent.port, 5.0)) for _ in range(20)]
+        names = [name for name, coros in groups.items() for _ in coros]
+        outcomes = await asyncio.gather(*(timed(c) for coros in groups.values() for c in coros))
+        for task in cancelled:
+            task.cancel()
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        assert all(task.cancelled() for task in cancelled)
+        for name, (result, elapsed) in zip(names, outcomes, strict=True):
+            expect_ok = name.endswith(" ok")
+            assert result.ok is expect_ok, (name, result)
+            if name.endswith(("blackhole", "silent", "hung")):
+                # uvloop's timers have millisecond resolution: one may fire a fraction of a millisecond early
+                assert result.timed_out and 0.298 <= elapsed < 0.3 + SLACK, (name, result, elapsed)
+            elif name.endswith("refused"):
+                assert result.reason == "connection refused", (name, result)
+        assert open_fds() <= before, "a probe left a file descriptor open"
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_callback_probers_end_in_time_and_leak_no_fds_on_either_loop(runner: str) -> None:
+    import uvloop
+
+    (uvloop.run if runner == "uvloop" else asyncio.run)(_every_path_once_many_times())
