@@ -312,6 +312,8 @@ class Controller:
                 healthy += sum(1 for e in group.endpoints.values() if e.ready)
                 needed += -(-len(group.endpoints) // size)
             desired, ready = desired + total, ready + healthy
+            if self.source.conflicted(key):
+                continue  # not a managed Service: another controller owns it, epctl publishes nothing there
             SERVICE_ENDPOINTS.labels(key[0], key[1], "ready").set(healthy)
             SERVICE_ENDPOINTS.labels(key[0], key[1], "not_ready").set(total - healthy)
             seen.add(key)

@@ -640,6 +640,11 @@ class ClusterEndpointSource:
                 self.events.record(entry.obj, "Warning", reason, message)
             self._write_status(key)
 
+    def conflicted(self, key: TargetKey) -> bool:
+        """Is ``key``'s Service someone else's (ServiceConflict)? Its hosts are probed, nothing published."""
+        entry = self._entries.get(key)
+        return entry is not None and not entry.sync[0] and entry.sync[1] == "ServiceConflict"
+
     def not_synced(self) -> dict[str, int]:
         """Owned ClusterEndpoints not published as their spec says, by reason (the Synced condition's
         reason; InvalidSpec for a spec that does not parse): the state behind an alert, which a rate of
