@@ -22,6 +22,7 @@ import asyncio
 import gc
 import logging
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 
 from benchmarks.common import apiserver_process, rss_bytes, write_report
-from benchmarks.controller import backends_main
+from benchmarks.controller import backends_main, wait_until
 from epctl.app import Controller, ControllerSettings
 from epctl.assets import read_asset
 from epctl.kube.client import CRDS, KubeClient
@@ -99,8 +100,7 @@ def by_owner(controller: Controller, endpoints: int) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace, kubeconfig: str, port: int) -> dict[str, Any]:
-    while not Path(kubeconfig).exists():
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: os.path.exists(kubeconfig), 30)
     client = await KubeClient.connect(kubeconfig, pool_size=32)
     await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
     addresses = [f"127.0.0.{i}" for i in range(1, args.hosts + 1)]
@@ -132,7 +132,8 @@ async def run(args: argparse.Namespace, kubeconfig: str, port: int) -> dict[str,
 
     while not written():
         if time.monotonic() - t0 > args.timeout:
-            raise TimeoutError(f"not all written ({len(c.state.targets)} targets, {len(c.source._entries)} entries): {len(c.services.cache)} Services, {len(c.slices.cache)} slices, "
+            raise TimeoutError(f"not all written ({len(c.state.targets)} targets): {len(c.services.cache)} Services, "
+                               f"{len(c.slices.cache)} slices, "
                                f"{len(c.endpoints.cache) if c.endpoints else 0} Endpoints")
         await asyncio.sleep(0.2)
     await c.writer.wait_idle(120)
