@@ -12,7 +12,7 @@ Service, EndpointSlice and Endpoints is written and the caches hold them, it rep
   index, the desired-state store, the source's entries, the scheduler's checks, the status writer,
   the writer). An object reachable from two owners is counted once, for the first in that order.
 
-    python benchmarks/memory.py [--ceps 1000] [--hosts 10] [--no-tracemalloc]
+    python benchmarks/memory.py [--ceps 1000] [--hosts 10] [--no-tracemalloc] [--distinct] [--types]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _LEAVES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType
            types.CodeType, types.FrameType, asyncio.Task, asyncio.Future, asyncio.AbstractEventLoop)
 
 
-def deep_size(root: Any, seen: set[int]) -> int:
+def deep_size(root: Any, seen: set[int], types_: dict[str, int] | None = None) -> int:
     """Bytes of ``root`` and what it holds (containers, strings, epctl's objects), not counting what is
     in ``seen`` (counted for an earlier owner) and never following functions, modules, types, tasks."""
     total, stack = 0, [root]
@@ -56,7 +56,10 @@ def deep_size(root: Any, seen: set[int]) -> int:
         if id(obj) in seen or isinstance(obj, _LEAVES):
             continue
         seen.add(id(obj))
-        total += sys.getsizeof(obj)
+        size = sys.getsizeof(obj)
+        total += size
+        if types_ is not None:
+            types_[type(obj).__name__] = types_.get(type(obj).__name__, 0) + size
         if isinstance(obj, dict):
             stack.extend(obj.keys())
             stack.extend(obj.values())
@@ -82,7 +85,8 @@ def owners(controller: Controller) -> dict[str, list[Any]]:
     return out
 
 
-def by_owner(controller: Controller, endpoints: int) -> dict[str, float]:
+def by_owner(controller: Controller, endpoints: int,
+             types_: dict[str, dict[str, int]] | None = None) -> dict[str, float]:
     roots = owners(controller)
     # the parts themselves are reachable from one another (callbacks, references): none is walked from another
     seen: set[int] = {id(controller), id(controller.client)} | {id(i) for i in controller.informers}
@@ -94,7 +98,7 @@ def by_owner(controller: Controller, endpoints: int) -> dict[str, float]:
         for obj in held:
             if not isinstance(obj, dict):
                 seen.discard(id(obj))
-            size += deep_size(obj, seen)
+            size += deep_size(obj, seen, types_.setdefault(name, {}) if types_ is not None else None)
         result[name] = size / endpoints
     return result
 
@@ -104,13 +108,21 @@ async def run(args: argparse.Namespace, kubeconfig: str, port: int) -> dict[str,
     client = await KubeClient.connect(kubeconfig, pool_size=32)
     await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
     addresses = [f"127.0.0.{i}" for i in range(1, args.hosts + 1)]
+
+    def hosts(i: int) -> list[str]:
+        """--distinct: hosts of their own per ClusterEndpoint (127.x.y.z, nothing listens: refused, so
+        published not ready), as in a real fleet, where an address is not shared by 1,000 objects."""
+        if not args.distinct:
+            return addresses
+        return [f"127.{1 + (i * args.hosts + h) // 65536}.{(i * args.hosts + h) // 256 % 256}."
+                f"{(i * args.hosts + h) % 256}" for h in range(args.hosts)]
     sem = asyncio.Semaphore(16)
 
     async def create(i: int) -> None:
         async with sem:
             await client.request("POST", CLUSTERENDPOINTS.path("default"), body={
                 "apiVersion": "epctl.io/v1beta1", "kind": "ClusterEndpoint", "metadata": {"name": f"cep{i}"},
-                "spec": {"ports": [{"name": "tcp", "port": 5432, "targetPort": port, "hosts": addresses,
+                "spec": {"ports": [{"name": "tcp", "port": 5432, "targetPort": port, "hosts": hosts(i),
                                     "tcpSocket": {}, "periodSeconds": 300, "failureThreshold": 2}]}})
 
     await asyncio.gather(*(create(i) for i in range(args.ceps)))
@@ -144,8 +156,13 @@ async def run(args: argparse.Namespace, kubeconfig: str, port: int) -> dict[str,
     traced, _ = tracemalloc.get_traced_memory()
     rss = rss_bytes()
     tracemalloc.stop()  # the owner walk allocates: not counted
-    owner_bytes = by_owner(c, endpoints)
-    result = {"ceps": args.ceps, "hosts": args.hosts, "endpoints": endpoints,
+    types_: dict[str, dict[str, int]] = {}
+    owner_bytes = by_owner(c, endpoints, types_)
+    if args.types:
+        for name, sizes in types_.items():
+            top = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+            print(f"  {name}: " + ", ".join(f"{t} {n / endpoints:.0f}" for t, n in top), file=sys.stderr)
+    result = {"ceps": args.ceps, "hosts": args.hosts, "endpoints": endpoints, "distinct": args.distinct,
               "tracemalloc_bytes_per_endpoint": (traced - traced0) / endpoints if args.tracemalloc else None,
               "rss_bytes_per_endpoint": (rss - rss0) / endpoints,
               "owners_bytes_per_endpoint": owner_bytes}
@@ -156,7 +173,8 @@ async def run(args: argparse.Namespace, kubeconfig: str, port: int) -> dict[str,
 
 def table(r: dict[str, Any]) -> str:
     traced = r["tracemalloc_bytes_per_endpoint"]
-    lines = [f"{r['ceps']} ClusterEndpoints x {r['hosts']} hosts = {r['endpoints']} endpoints, 300 s probe period",
+    lines = [f"{r['ceps']} ClusterEndpoints x {r['hosts']} hosts = {r['endpoints']} endpoints, 300 s probe period, "
+             + ("every ClusterEndpoint its own hosts" if r.get("distinct") else "the same hosts in every one"),
              *([f"{'tracemalloc, allocated since before the controller':<44} {traced:>7.0f} B/endpoint"]
                if traced is not None else []),
              f"{'RSS growth over the same span':<44} {r['rss_bytes_per_endpoint']:>7.0f} B/endpoint"
@@ -175,6 +193,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false",
                         help="RSS without tracemalloc's own overhead (which doubles it)")
+    parser.add_argument("--distinct", action="store_true", help="every ClusterEndpoint its own hosts (refused)")
+    parser.add_argument("--types", action="store_true", help="also print each owner's largest types")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the writes")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "memory.json"))
     args = parser.parse_args()

@@ -93,6 +93,8 @@ def compact(obj: Any) -> Any:
     a cached object back, sees exactly what the server sent. Dicts are rebuilt (a key cannot be
     swapped in place); lists are changed in place."""
     if isinstance(obj, dict):
+        if obj and all(v is None or type(v) is bool for v in obj.values()):
+            return _flags(obj)
         return {_intern(k) if type(k) is str else k:
                 (v if k in _UNIQUE else _intern(v) if type(v) is str and len(v) <= 64 else compact(v))
                 for k, v in obj.items()}
@@ -104,6 +106,24 @@ def compact(obj: Any) -> Any:
             elif isinstance(v, (dict, list)):
                 obj[i] = compact(v)
     return obj
+
+
+_FLAGS: dict[tuple[tuple[str, bool | None], ...], Obj] = {}  # one shared dict per distinct flag set
+_FLAGS_MAX = 4096
+
+
+def _flags(obj: Obj) -> Obj:
+    """A mapping of only booleans (an EndpointSlice endpoint's ``conditions``: one of a handful of
+    variants, on every endpoint of every slice) shared by every cached object that has it. Cached
+    objects are read-only to every consumer (as client-go's are): a writer builds new objects from
+    them, it never edits one in place. Bounded: past ``_FLAGS_MAX`` variants a new one is not shared."""
+    key = tuple(obj.items())
+    shared = _FLAGS.get(key)
+    if shared is None:
+        shared = {_intern(k): v for k, v in obj.items()}
+        if len(_FLAGS) < _FLAGS_MAX:
+            _FLAGS[key] = shared
+    return shared
 
 
 def uid_of(obj: Obj | None) -> str:

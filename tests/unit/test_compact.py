@@ -39,3 +39,12 @@ def test_two_decodes_share_their_keys_and_short_values_after_compact() -> None:
     assert a["metadata"]["annotations"]["note"] is not b["metadata"]["annotations"]["note"]
     # still plain, mutable JSON: a read-modify-write may copy and change it as before
     assert type(a) is dict and type(a["endpoints"]) is list
+
+
+def test_boolean_conditions_are_one_shared_object() -> None:
+    a, b = compact(_decoded(SLICE)), compact(_decoded(SLICE))
+    ready = a["endpoints"][0]["conditions"]
+    assert ready == {"ready": True, "serving": True, "terminating": False}
+    assert ready is b["endpoints"][0]["conditions"]
+    assert a["endpoints"][1]["conditions"] == {"ready": False}
+    assert a["endpoints"][1]["conditions"] is not ready
