@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -74,6 +75,55 @@ def slim(obj: Obj, last_applied: bool = False, keep_managers_of: tuple[str, ...]
     if last_applied and annotations and LAST_APPLIED in annotations:
         del annotations[LAST_APPLIED]
     return obj
+
+
+# values that are unique to one object (or one write of it): interning them would only grow the table
+_UNIQUE = frozenset({"uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"})
+_intern = sys.intern
+
+
+def compact(obj: Any) -> Any:
+    """The same JSON value with every mapping key and every short string value interned.
+
+    A watch decodes each event on its own, so without this every cached object carries its own
+    copy of "metadata", "addresses", "conditions", its namespace, its label keys and values, the
+    host addresses it shares with its ClusterEndpoint, slice and Endpoints... With thousands of
+    objects those copies were a large share of the caches (docs/performance.md, memory). Nothing
+    is dropped and the types stay dict/list/str, so every reader, and a read-modify-write that sends
+    a cached object back, sees exactly what the server sent. Dicts are rebuilt (a key cannot be
+    swapped in place); lists are changed in place."""
+    if isinstance(obj, dict):
+        if obj and all(v is None or type(v) is bool for v in obj.values()):
+            return _flags(obj)
+        return {_intern(k) if type(k) is str else k:
+                (v if k in _UNIQUE else _intern(v) if type(v) is str and len(v) <= 64 else compact(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            if type(v) is str:
+                if len(v) <= 64:
+                    obj[i] = _intern(v)
+            elif isinstance(v, (dict, list)):
+                obj[i] = compact(v)
+    return obj
+
+
+_FLAGS: dict[tuple[tuple[str, bool | None], ...], Obj] = {}  # one shared dict per distinct flag set
+_FLAGS_MAX = 4096
+
+
+def _flags(obj: Obj) -> Obj:
+    """A mapping of only booleans (an EndpointSlice endpoint's ``conditions``: one of a handful of
+    variants, on every endpoint of every slice) shared by every cached object that has it. Cached
+    objects are read-only to every consumer (as client-go's are): a writer builds new objects from
+    them, it never edits one in place. Bounded: past ``_FLAGS_MAX`` variants a new one is not shared."""
+    key = tuple(obj.items())
+    shared = _FLAGS.get(key)
+    if shared is None:
+        shared = {_intern(k): v for k, v in obj.items()}
+        if len(_FLAGS) < _FLAGS_MAX:
+            _FLAGS[key] = shared
+    return shared
 
 
 def uid_of(obj: Obj | None) -> str:
@@ -337,6 +387,7 @@ class Informer:
                     self.trim(obj)
                 obj.setdefault("apiVersion", self.resource.api_version)
                 obj.setdefault("kind", self.resource.kind)
+                obj = compact(obj)
                 items[object_key(obj)] = obj
             cont = page.get("metadata", {}).get("continue") or None
             if not cont:
@@ -412,6 +463,7 @@ class Informer:
         slim(obj, self.drop_last_applied, self.keep_managers_of)
         if self.trim is not None:
             self.trim(obj)
+        obj = compact(obj)
         key = object_key(obj)
         old = self.cache.get(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):

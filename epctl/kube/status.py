@@ -9,6 +9,8 @@ Writes go through the status subresource, debounced like slices.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -41,6 +43,13 @@ def conditions_with_times(previous: list[Obj] | None, current: list[Obj], stamp:
     return out
 
 
+def digest(status: Obj) -> bytes:
+    """A 16-byte fingerprint of a status document: what the writer remembers of each status it wrote
+    (only ever compared for equality), instead of a second copy of the document per object."""
+    return hashlib.blake2b(json.dumps(status, sort_keys=True, separators=(",", ":")).encode(),
+                           digest_size=16).digest()
+
+
 def merge_patch(current: Any, desired: Any) -> Any:
     """The JSON merge patch (RFC 7386) that turns ``current`` into ``desired``: keys that must go are
     sent as null. A plain ``{"status": desired}`` would leave every key we stopped writing in place
@@ -65,7 +74,7 @@ class StatusWriter:
         self.delay = delay
         self.writes = 0
         self._pending: dict[tuple[str, str], tuple[Obj, float]] = {}
-        self._last: dict[tuple[str, str], Obj] = {}
+        self._last: dict[tuple[str, str], bytes] = {}  # digest() of the status last written per object
         self._backoff: dict[tuple[str, str], Backoff] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -85,7 +94,8 @@ class StatusWriter:
             self._pending.pop(key, None)
             return
         existing = (self.current(namespace, name) or {}).get("status")
-        if status == existing or (key not in self._pending and status == self._last.get(key)):
+        if status == existing or (key not in self._pending and key in self._last
+                                  and digest(status) == self._last[key]):
             self._pending.pop(key, None)
             return
         self._pending[key] = (status, time.monotonic() + self.delay)
@@ -177,7 +187,7 @@ class StatusWriter:
     async def _write(self, key: tuple[str, str], status: Obj) -> None:
         namespace, name = key
         if (self.current(namespace, name) or {}).get("status") == status:
-            self._last[key] = status
+            self._last[key] = digest(status)
             return
         self._last.pop(key, None)  # until this write is known to have landed (it may be cancelled)
         try:
@@ -185,7 +195,7 @@ class StatusWriter:
             await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
                                       body={"status": merge_patch(current, status)}, content_type=MERGE_PATCH,
                                       fence=self.fence.for_key(key))
-            self._last[key] = status
+            self._last[key] = digest(status)
             self.writes += 1
             self._backoff.pop(key, None)
         except Fenced:  # no longer ours (its owner writes it), or our claim lapsed until the next renewal

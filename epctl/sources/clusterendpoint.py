@@ -102,7 +102,7 @@ def _reported_readiness(obj: Obj) -> dict[tuple[str, str], bool]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class _Health:
     reason: str = ""
     since: str = ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from epctl.endpoints import OVER_CAPACITY, SKIP_MIRROR_LABEL
-from epctl.kube.client import ENDPOINTS, KubeClient
+from epctl.kube.client import ENDPOINTS, MERGE_PATCH, KubeClient
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kcm import MIRRORING
 from epctl.testing.kubeapi import KubeAPIServer
@@ -197,3 +197,32 @@ async def test_the_sidecar_and_the_real_endpoints_object_agree(api: KubeAPIServe
             await eventually(lambda: side.body and _flat(json.loads(side.body)) == want, message="sidecar agrees")
         finally:
             await side.stop()
+
+
+async def test_what_another_manager_set_on_our_objects_survives_our_writes(api: KubeAPIServer,
+                                                                         client: KubeClient) -> None:
+    """The writer builds its updates from the informer caches (compacted, docs/design.md section 7): a
+    label and an annotation another field manager put on our Endpoints and slice are still there after
+    a flip made us write both."""
+    await install_crd(client)
+    others = {"metadata": {"labels": {"team.example/owner": "dba"}, "annotations": {"team.example/note": "keep"}}}
+    async with TCPBackend() as db, running_controller(api, client):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [
+            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+             "periodSeconds": 1, "failureThreshold": 1}]))
+        await eventually(lambda: addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="ready")
+        (slice_name,) = [s["metadata"]["name"] for s in slices_of(api, "db")]
+        await client.request("PATCH", ENDPOINTS.path("default", "db"), body=others, content_type=MERGE_PATCH,
+                             query={"fieldManager": "team-tool"})
+        await client.request("PATCH", ENDPOINTSLICES.path("default", slice_name), body=others,
+                             content_type=MERGE_PATCH, query={"fieldManager": "team-tool"})
+        mark = len(api.request_log)
+        await db.set_mode("closed")
+        await eventually(lambda: addresses(api, "db") == {("pg", "127.0.0.1"): False}
+                         and endpoints_of(api, "db") == {("pg", "127.0.0.1"): False}, message="flip written")
+        assert [r.verb for r in api.writes("endpoints", mark)] == ["update"]
+        assert [r.verb for r in api.writes("endpointslices", mark)] == ["update"]
+        for obj in (v1_endpoints(api, "db"), *slices_of(api, "db")):
+            assert obj is not None
+            assert obj["metadata"]["labels"]["team.example/owner"] == "dba"
+            assert obj["metadata"]["annotations"]["team.example/note"] == "keep"
