@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from epctl.heap import FullCollections, HeapKeeper
+from epctl.heap import THRESHOLDS, FullCollections, HeapKeeper
 from epctl.testing.waiting import eventually
 
 
@@ -41,9 +41,11 @@ async def test_fruitless_full_collections_settle_the_heap_and_frozen_cycles_are_
     a.other, b.other = b, a  # a cycle, alive and frozen by the first settle
     dead = weakref.ref(a)
     long_lived = [[i] for i in range(50_000)]  # lists: always tracked by the collector
+    before = gc.get_threshold()
     keeper.start()
     try:
         assert keeper.settles == 1 and gc.get_freeze_count() >= len(long_lived)
+        assert gc.get_threshold() == THRESHOLDS  # a large young generation while it runs
         del a, b  # the cycle dies while frozen: no collection can see it now
         gc.collect()
         assert dead() is not None
@@ -55,3 +57,4 @@ async def test_fruitless_full_collections_settle_the_heap_and_frozen_cycles_are_
     finally:
         await keeper.stop()
         gc.unfreeze()
+    assert gc.get_threshold() == before  # and the process's own thresholds back after
