@@ -23,8 +23,9 @@ socket, timer, callbacks) was alive at most young collections, so it was promote
 generation and was only found by full collections: 100-180 ms pauses every few seconds with the
 heap frozen. With a larger young generation most of it dies young; a young collection of 50,000
 objects takes a few milliseconds. Full collections stay as Python schedules them (every 20 x 10
-young ones at most, and only when the old generation grew by a quarter). The decision is pure
-(:class:`FullCollections`); the gc hook and the task are below it.
+young ones at most, and only when the old generation grew by a quarter).
+
+The decision is pure (:class:`FullCollections`); the gc hook and the task are below it.
 """
 
 from __future__ import annotations
