@@ -552,6 +552,11 @@ class ObjectStore:
                 dependents.discard((storage_key, key))
                 if not dependents:
                     del self._dependents_of[uid]
+            # an owner waiting in foreground deletion may wait for nothing now (the GraphBuilder's
+            # addUnblockedOwnersToDeleteQueue): it is looked at again
+            location = self.uid_index.get(uid)
+            if location is not None and new is not None:
+                self._gc_enqueue(*location)
         for uid in after - before:
             self._dependents_of.setdefault(uid, set()).add((storage_key, key))
 
