@@ -251,3 +251,45 @@ def test_callback_probers_end_in_time_and_leak_no_fds_on_either_loop(runner: str
     import uvloop
 
     (uvloop.run if runner == "uvloop" else asyncio.run)(_every_path_once_many_times())
+
+
+async def test_http_probe_memory_stays_bounded_while_a_server_streams_endless_header_lines() -> None:
+    """A server that answers with a status line and then header line after header line (each short,
+    none ending the head) must not make the prober hold everything it sent: the stream prober kept one
+    line at a time (a 64 KiB reader limit), and the kubelet's Go client gives up at 10 MB of headers.
+    The callback prober appended every byte of the head to one buffer until the head ended."""
+    import tracemalloc
+
+    total = 32 * 1024 * 1024
+    line = b"X-Pad: " + b"a" * 57 + b"\r\n"  # 66 bytes, well under any per-line limit
+    chunk = line * (65536 // len(line))
+    sent = asyncio.Event()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            written = 0
+            while written < total:
+                writer.write(chunk)
+                written += len(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sent.set()
+            writer.close()
+
+    server = await asyncio.start_server(flood, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = await probe_http(HOST, port, 30.0, HTTPProbe())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.close()
+        await server.wait_closed()
+    assert sent.is_set(), result  # the probe took (or refused) the whole flood before it ended
+    assert peak < 8 * 1024 * 1024, f"the prober held {peak / 2**20:.1f} MiB for {total / 2**20:.0f} MiB of header lines"
