@@ -244,6 +244,9 @@ class _HTTP(SocketProbe):
             if end < 0:
                 if len(buf) - self.pos > MAX_HEADER_BYTES:
                     raise _HTTPError("HTTP header line too long")
+                if self.pos:  # lines already read are dropped: an endless head costs one line, not all of it
+                    del buf[:self.pos]
+                    self.pos = 0
                 return
             line = bytes(buf[self.pos:end + 1])
             self.pos = end + 1
