@@ -293,3 +293,46 @@ async def test_http_probe_memory_stays_bounded_while_a_server_streams_endless_he
         await server.wait_closed()
     assert sent.is_set(), result  # the probe took (or refused) the whole flood before it ended
     assert peak < 8 * 1024 * 1024, f"the prober held {peak / 2**20:.1f} MiB for {total / 2**20:.0f} MiB of header lines"
+
+
+_FLOOD_SERVER = r"""
+import socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.recv(65536)
+conn.sendall(b"HTTP/1.1 200 OK\r\n")
+chunk = b"X-Pad: " + b"a" * 57 + b"\r\n"
+chunk *= (1 << 20) // len(chunk)
+deadline = time.monotonic() + 15.0  # bounded: the test fails long before
+try:
+    while time.monotonic() < deadline:
+        conn.sendall(chunk)
+except OSError:
+    pass  # the prober closed (RST): done
+conn.close()
+"""
+
+
+async def test_http_probe_ends_at_its_timeout_while_a_server_floods_header_lines() -> None:
+    """Each probe ends within its timeout: when the timer fires, the callback prober reads what the
+    socket holds first, but a server that keeps sending (an endless head, faster than a probe parses
+    it) must not keep it reading past its deadline (the event loop is blocked meanwhile)."""
+    import sys
+
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _FLOOD_SERVER,
+                                                  stdout=asyncio.subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        port = int((await asyncio.wait_for(server.stdout.readline(), 30.0)).decode())
+        start = time.perf_counter()
+        result = await probe_http(HOST, port, 0.5, HTTPProbe())
+        elapsed = time.perf_counter() - start
+    finally:
+        if server.returncode is None:
+            server.kill()
+        await server.wait()
+    assert not result.ok and result.timed_out, result
+    assert elapsed < 0.5 + SLACK, f"a 0.5 s probe took {elapsed:.2f} s"
