@@ -506,3 +506,25 @@ async def test_gc_foreground_deletion_keeps_a_dependent_that_has_another_live_ow
     kept = await client.request("GET", CONFIGMAPS.path("default", "fg-shared"))  # 404 if it was collected
     assert not kept["metadata"].get("deletionTimestamp")
     assert [r["uid"] for r in kept["metadata"]["ownerReferences"]] == [keeper["metadata"]["uid"]]
+
+
+async def test_gc_never_collects_a_cluster_scoped_dependent_of_a_namespaced_owner(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """attemptToDeleteItem: a cluster-scoped dependent naming a namespaced owner has an unresolvable
+    reference (an OwnerRefInvalidNamespace Event), and is *not* garbage collected, whether or not the
+    owner still exists (a namespaced dependent of an owner in another namespace is, the other rule)."""
+    from epctl.testing.waiting import eventually
+
+    owner = await create(client, CONFIGMAPS, cm("ns-owner"))
+    await create(client, NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "owned-ns", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "ns-owner",
+                                                  "uid": owner["metadata"]["uid"]}]}}, ns=None)
+    # a marker the collector handles after the namespace (one queue): once it is gone, the namespace was seen
+    marker = cm("gc-marker")
+    marker["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost",
+                                              "uid": "00000000-0000-0000-0000-00000000beef"}]
+    await create(client, CONFIGMAPS, marker)
+    await eventually(lambda: ("default", "gc-marker") not in api.store.objects[("", "configmaps")],
+                     message="the collector ran")
+    namespace = await client.request("GET", NAMESPACES.path(None, "owned-ns"))  # 404 if collected
+    assert not namespace["metadata"].get("deletionTimestamp")
