@@ -637,6 +637,8 @@ class ObjectStore:
         refs = meta.get("ownerReferences") or []
         if not refs:
             return False
+        if not key[0] and any(self._namespaced_kind(r) for r in refs):
+            return False  # cluster-scoped, naming a namespaced owner: unresolvable, never collected (as kcm)
         gone = {r["uid"] for r in refs if not self._owner_exists(r, key[0])}
         if not gone:
             return False
@@ -645,6 +647,11 @@ class ObjectStore:
         else:
             self._strip_owner(rt, key, obj, gone)
         return True
+
+    def _namespaced_kind(self, ref: Obj) -> bool:
+        group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+        return any(rt.namespaced for rt in self.types.values()
+                   if rt.group == group and rt.version == version and rt.kind == ref.get("kind"))
 
     def _owner_exists(self, ref: Obj, namespace: str) -> bool:
         location = self.uid_index.get(ref.get("uid", ""))
