@@ -627,6 +627,10 @@ class ObjectStore:
             if "foregroundDeletion" in finalizers:
                 blocking = False
                 for drt, dkey, dep in self._dependents(meta["uid"]):
+                    if self._has_solid_owner(dep, dkey[0], meta["uid"]):
+                        # kcm's attemptToDeleteItem: a live owner keeps it; only this reference goes
+                        self._strip_owner(drt, dkey, dep, {meta["uid"]})
+                        continue
                     if not dep["metadata"].get("deletionTimestamp"):
                         self.delete(drt, dkey[0] or None, dkey[1], {"propagationPolicy": "Foreground"})
                     blocking = True
@@ -647,6 +651,19 @@ class ObjectStore:
         else:
             self._strip_owner(rt, key, obj, gone)
         return True
+
+    def _has_solid_owner(self, obj: Obj, namespace: str, besides: str) -> bool:
+        """Does ``obj`` name an owner other than ``besides`` that exists and is not itself waiting in
+        foreground deletion (kcm's classifyReferences: "solid")?"""
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            if ref.get("uid") == besides or not self._owner_exists(ref, namespace):
+                continue
+            storage_key, owner_key = self.uid_index[ref["uid"]]
+            owner_meta = self.objects[storage_key][owner_key]["metadata"]
+            waiting = "foregroundDeletion" in (owner_meta.get("finalizers") or [])
+            if not (owner_meta.get("deletionTimestamp") and waiting):
+                return True
+        return False
 
     def _namespaced_kind(self, ref: Obj) -> bool:
         group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
