@@ -527,7 +527,7 @@ class ObjectStore:
             self._drop_crd(obj)
         # what this removal may unblock: its dependents (owner gone), an owner waiting in foreground
         # deletion for it, and its namespace if that is terminating
-        for dependent in self._dependents_of.get(uid, ()):
+        for dependent in list(self._dependents_of.get(uid, ())):  # a synchronous collector edits it
             self._gc_enqueue(*dependent)
         for ref in obj["metadata"].get("ownerReferences") or []:
             location = self.uid_index.get(ref.get("uid", ""))
