@@ -140,6 +140,7 @@ class Controller:
                                             services=self.services,
                                             mirrored=lambda svc: mirror_source(svc, settings.mirror_pairs),
                                             terminating_grace=settings.terminating_grace)
+        self.ceps.subscribe(lambda event: self.status.observed(event.obj))  # our own patches' echoes
         self.writer = Writer(client, self.state, self.slices, self.services, batch_delay=settings.batch_delay,
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,

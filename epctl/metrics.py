@@ -7,11 +7,13 @@ probe series are off by default: with thousands of hosts they would explode card
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client import metrics as _client_metrics
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
@@ -29,12 +31,13 @@ class Tally:
     and no method chain. The probe histograms take a sample per probe, thousands a second, where
     prometheus_client's Histogram takes a lock per bucket and per sum (docs/design.md section 6)."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "created", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
         self.sum = 0.0
+        self.created = time.time()  # exported as ``_created``, as prometheus_client's Histogram does
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1  # buckets are "le": value <= bound
@@ -56,7 +59,10 @@ class TallyHistogram(Collector):
             registry.register(self)
 
     def labels(self, *values: str) -> Tally:
-        return self._series.setdefault(tuple(values), Tally(self.buckets))
+        tally = self._series.get(values)
+        if tally is None:
+            tally = self._series.setdefault(tuple(values), Tally(self.buckets))
+        return tally
 
     def observe(self, value: float) -> None:
         self._series[()].observe(value)
@@ -70,6 +76,9 @@ class TallyHistogram(Collector):
         for values, tally in list(self._series.items()):
             counts, total = list(tally.counts), tally.sum
             family.add_metric(list(values), list(zip(bounds, accumulate(counts), strict=True)), total)
+            if _client_metrics._use_created:  # prometheus_client.disable_created_metrics() turns it off
+                family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)),
+                                  tally.created)
         yield family
 
 

@@ -65,6 +65,13 @@ def merge_patch(current: Any, desired: Any) -> Any:
     return patch
 
 
+def _rv(obj: Obj) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
 class StatusWriter:
     """Debounced ``PATCH .../status`` per object, skipped when the object already has that status."""
 
@@ -75,6 +82,10 @@ class StatusWriter:
         self.writes = 0
         self._pending: dict[tuple[str, str], tuple[Obj, float]] = {}
         self._last: dict[tuple[str, str], bytes] = {}  # digest() of the status last written per object
+        # the status our last patch left on an object, and its resourceVersion: what the object says
+        # until the informer shows that version (a status set back meanwhile must still be sent);
+        # dropped as soon as the informer has it (observed()), so it costs nothing at rest
+        self._landed: dict[tuple[str, str], tuple[Obj | None, int]] = {}
         self._backoff: dict[tuple[str, str], Backoff] = {}
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -93,9 +104,11 @@ class StatusWriter:
         if not self.owns(key):
             self._pending.pop(key, None)
             return
-        existing = (self.current(namespace, name) or {}).get("status")
-        if status == existing or (key not in self._pending and key in self._last
-                                  and digest(status) == self._last[key]):
+        existing = self._known(key)
+        # while a patch for it is in flight, what the object says is about to change: queue it (_write
+        # compares again before sending)
+        if key not in self._writing and (status == existing or (
+                key not in self._pending and key in self._last and digest(status) == self._last[key])):
             self._pending.pop(key, None)
             return
         self._pending[key] = (status, time.monotonic() + self.delay)
@@ -106,6 +119,25 @@ class StatusWriter:
     def forget(self, namespace: str, name: str) -> None:
         self._pending.pop((namespace, name), None)
         self._last.pop((namespace, name), None)
+        self._landed.pop((namespace, name), None)
+
+    def observed(self, obj: Obj) -> None:
+        """The informer delivered ``obj``: forget our own copy of its status once it is as new."""
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        landed = self._landed.get(key)
+        if landed is not None and _rv(obj) >= landed[1]:
+            del self._landed[key]
+
+    def _known(self, key: tuple[str, str]) -> Obj | None:
+        """The object's status as far as we know: the informer's, unless our last patch is newer."""
+        obj = self.current(*key)
+        landed = self._landed.get(key)
+        if landed is not None:
+            if obj is None or _rv(obj) < landed[1]:
+                return landed[0]
+            del self._landed[key]  # the informer has caught up
+        return (obj or {}).get("status")
 
     def start(self) -> asyncio.Task[None]:
         self._task = ensure_running(self._task, self._run, "status-writer")
@@ -131,6 +163,8 @@ class StatusWriter:
             del self._pending[key]
         for key in [k for k in self._last if not self.owns(k)]:
             del self._last[key]  # a later owner may have written something else meanwhile
+        for key in [k for k in self._landed if not self.owns(k)]:
+            del self._landed[key]
         await self._writing.release(lambda key: not self.owns(key), timeout)
 
     def busy(self) -> bool:
@@ -186,15 +220,19 @@ class StatusWriter:
 
     async def _write(self, key: tuple[str, str], status: Obj) -> None:
         namespace, name = key
-        if (self.current(namespace, name) or {}).get("status") == status:
+        known = self._known(key)
+        if known == status:
             self._last[key] = digest(status)
             return
         self._last.pop(key, None)  # until this write is known to have landed (it may be cancelled)
+        self._landed.pop(key, None)
         try:
-            current = (self.current(namespace, name) or {}).get("status") or {}
-            await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
-                                      body={"status": merge_patch(current, status)}, content_type=MERGE_PATCH,
-                                      fence=self.fence.for_key(key))
+            current = known or {}
+            answer = await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
+                                               body={"status": merge_patch(current, status)},
+                                               content_type=MERGE_PATCH, fence=self.fence.for_key(key))
+            if isinstance(answer, dict):
+                self._landed[key] = (answer.get("status"), _rv(answer))
             self._last[key] = digest(status)
             self.writes += 1
             self._backoff.pop(key, None)

@@ -33,6 +33,7 @@ from epctl.probe.tcp import connect, os_failure
 MAX_REDIRECTS = 10
 MAX_BODY = 10 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+LATE_READS = 4  # reads of what the socket holds when the timer fires (an answer noticed late: 256 KiB)
 USER_AGENT = f"epctl-probe/{__version__}"
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -244,6 +245,9 @@ class _HTTP(SocketProbe):
             if end < 0:
                 if len(buf) - self.pos > MAX_HEADER_BYTES:
                     raise _HTTPError("HTTP header line too long")
+                if self.pos:  # lines already read are dropped: an endless head costs one line, not all of it
+                    del buf[:self.pos]
+                    self.pos = 0
                 return
             line = bytes(buf[self.pos:end + 1])
             self.pos = end + 1
@@ -305,8 +309,9 @@ class _HTTP(SocketProbe):
         """An answer may be waiting unread (a late loop can fire the timer before it polls the socket):
         what the socket already holds is read first."""
         self.timer = None
-        while self.reading and self.read():
-            pass
+        for _ in range(LATE_READS):  # bounded: a server that keeps sending must not hold the loop past the deadline
+            if not (self.reading and self.read()):
+                break
         if self.done is not None and self.task is None:
             self.finish(ProbeResult.timeout(self.elapsed(), self.timeout))
 

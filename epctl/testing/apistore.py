@@ -527,7 +527,7 @@ class ObjectStore:
             self._drop_crd(obj)
         # what this removal may unblock: its dependents (owner gone), an owner waiting in foreground
         # deletion for it, and its namespace if that is terminating
-        for dependent in self._dependents_of.get(uid, ()):
+        for dependent in list(self._dependents_of.get(uid, ())):  # a synchronous collector edits it
             self._gc_enqueue(*dependent)
         for ref in obj["metadata"].get("ownerReferences") or []:
             location = self.uid_index.get(ref.get("uid", ""))
@@ -552,6 +552,11 @@ class ObjectStore:
                 dependents.discard((storage_key, key))
                 if not dependents:
                     del self._dependents_of[uid]
+            # an owner waiting in foreground deletion may wait for nothing now (the GraphBuilder's
+            # addUnblockedOwnersToDeleteQueue): it is looked at again
+            location = self.uid_index.get(uid)
+            if location is not None and new is not None:
+                self._gc_enqueue(*location)
         for uid in after - before:
             self._dependents_of.setdefault(uid, set()).add((storage_key, key))
 
@@ -622,6 +627,10 @@ class ObjectStore:
             if "foregroundDeletion" in finalizers:
                 blocking = False
                 for drt, dkey, dep in self._dependents(meta["uid"]):
+                    if self._has_solid_owner(dep, dkey[0], meta["uid"]):
+                        # kcm's attemptToDeleteItem: a live owner keeps it; only this reference goes
+                        self._strip_owner(drt, dkey, dep, {meta["uid"]})
+                        continue
                     if not dep["metadata"].get("deletionTimestamp"):
                         self.delete(drt, dkey[0] or None, dkey[1], {"propagationPolicy": "Foreground"})
                     blocking = True
@@ -632,6 +641,8 @@ class ObjectStore:
         refs = meta.get("ownerReferences") or []
         if not refs:
             return False
+        if not key[0] and any(self._namespaced_kind(r) for r in refs):
+            return False  # cluster-scoped, naming a namespaced owner: unresolvable, never collected (as kcm)
         gone = {r["uid"] for r in refs if not self._owner_exists(r, key[0])}
         if not gone:
             return False
@@ -640,6 +651,24 @@ class ObjectStore:
         else:
             self._strip_owner(rt, key, obj, gone)
         return True
+
+    def _has_solid_owner(self, obj: Obj, namespace: str, besides: str) -> bool:
+        """Does ``obj`` name an owner other than ``besides`` that exists and is not itself waiting in
+        foreground deletion (kcm's classifyReferences: "solid")?"""
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            if ref.get("uid") == besides or not self._owner_exists(ref, namespace):
+                continue
+            storage_key, owner_key = self.uid_index[ref["uid"]]
+            owner_meta = self.objects[storage_key][owner_key]["metadata"]
+            waiting = "foregroundDeletion" in (owner_meta.get("finalizers") or [])
+            if not (owner_meta.get("deletionTimestamp") and waiting):
+                return True
+        return False
+
+    def _namespaced_kind(self, ref: Obj) -> bool:
+        group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+        return any(rt.namespaced for rt in self.types.values()
+                   if rt.group == group and rt.version == version and rt.kind == ref.get("kind"))
 
     def _owner_exists(self, ref: Obj, namespace: str) -> bool:
         location = self.uid_index.get(ref.get("uid", ""))

@@ -115,12 +115,12 @@ class EndpointSliceMirroring:
         if rt.plural in ("endpoints", "services") and rt.group == "":
             self._enqueue((meta.get("namespace", ""), meta["name"]))
         elif rt.plural == "endpointslices" and rt.group == "discovery.k8s.io":
-            service = self._index(rt, obj)
-            if service is not None:
+            for service in self._index(rt, obj):
                 self._enqueue(service)
 
-    def _index(self, rt: ResourceType, obj: Obj) -> tuple[str, str] | None:
-        """Follow one slice change in the index; returns the Service whose mirrored slices changed."""
+    def _index(self, rt: ResourceType, obj: Obj) -> list[tuple[str, str]]:
+        """Follow one slice change in the index; returns the Services whose mirrored slices changed (the
+        one it named before too, when its service-name label was changed: onEndpointSliceUpdate)."""
         meta = obj["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         before = self._service_of.pop(key, None)
@@ -134,8 +134,8 @@ class EndpointSliceMirroring:
             after = (key[0], labels.get(SERVICE_NAME, ""))
             self._service_of[key] = after
             self._mirrored.setdefault(after, set()).add(key[1])
-            return after
-        return before
+            return [after] if before in (None, after) else [after, before]
+        return [] if before is None else [before]
 
     def _enqueue(self, key: tuple[str, str]) -> None:
         self._queue.add(key)

@@ -226,3 +226,21 @@ async def test_what_another_manager_set_on_our_objects_survives_our_writes(api: 
             assert obj is not None
             assert obj["metadata"]["labels"]["team.example/owner"] == "dba"
             assert obj["metadata"]["annotations"]["team.example/note"] == "keep"
+
+
+async def test_the_test_server_remirrors_a_service_whose_slice_was_relabelled_to_another_service(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """EndpointSliceMirroring's onEndpointSliceUpdate queues the Service a slice's
+    kubernetes.io/service-name label names *and* the one it named before: the old Service gets its
+    mirrored slice back, the relabelled one (its new Service mirrors nothing) is deleted."""
+    await legacy_service(client, "relabelled", ["10.0.0.3"], 8080)
+    await eventually(lambda: managers(api, "relabelled") == {MIRRORING}, message="mirrored")
+    first = slices_of(api, "relabelled")[0]["metadata"]["name"]
+    await client.request("PATCH", ENDPOINTSLICES.path("default", first),
+                         body={"metadata": {"labels": {"kubernetes.io/service-name": "nobody"}}},
+                         content_type="application/merge-patch+json")
+    await eventually(lambda: not slices_of(api, "nobody"), message="the relabelled slice is deleted")
+    await eventually(lambda: [s["metadata"]["name"] for s in slices_of(api, "relabelled")
+                              if s["metadata"]["name"] != first],
+                     timeout=5.0, message="the Service it was taken from is mirrored again")
+    assert endpoints_of(api, "relabelled") == {("wp", "10.0.0.3"): True}

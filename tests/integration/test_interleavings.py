@@ -229,3 +229,36 @@ async def test_status_writer_survives_a_due_status_dropped_while_another_is_writ
     finally:
         await writer.stop()
         await ceps.stop()
+
+
+async def test_status_set_back_to_what_the_object_says_while_a_write_is_in_flight_is_written(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """A host flaps: status S1 is being written when the status goes back to S0, which is what the
+    object (the informer) still says. The newest set() must win: skipping S0 as "already there" left
+    the in-flight S1 on the object for good (our own status write brings no recompute)."""
+    from epctl.kube.informer import Informer
+    from epctl.kube.status import StatusWriter
+    from epctl.testing.kubeapi import FaultRule
+    await install_crd(client)
+    await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("flap", [
+        {"name": "p", "port": 80, "hosts": ["127.0.0.1"]}]))
+    ceps = Informer(client, CLUSTERENDPOINTS, "default")
+    ceps.start()
+    await ceps.wait_synced(10)
+    writer = StatusWriter(client, CLUSTERENDPOINTS, ceps.get, delay=0.0)
+    writer.start()
+    try:
+        writer.set("default", "flap", {"phase": "Healthy"})
+        await writer.flush(5)
+        await eventually(lambda: (ceps.get("default", "flap") or {}).get("status") == {"phase": "Healthy"},
+                         message="S0 written and seen")
+        slow = api.inject_fault(FaultRule(verb="patch", name="flap", subresource="status", code=0, delay=0.5))
+        writer.set("default", "flap", {"phase": "Degraded"})
+        await eventually(lambda: slow.count == 0, message="S1 in flight")
+        writer.set("default", "flap", {"phase": "Healthy"})  # back: what the object still says
+        await writer.flush(5)
+        await eventually(lambda: (cep_of(api, "flap") or {}).get("status") == {"phase": "Healthy"}, timeout=5.0,
+                         message="the newest status is the one on the object")
+    finally:
+        await writer.stop()
+        await ceps.stop()

@@ -459,3 +459,72 @@ async def test_a_managed_fields_entry_keeps_its_time_while_others_write(client: 
     later = times(await client.request("GET", CONFIGMAPS.path("default", "cm")))
     assert later["annotator"] == first["annotator"] and later["editor"] > first["annotator"]
     assert "creator" not in later or later["creator"] == first["creator"]
+
+
+def _blocking_ref(owner: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "blockOwnerDeletion": True}
+
+
+async def test_gc_foreground_owner_goes_when_its_last_blocking_dependent_drops_the_reference(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """kube-controller-manager's GraphBuilder re-examines an owner waiting in foreground deletion when a
+    dependent *removes* its blocking ownerReference (addUnblockedOwnersToDeleteQueue), not only when the
+    dependent is deleted: the owner then has nothing left to wait for and goes."""
+    from epctl.testing.waiting import eventually
+
+    top = await create(client, CONFIGMAPS, cm("fg-top"))
+    held = cm("fg-held")
+    held["metadata"]["finalizers"] = ["example.com/hold"]  # its deletion waits: the owner waits for it
+    held["metadata"]["ownerReferences"] = [_blocking_ref(top)]
+    await create(client, CONFIGMAPS, held)
+    await client.request("DELETE", CONFIGMAPS.path("default", "fg-top"), body={"propagationPolicy": "Foreground"})
+    await eventually(lambda: (api.store.objects[("", "configmaps")].get(("default", "fg-held")) or {})
+                     .get("metadata", {}).get("deletionTimestamp"), message="the dependent is being deleted")
+    assert ("default", "fg-top") in api.store.objects[("", "configmaps")]  # waits for it
+    await client.request("PATCH", CONFIGMAPS.path("default", "fg-held"),
+                         body={"metadata": {"ownerReferences": None}}, content_type=MERGE_PATCH)
+    await eventually(lambda: ("default", "fg-top") not in api.store.objects[("", "configmaps")],
+                     timeout=5.0, message="the owner goes once no dependent blocks it")
+
+
+async def test_gc_foreground_deletion_keeps_a_dependent_that_has_another_live_owner(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """attemptToDeleteItem: a dependent with a solid (live, not being deleted) owner is never collected;
+    the reference to an owner waiting in foreground deletion is removed from it instead, and that owner
+    then goes."""
+    from epctl.testing.waiting import eventually
+
+    doomed = await create(client, CONFIGMAPS, cm("fg-doomed"))
+    keeper = await create(client, CONFIGMAPS, cm("fg-keeper"))
+    shared = cm("fg-shared")
+    shared["metadata"]["ownerReferences"] = [_blocking_ref(doomed), _blocking_ref(keeper)]
+    await create(client, CONFIGMAPS, shared)
+    await client.request("DELETE", CONFIGMAPS.path("default", "fg-doomed"), body={"propagationPolicy": "Foreground"})
+    await eventually(lambda: ("default", "fg-doomed") not in api.store.objects[("", "configmaps")],
+                     timeout=5.0, message="the foreground-deleted owner goes")
+    kept = await client.request("GET", CONFIGMAPS.path("default", "fg-shared"))  # 404 if it was collected
+    assert not kept["metadata"].get("deletionTimestamp")
+    assert [r["uid"] for r in kept["metadata"]["ownerReferences"]] == [keeper["metadata"]["uid"]]
+
+
+async def test_gc_never_collects_a_cluster_scoped_dependent_of_a_namespaced_owner(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """attemptToDeleteItem: a cluster-scoped dependent naming a namespaced owner has an unresolvable
+    reference (an OwnerRefInvalidNamespace Event), and is *not* garbage collected, whether or not the
+    owner still exists (a namespaced dependent of an owner in another namespace is, the other rule)."""
+    from epctl.testing.waiting import eventually
+
+    owner = await create(client, CONFIGMAPS, cm("ns-owner"))
+    await create(client, NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "owned-ns", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "ns-owner",
+                                                  "uid": owner["metadata"]["uid"]}]}}, ns=None)
+    # a marker the collector handles after the namespace (one queue): once it is gone, the namespace was seen
+    marker = cm("gc-marker")
+    marker["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost",
+                                              "uid": "00000000-0000-0000-0000-00000000beef"}]
+    await create(client, CONFIGMAPS, marker)
+    await eventually(lambda: ("default", "gc-marker") not in api.store.objects[("", "configmaps")],
+                     message="the collector ran")
+    namespace = await client.request("GET", NAMESPACES.path(None, "owned-ns"))  # 404 if collected
+    assert not namespace["metadata"].get("deletionTimestamp")

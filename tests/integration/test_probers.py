@@ -251,3 +251,88 @@ def test_callback_probers_end_in_time_and_leak_no_fds_on_either_loop(runner: str
     import uvloop
 
     (uvloop.run if runner == "uvloop" else asyncio.run)(_every_path_once_many_times())
+
+
+async def test_http_probe_memory_stays_bounded_while_a_server_streams_endless_header_lines() -> None:
+    """A server that answers with a status line and then header line after header line (each short,
+    none ending the head) must not make the prober hold everything it sent: the stream prober kept one
+    line at a time (a 64 KiB reader limit), and the kubelet's Go client gives up at 10 MB of headers.
+    The callback prober appended every byte of the head to one buffer until the head ended."""
+    import tracemalloc
+
+    total = 32 * 1024 * 1024
+    line = b"X-Pad: " + b"a" * 57 + b"\r\n"  # 66 bytes, well under any per-line limit
+    chunk = line * (65536 // len(line))
+    sent = asyncio.Event()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            written = 0
+            while written < total:
+                writer.write(chunk)
+                written += len(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            sent.set()
+            writer.close()
+
+    server = await asyncio.start_server(flood, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = await probe_http(HOST, port, 30.0, HTTPProbe())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        server.close()
+        await server.wait_closed()
+    assert sent.is_set(), result  # the probe took (or refused) the whole flood before it ended
+    assert peak < 8 * 1024 * 1024, f"the prober held {peak / 2**20:.1f} MiB for {total / 2**20:.0f} MiB of header lines"
+
+
+_FLOOD_SERVER = r"""
+import socket, sys, time
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.recv(65536)
+conn.sendall(b"HTTP/1.1 200 OK\r\n")
+chunk = b"X-Pad: " + b"a" * 57 + b"\r\n"
+chunk *= (1 << 20) // len(chunk)
+deadline = time.monotonic() + 15.0  # bounded: the test fails long before
+try:
+    while time.monotonic() < deadline:
+        conn.sendall(chunk)
+except OSError:
+    pass  # the prober closed (RST): done
+conn.close()
+"""
+
+
+async def test_http_probe_ends_at_its_timeout_while_a_server_floods_header_lines() -> None:
+    """Each probe ends within its timeout: when the timer fires, the callback prober reads what the
+    socket holds first, but a server that keeps sending (an endless head, faster than a probe parses
+    it) must not keep it reading past its deadline (the event loop is blocked meanwhile)."""
+    import sys
+
+    server = await asyncio.create_subprocess_exec(sys.executable, "-c", _FLOOD_SERVER,
+                                                  stdout=asyncio.subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        port = int((await asyncio.wait_for(server.stdout.readline(), 30.0)).decode())
+        start = time.perf_counter()
+        result = await probe_http(HOST, port, 0.5, HTTPProbe())
+        elapsed = time.perf_counter() - start
+    finally:
+        if server.returncode is None:
+            server.kill()
+        await server.wait()
+    assert not result.ok and result.timed_out, result
+    assert elapsed < 0.5 + SLACK, f"a 0.5 s probe took {elapsed:.2f} s"
