@@ -111,8 +111,8 @@ def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
     kind = rng.choices(
         ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
          "delete_service", "annotate", "unannotate", "drop_watches", "compact", "faults", "restart", "hostile",
-         "legacy_endpoints", "leader_change", "partition", "drain"),
-        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 0 if shard else 1, 0 if shard else 1, 3))[0]
+         "legacy_endpoints", "leader_change", "partition", "drain", "flap"),
+        weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 0 if shard else 1, 0 if shard else 1, 3, 2))[0]
     step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
     if kind in ("apply", "recreate", "recreate_relist"):
         step["spec"] = random_spec(rng, port)
@@ -120,6 +120,8 @@ def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
     elif kind == "backend":
         step["address"] = rng.choice(ADDRESSES)
         step["up"] = rng.random() < 0.5
+    elif kind == "flap":
+        step["address"] = rng.choice(ADDRESSES)
     elif kind == "faults":
         step["rule"] = {"verb": rng.choice(("create", "update", "patch", "delete")),
                         "resource": rng.choice(("endpointslices", "services", "clusterendpoints")),
@@ -499,6 +501,32 @@ class World:
         if step["up"]:  # a passing probe is possible from now on
             self._published_down = {s for s in self._published_down if s[2] != step["address"]}
         await self.backends[step["address"]].set_mode("accepting" if step["up"] else "closed")
+
+    async def _flap(self, step: Step, stats: Stats) -> None:
+        """A backend flips and flips back while the status patch saying so is in flight (the API server
+        applies it at once, answers a second later) and before the controller's watch shows it (its
+        watches run 2 s late): the status set back to what the cached object still shows must be
+        written after all, not taken as already there (found by review, 2026-12-04)."""
+        stats.faults += 2
+        self.api.inject_fault(FaultRule(user_agent=CONTROLLER_AGENT, verb="patch", resource="clusterendpoints",
+                                        subresource="status", code=0, respond_after=1.0, count=2))
+        self.api.lag_watches(CONTROLLER_AGENT, 2.0)
+        try:
+            address = step["address"]
+            await self._backend({"address": address, "up": not self.up[address]}, stats)
+            try:
+                await eventually(lambda: any(r.controller.status.in_flight() > 0 for r in self.replicas),
+                                 timeout=3, message="a status patch in flight")
+            except AssertionError:
+                pass  # no ClusterEndpoint lists that host: the flip back is still a step
+            await self._backend({"address": address, "up": not self.up[address]}, stats)
+            try:  # the flip back decided and its status set while the watches are still behind
+                await eventually(lambda: all(r.controller.status.in_flight() == 0 for r in self.replicas),
+                                 timeout=4, message="status patches answered")
+            except AssertionError:
+                pass
+        finally:
+            self.api.lag_watches(CONTROLLER_AGENT, 0)
 
     def _ours(self) -> list[Obj]:
         return sorted((o for o in self.objects()["endpointslices"].values()
