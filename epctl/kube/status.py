@@ -152,6 +152,10 @@ class StatusWriter:
         """Status patches sent and not yet answered."""
         return len(self._writing)
 
+    def holding(self) -> int:
+        """Statuses kept from our patches' answers until the informer delivers them (0 at rest)."""
+        return len(self._landed)
+
     @staticmethod
     def _failed(key: object, error: BaseException) -> None:
         log.error("status write failed", exc_info=error)
@@ -231,8 +235,8 @@ class StatusWriter:
             answer = await self.client.request("PATCH", self.resource.path(namespace, name, "status"),
                                                body={"status": merge_patch(current, status)},
                                                content_type=MERGE_PATCH, fence=self.fence.for_key(key))
-            if isinstance(answer, dict):
-                self._landed[key] = (answer.get("status"), _rv(answer))
+            if isinstance(answer, dict) and _rv(self.current(namespace, name) or {}) < _rv(answer):
+                self._landed[key] = (answer.get("status"), _rv(answer))  # until the echo (observed())
             self._last[key] = digest(status)
             self.writes += 1
             self._backoff.pop(key, None)

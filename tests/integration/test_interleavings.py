@@ -246,6 +246,7 @@ async def test_status_set_back_to_what_the_object_says_while_a_write_is_in_fligh
     ceps.start()
     await ceps.wait_synced(10)
     writer = StatusWriter(client, CLUSTERENDPOINTS, ceps.get, delay=0.0)
+    ceps.subscribe(lambda event: writer.observed(event.obj))  # as the controller wires it
     writer.start()
     try:
         writer.set("default", "flap", {"phase": "Healthy"})
@@ -259,6 +260,7 @@ async def test_status_set_back_to_what_the_object_says_while_a_write_is_in_fligh
         await writer.flush(5)
         await eventually(lambda: (cep_of(api, "flap") or {}).get("status") == {"phase": "Healthy"}, timeout=5.0,
                          message="the newest status is the one on the object")
+        await eventually(lambda: writer.holding() == 0, message="no copy of a status kept once its echo came")
     finally:
         await writer.stop()
         await ceps.stop()
