@@ -120,6 +120,7 @@ class StatusWriter:
         self._pending.pop((namespace, name), None)
         self._last.pop((namespace, name), None)
         self._landed.pop((namespace, name), None)
+        self._wakeup.set()  # what was waiting on it (flush(), the idle state) is re-judged now
 
     def observed(self, obj: Obj) -> None:
         """The informer delivered ``obj``: forget our own copy of its status once it is as new."""
@@ -169,6 +170,7 @@ class StatusWriter:
             del self._last[key]  # a later owner may have written something else meanwhile
         for key in [k for k in self._landed if not self.owns(k)]:
             del self._landed[key]
+        self._wakeup.set()
         await self._writing.release(lambda key: not self.owns(key), timeout)
 
     def busy(self) -> bool:
@@ -252,3 +254,8 @@ class StatusWriter:
                 self._pending[key] = (status, time.monotonic() + delay)
             log.warning("status write failed; will retry", extra={"object": f"{namespace}/{name}",
                                                                    "error": str(err)})
+        except Exception:  # a bug of ours (a status that does not encode, ...): logged, retried with backoff
+            log.exception("status write failed; will retry", extra={"object": f"{namespace}/{name}"})
+            delay = self._backoff.setdefault(key, Backoff(1.0, 60.0)).next_delay()
+            if key not in self._pending:
+                self._pending[key] = (status, time.monotonic() + delay)
