@@ -108,6 +108,27 @@ def compact(obj: Any) -> Any:
     return obj
 
 
+class SharedFlags(dict[str, Any]):
+    """A flag mapping shared by many cached objects: reads as a dict (JSON encoding included), refuses
+    every change in place with TypeError. Editing one would silently change it on every endpoint of
+    every cached slice that shares it; a copy (``dict(x)``, ``copy.deepcopy``) is a plain dict."""
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("a shared cached mapping (epctl.kube.informer.compact): copy it before changing it")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return dict(self)  # values are booleans or None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
 _FLAGS: dict[tuple[tuple[str, bool | None], ...], Obj] = {}  # one shared dict per distinct flag set
 _FLAGS_MAX = 4096
 
@@ -120,7 +141,7 @@ def _flags(obj: Obj) -> Obj:
     key = tuple(obj.items())
     shared = _FLAGS.get(key)
     if shared is None:
-        shared = {_intern(k): v for k, v in obj.items()}
+        shared = SharedFlags({_intern(k): v for k, v in obj.items()})
         if len(_FLAGS) < _FLAGS_MAX:
             _FLAGS[key] = shared
     return shared

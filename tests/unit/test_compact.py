@@ -48,3 +48,23 @@ def test_boolean_conditions_are_one_shared_object() -> None:
     assert ready is b["endpoints"][0]["conditions"]
     assert a["endpoints"][1]["conditions"] == {"ready": False}
     assert a["endpoints"][1]["conditions"] is not ready
+
+
+def test_a_shared_mapping_refuses_changes_in_place_and_copies_are_plain_dicts() -> None:
+    """Changing a shared conditions mapping in place would change it on every cached slice that has
+    it: it raises instead, and every way of copying it gives a plain dict to change."""
+    import pytest
+
+    a, b = compact(_decoded(SLICE)), compact(_decoded(SLICE))
+    shared = a["endpoints"][0]["conditions"]
+    for change in (lambda: shared.__setitem__("ready", False), lambda: shared.update(ready=False),
+                   lambda: shared.pop("ready"), lambda: shared.setdefault("x", True), shared.clear,
+                   lambda: shared.__delitem__("ready")):
+        with pytest.raises(TypeError):
+            change()
+    assert b["endpoints"][0]["conditions"] == {"ready": True, "serving": True, "terminating": False}
+    deep = copy.deepcopy(a)
+    deep["endpoints"][0]["conditions"]["ready"] = False  # a read-modify-write's copy: its own dict
+    for plain in (dict(shared), {**shared}, copy.copy(shared), deep["endpoints"][0]["conditions"]):
+        assert type(plain) is dict
+    assert shared["ready"] is True and json.loads(json.dumps(a)) == json.loads(SLICE)
