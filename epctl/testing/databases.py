@@ -299,7 +299,24 @@ class MariaDBPair(_ProcessPair):
                                f"MASTER_USER='repl', MASTER_PASSWORD='{PASSWORD}', MASTER_USE_GTID=no, "
                                "MASTER_LOG_FILE='mysql-bin.000001', MASTER_LOG_POS=4, MASTER_CONNECT_RETRY=1; "
                                "START SLAVE;")
+        self._wait_replicating()
         return self
+
+    def _wait_replicating(self, timeout: float = 90.0) -> None:
+        """Ready means replicating: both replication threads running and the probe user arrived (it
+        comes by replication; a probe's first login before that is refused). Fails with the replica's
+        own last errors rather than leaving a test to time out without a reason."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = self.sql(self.replica, "SHOW GLOBAL STATUS LIKE 'Slave_running'").split()[-1:] == ["ON"]
+            arrived = self.sql(self.replica, "SELECT COUNT(*) FROM mysql.user WHERE User = 'probe'") == "1"
+            if running and arrived:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the MariaDB replica is not replicating after {timeout:.0f} s "
+                                   f"(threads running: {running}, probe user arrived: {arrived}): "
+                                   f"{self.sql(self.replica, 'SHOW SLAVE STATUS')[-1500:]}")
+            time.sleep(0.1)
 
     def promote_replica(self) -> None:
         self.sql(self.replica, "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;")

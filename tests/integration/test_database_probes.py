@@ -92,7 +92,8 @@ async def test_roles_on_one_kept_session_per_host(engine: str, servers: dict[str
     try:
         async def replicating() -> bool:  # the replica may still be catching up after its start
             result = await prober.probe("ns/r/x", REPLICA_ADDRESS, pair.port, 2.0, replica)
-            return result.ok
+            assert result.ok, result  # the last reason is what a timeout reports
+            return True
         await eventually(replicating, timeout=30)
         # the warm-up may have dialled the replica more than once (the probe user reaches it by
         # replication, so its first login can be refused); from here on every session is counted
