@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,7 +11,9 @@ import resource
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,24 +95,20 @@ class StallSampler:
         self._handle: Any = None
 
     def _heartbeat(self) -> None:
-        import time as _time
-        self._beat = _time.monotonic()
-        loop = __import__("asyncio").get_running_loop()
-        self._handle = loop.call_later(self.tick, self._heartbeat)
+        self._beat = time.monotonic()
+        self._handle = asyncio.get_running_loop().call_later(self.tick, self._heartbeat)
 
     def start(self) -> None:
-        import threading
-        import time as _time
-        self._beat = _time.monotonic()
+        self._beat = time.monotonic()
         self._heartbeat()
         target = threading.get_ident()
 
         def watch() -> None:
             sampled_beat = -1.0
             while not self._stop:
-                _time.sleep(self.tick)
+                time.sleep(self.tick)
                 beat = self._beat
-                age = _time.monotonic() - beat
+                age = time.monotonic() - beat
                 if age < self.threshold or beat == sampled_beat:
                     continue
                 sampled_beat = beat
@@ -125,8 +124,8 @@ class StallSampler:
                 entry = self.sites.setdefault(site, [0, 0.0])
                 entry[0] += 1
                 while self._beat == beat and not self._stop:  # how long this stall lasts
-                    _time.sleep(self.tick / 5)
-                entry[1] = max(entry[1], _time.monotonic() - beat)
+                    time.sleep(self.tick / 5)
+                entry[1] = max(entry[1], time.monotonic() - beat)
 
         self._thread = threading.Thread(target=watch, name="stall-sampler", daemon=True)
         self._thread.start()
@@ -140,3 +139,36 @@ class StallSampler:
         top = sorted(self.sites.items(), key=lambda kv: -kv[1][0])[:10]
         return {"threshold_ms": self.threshold * 1000, "stalls": self.stalls,
                 "sites": [{"site": s, "count": int(c), "longest_ms": round(m * 1000, 1)} for s, (c, m) in top]}
+
+
+def raise_open_files_limit() -> None:
+    """Thousands of probe sockets and connections at once: the soft limit up to the hard one."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def client_with_crd(kubeconfig: str, *, pool_size: int = 64,
+                          on_response: Callable[[str, int], None] | None = None) -> Any:
+    """What every controller benchmark starts with: wait for ``apiserver_process``'s kubeconfig, connect,
+    install epctl's CRD and wait until the server serves ClusterEndpoints."""
+    import yaml
+
+    from epctl.assets import read_asset
+    from epctl.kube.client import CRDS, ApiError, KubeClient
+    from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
+
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(os.path.exists, kubeconfig):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no kubeconfig at {kubeconfig}")
+        await asyncio.sleep(0.05)
+    client = await KubeClient.connect(kubeconfig, pool_size=pool_size, on_response=on_response)
+    await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
+    while True:
+        try:
+            await client.request("GET", CLUSTERENDPOINTS.path("default"), query={"limit": 1})
+            return client
+        except ApiError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -37,20 +37,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
 from benchmarks.common import (
     APISERVER,
     StallSampler,
     apiserver_process,
+    client_with_crd,
     process_cpu_seconds,
     quantile,
+    raise_open_files_limit,
     rss_bytes,
     write_report,
 )
 from epctl.app import Controller, ControllerSettings
-from epctl.assets import read_asset
-from epctl.kube.client import CRDS, KubeClient
+from epctl.kube.client import KubeClient
 from epctl.probe.scheduler import Transition
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
 from epctl.state import TargetKey
@@ -235,10 +235,7 @@ async def write_ceiling(client: KubeClient, concurrency: int) -> dict[str, Any]:
 async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], port: int,
               control: Any) -> dict[str, Any]:
     counting = Counting()
-    await wait_until(lambda: os.path.exists(kubeconfig), 30)
-    client = await KubeClient.connect(kubeconfig, pool_size=64, on_response=counting)
-    await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
-    await asyncio.sleep(0.2)
+    client = await client_with_crd(kubeconfig, on_response=counting)
     rss_empty = rss_bytes()
     for i in range(args.ceps):
         await client.request("POST", CLUSTERENDPOINTS.path("default"), body={
@@ -468,8 +465,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # a host flip logs one line per ClusterEndpoint: not the point here
     if args.quick:
         args.ceps, args.steady = 100, 20.0
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     addresses = [f"127.0.0.{i}" for i in range(1, args.hosts + 1)]
     port = free_port()
     ctx = mp.get_context("spawn")

@@ -33,13 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
-from benchmarks.common import apiserver_process, quantile, write_report
+from benchmarks.common import apiserver_process, client_with_crd, quantile, write_report
 from benchmarks.controller import Counting
 from epctl.app import Controller, ControllerSettings
-from epctl.assets import read_asset
-from epctl.kube.client import CRDS, ENDPOINTSLICES, SECRETS, KubeClient
+from epctl.kube.client import ENDPOINTSLICES, SECRETS
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
 from epctl.testing.waiting import eventually
 
@@ -127,10 +125,7 @@ def bare_listing(auth_url: str, queries: int, repeats: int) -> dict[str, list[fl
 
 async def run(args: argparse.Namespace, kubeconfig: str, auth_url: str, cloud: Any) -> dict[str, Any]:
     counting = Counting()
-    await eventually(lambda: os.path.exists(kubeconfig), 30)
-    client = await KubeClient.connect(kubeconfig, pool_size=64, on_response=counting)
-    await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
-    await asyncio.sleep(0.2)
+    client = await client_with_crd(kubeconfig, on_response=counting)
     await client.request("POST", SECRETS.path("default"), body={"metadata": {"name": "os"}, "stringData": {
         "OS_AUTH_URL": auth_url, "OS_USERNAME": "demo", "OS_PASSWORD": "secret-password", "OS_PROJECT_NAME": "demo"}})
     per_query = args.servers // args.queries

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import logging
 import os
-import resource
 import sys
 import time
 from collections import Counter
@@ -26,23 +25,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
-from benchmarks.common import apiserver_process, write_report
+from benchmarks.common import apiserver_process, client_with_crd, raise_open_files_limit, write_report
 from benchmarks.controller import Counting, wait_until
 from epctl.app import Controller, ControllerSettings
-from epctl.assets import read_asset
-from epctl.kube.client import CRDS, EVENTS, KubeClient
+from epctl.kube.client import EVENTS
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
 from epctl.testing.backends import free_port
 
 
 async def run(args: argparse.Namespace, kubeconfig: str) -> dict[str, Any]:
     counting = Counting()
-    await wait_until(lambda: os.path.exists(kubeconfig), 30)
-    client = await KubeClient.connect(kubeconfig, pool_size=64, on_response=counting)
-    await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
-    await asyncio.sleep(0.2)
+    client = await client_with_crd(kubeconfig, on_response=counting)
     port = free_port()  # nobody listens: every probe is refused
     hosts = [f"127.0.0.{i}" for i in range(1, args.hosts + 1)]
     for i in range(args.ceps):
@@ -119,8 +113,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "first_install.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
     import uvloop

@@ -22,8 +22,6 @@ import asyncio
 import gc
 import logging
 import multiprocessing as mp
-import os
-import resource
 import sys
 import time
 import tracemalloc
@@ -33,13 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
-from benchmarks.common import apiserver_process, rss_bytes, write_report
-from benchmarks.controller import backends_main, wait_until
+from benchmarks.common import apiserver_process, client_with_crd, raise_open_files_limit, rss_bytes, write_report
+from benchmarks.controller import backends_main
 from epctl.app import Controller, ControllerSettings
-from epctl.assets import read_asset
-from epctl.kube.client import CRDS, KubeClient
 from epctl.sources.clusterendpoint import CLUSTERENDPOINTS
 from epctl.testing.backends import free_port
 
@@ -104,9 +99,7 @@ def by_owner(controller: Controller, endpoints: int,
 
 
 async def run(args: argparse.Namespace, kubeconfig: str, port: int) -> dict[str, Any]:
-    await wait_until(lambda: os.path.exists(kubeconfig), 30)
-    client = await KubeClient.connect(kubeconfig, pool_size=32)
-    await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
+    client = await client_with_crd(kubeconfig, pool_size=32)
     addresses = [f"127.0.0.{i}" for i in range(1, args.hosts + 1)]
 
     def hosts(i: int) -> list[str]:
@@ -199,8 +192,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "memory.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     port = free_port()
     ctx = mp.get_context("spawn")
     control, child = ctx.Pipe()

@@ -20,21 +20,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
-from benchmarks.common import apiserver_process, quantile, write_report
+from benchmarks.common import apiserver_process, client_with_crd, quantile, write_report
 from benchmarks.controller import Counting, wait_until
 from epctl.app import Controller, ControllerSettings
-from epctl.assets import read_asset
-from epctl.kube.client import CRDS, ENDPOINTSLICES, SERVICES, KubeClient
+from epctl.kube.client import ENDPOINTSLICES, SERVICES
 from epctl.state import TargetKey
 
 
 async def run(args: argparse.Namespace, kubeconfig: str) -> dict[str, Any]:
     counting = Counting()
-    await wait_until(lambda: os.path.exists(kubeconfig), 30)
-    client = await KubeClient.connect(kubeconfig, pool_size=64, on_response=counting)
-    await client.request("POST", CRDS.path(), body=yaml.safe_load(read_asset("crd.yaml")))
+    client = await client_with_crd(kubeconfig, on_response=counting)
     for i in range(args.pairs):
         await client.request("POST", SERVICES.path("default"), body={
             "metadata": {"name": f"src{i}"}, "spec": {"ports": [{"name": "https", "port": 443}]}})

@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import quantile, rss_bytes, write_report
+from benchmarks.common import quantile, raise_open_files_limit, rss_bytes, write_report
 from epctl.api.spec import (
     DatabaseProbe,
     Expect,
@@ -572,8 +572,7 @@ def main() -> None:
         args.kinds = []
     if args.saturated_only:
         args.databases = False
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     addresses = [f"127.0.0.{i}" for i in range(1, args.addresses + 1)]
     from epctl.testing.backends import free_port
     ports = {"tcp": free_port(), "http": free_port(), "grpc": free_port(), "udp": free_port(2)}
