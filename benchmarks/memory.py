@@ -29,6 +29,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -70,7 +72,7 @@ def owners(controller: Controller) -> dict[str, list[Any]]:
     c = controller
     out: dict[str, list[Any]] = {}
     for informer in c.informers:
-        out[f"cache: {informer.name}"] = [informer.cache, informer._index]
+        out[f"cache: {informer.name}"] = [informer.cache, informer._index, informer._indexed_as]
     out["desired state"] = [c.state]
     out["source (ClusterEndpoint entries)"] = [c.source]
     out["scheduler (checks)"] = [c.scheduler]
@@ -202,7 +204,9 @@ def main() -> None:
     assert control.recv() == "ready"
     try:
         with apiserver_process(core=None) as kubeconfig:
-            result = asyncio.run(run(args, kubeconfig, port))
+            # on uvloop, as `epctl controller` runs (epctl.cli.run_async): the default loop's TLS layer
+            # zero-fills a 256 KB read buffer per connection, which uvloop's does not
+            result = uvloop.run(run(args, kubeconfig, port))
     finally:
         backend.terminate()
     write_report("memory", result, table(result), args.json)

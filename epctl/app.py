@@ -110,12 +110,14 @@ class Controller:
         informer_metrics = PrometheusInformerMetrics()
         self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints",
                              drop_last_applied=True,  # only status is written, as a merge patch
-                             keep_managers_of=(DRAIN_ANNOTATION,))  # who drained a host, for its Event
+                             keep_managers_of=(DRAIN_ANNOTATION,),  # who drained a host, for its Event
+                             frozen=True, intern=True)  # the source keeps the frozen record and parsed specs
+        # read per reconcile, never kept by a subscriber: stored as deflated JSON (epctl.kube.frozen)
         self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
-                               metrics=informer_metrics, name="endpointslices")
-        self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services")
+                               metrics=informer_metrics, name="endpointslices", frozen=True)
+        self.services = Informer(client, SERVICES, ns, metrics=informer_metrics, name="services", frozen=True)
         self.endpoints = (Informer(client, V1_ENDPOINTS, ns, label_selector=f"{MANAGED_LABEL}={MANAGED_VALUE}",
-                                   metrics=informer_metrics, name="endpoints")
+                                   metrics=informer_metrics, name="endpoints", frozen=True)
                           if settings.manage_endpoints else None)
         self.state = DesiredState()
         # status patches and Events each get half the routing writer's concurrency (they go after it)

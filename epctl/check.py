@@ -358,7 +358,7 @@ async def run_check(paths: list[str], *, watch: bool = False, output: str = "tab
     def remaining(default: float) -> float:
         return default if duration <= 0 else max(0.0, min(default, started + duration - time.monotonic()))
 
-    scheduler = Scheduler(report, period_override=None if watch else interval, first_window=0.2,
+    scheduler = Scheduler(report, period_override=None if watch else interval, first_window=0.2, keep_last=True,
                           database_prober=DatabaseProber(input_secrets(documents)))
     for check in checks:
         scheduler.upsert(check)

@@ -21,12 +21,13 @@ import logging
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import INACTIVITY, ApiError, KubeClient, Resource
+from epctl.kube.frozen import FrozenCache
 from epctl.tasks import cancel_and_wait, ensure_running
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ class Informer:
                  watch_timeout_range: tuple[int, int] = (300, 600), backoff: Backoff | None = None,
                  metrics: InformerMetrics | None = None, name: str | None = None,
                  drop_last_applied: bool = False, keep_managers_of: tuple[str, ...] = (),
-                 trim: Callable[[Obj], None] | None = None) -> None:
+                 trim: Callable[[Obj], None] | None = None, frozen: bool = False,
+                 intern: bool | None = None) -> None:
         self.client, self.resource, self.namespace = client, resource, namespace
         self.drop_last_applied = drop_last_applied  # only for objects epctl never writes back whole
         self.keep_managers_of = keep_managers_of  # see slim()
@@ -205,9 +207,15 @@ class Informer:
         self.name = name or resource.plural
         if metrics is not None:
             metrics.known(self.name)
-        self.cache: dict[str, Obj] = {}
+        # frozen: objects kept as deflated JSON, decoded on every read (epctl.kube.frozen). intern: the
+        # objects events carry are compacted (see compact()); by default only when not frozen, as a
+        # subscriber of a frozen cache keeps nothing of them (one that keeps parts asks for it)
+        self.frozen = frozen
+        self.intern = not frozen if intern is None else intern
+        self.cache: MutableMapping[str, Obj] = FrozenCache() if frozen else {}
         self._index_of: Callable[[Obj], str | None] | None = None
-        self._index: dict[str, dict[str, Obj]] = {}  # index value -> cache key -> object
+        self._index: dict[str, dict[str, None]] = {}  # index value -> cache keys (an ordered set)
+        self._indexed_as: dict[str, str] = {}  # cache key -> its index value
         self.synced = asyncio.Event()
         self._resource_version = ""
         self._advanced = asyncio.Event()  # set whenever resource_version moves
@@ -305,7 +313,7 @@ class Informer:
         """Keep the cache indexed by ``func(obj)`` (one index, like a client-go Indexer): with thousands
         of Services, finding one Service's slices by scanning the whole cache made every write O(N)."""
         self._index_of = func
-        self._index = {}
+        self._index, self._indexed_as = {}, {}
         for key, obj in self.cache.items():
             self._add_to_index(key, obj)
 
@@ -317,32 +325,34 @@ class Informer:
         """The cached objects whose index value is ``value`` (see :meth:`index_by`)."""
         if self._index_of is None:
             raise RuntimeError(f"informer {self.name}: no index (index_by was never called)")
-        return list(self._index.get(value, {}).values())
+        cache = self.cache
+        return [cache[key] for key in self._index.get(value, ())]
 
     def _add_to_index(self, key: str, obj: Obj) -> None:
         value = self._index_of(obj) if self._index_of else None
         if value is not None:
-            self._index.setdefault(value, {})[key] = obj
+            self._index.setdefault(value, {})[key] = None
+            self._indexed_as[key] = value
 
-    def _remove_from_index(self, key: str, obj: Obj | None) -> None:
-        value = self._index_of(obj) if self._index_of and obj is not None else None
-        if value is None or value not in self._index:
+    def _remove_from_index(self, key: str) -> None:
+        value = self._indexed_as.pop(key, None)
+        bucket = self._index.get(value) if value is not None else None
+        if bucket is None:
             return
-        bucket = self._index[value]
         bucket.pop(key, None)
         if not bucket:
-            del self._index[value]
+            del self._index[value]  # type: ignore[arg-type]
 
-    def _put(self, key: str, obj: Obj) -> Obj | None:
-        old = self.cache.get(key)
-        self._remove_from_index(key, old)
+    def _put(self, key: str, obj: Obj, old: Obj | None) -> None:
+        """Store ``obj`` under ``key``; ``old`` is what the caller read there (None: nothing)."""
+        if old is not None:
+            self._remove_from_index(key)
         self.cache[key] = obj
         self._add_to_index(key, obj)
-        return old
 
     def _pop(self, key: str) -> Obj | None:
         old = self.cache.pop(key, None)
-        self._remove_from_index(key, old)
+        self._remove_from_index(key)
         return old
 
     async def run(self) -> None:
@@ -408,7 +418,8 @@ class Informer:
                     self.trim(obj)
                 obj.setdefault("apiVersion", self.resource.api_version)
                 obj.setdefault("kind", self.resource.kind)
-                obj = compact(obj)
+                if self.intern:
+                    obj = compact(obj)
                 items[object_key(obj)] = obj
             cont = page.get("metadata", {}).get("continue") or None
             if not cont:
@@ -434,7 +445,8 @@ class Informer:
             for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self.cache[k])]:
                 self._dispatch(InformerEvent("DELETED", self._pop(key) or {}, None))
             for key, obj in items.items():
-                old = self._put(key, obj)
+                old = self.cache.get(key)
+                self._put(key, obj, old)
                 if old is None:
                     self._dispatch(InformerEvent("ADDED", obj))
                 elif old.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
@@ -484,7 +496,8 @@ class Informer:
         slim(obj, self.drop_last_applied, self.keep_managers_of)
         if self.trim is not None:
             self.trim(obj)
-        obj = compact(obj)
+        if self.intern:
+            obj = compact(obj)
         key = object_key(obj)
         old = self.cache.get(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):
@@ -495,7 +508,7 @@ class Informer:
         if type_ == "DELETED":
             self._pop(key)
         else:
-            self._put(key, obj)
+            self._put(key, obj, old)
             if old is None:
                 type_ = "ADDED"  # client-go semantics: first sight of an object is an add
         if rv:

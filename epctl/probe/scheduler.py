@@ -99,16 +99,22 @@ class TargetMetrics(Protocol):
     def forget(self, target: str, port: str, address: str) -> None: ...
 
 
-@dataclass(slots=True)
-class _Entry:
+@dataclass(slots=True, kw_only=True)
+class _Entry(CheckState):
+    """A check, its schedule, and its threshold state: the entry *is* the check's CheckState (one
+    object per check instead of two; what ``Scheduler.state`` returns, and callers may adjust)."""
+
     check: Check
-    state: CheckState
     phase: float
     generation: int
     first: bool = True
     in_flight: bool = False
-    last: tuple[bool, str, float, bool] | None = None  # the last ProbeResult's fields
+    last: tuple[bool, str, float, bool] | None = None  # the last ProbeResult's fields (keep_last)
     claim: int | None = None  # role probes: the generation of the host's last "I am primary" answer
+
+    @property
+    def state(self) -> CheckState:
+        return self
 
 
 def _arbitrated(probe: Probe) -> bool:
@@ -146,8 +152,11 @@ class Scheduler:
                  first_window: float = 1.0, period_override: float | None = None,
                  target_metrics: TargetMetrics | None = None, max_rate: float | None = None,
                  on_delayed: Callable[[bool], None] | None = None,
-                 api_backlog: Callable[[], bool] | None = None) -> None:
+                 api_backlog: Callable[[], bool] | None = None, keep_last: bool = False) -> None:
         self.on_transition = on_transition
+        # keep each check's last result for last_result() (`epctl check` prints it); off in the controller,
+        # where it was a tuple and a float per check that nothing read
+        self.keep_last = keep_last
         self.max_concurrent = max_concurrent
         self.metrics = metrics
         self.target_metrics = target_metrics
@@ -215,17 +224,18 @@ class Scheduler:
         timing = check.timing
         generation = next(self._generation)
         if entry is None:
-            state = CheckState(timing.success_threshold, timing.failure_threshold, healthy=initial)
+            healthy = initial
             delay = float(timing.initial_delay_seconds)
         else:
             self._demand -= 1.0 / self._period(entry.check)
-            state = CheckState(timing.success_threshold, timing.failure_threshold, healthy=entry.state.healthy)
+            healthy = entry.healthy
             delay = 0.0
         period = self._period(check)
         self._demand += 1.0 / period
         if entry is not None:
             del self._queued[entry.generation]
-        entry = _Entry(check, state, phase_fraction(check.key) * period, generation)
+        entry = _Entry(timing.success_threshold, timing.failure_threshold, healthy=healthy, check=check,
+                       phase=phase_fraction(check.key) * period, generation=generation)
         self._entries[check.key] = entry
         self._queued[generation] = entry
         self._by_target.setdefault(check.key.target, {})[check.key] = None
@@ -269,6 +279,7 @@ class Scheduler:
         return entry.state if entry else None
 
     def last_result(self, key: CheckKey) -> ProbeResult | None:
+        """The check's last result (None before the first, and always unless built with ``keep_last``)."""
         entry = self._entries.get(key)
         return ProbeResult(*entry.last) if entry and entry.last else None
 
@@ -528,20 +539,21 @@ class Scheduler:
             self.metrics.observe(kind, result.ok, result.duration)
         if self._entries.get(check.key) is not entry or entry.generation != generation:
             return  # the check changed or went away while this probe ran: its result is moot
-        entry.last = (result.ok, result.reason, result.duration, result.timed_out)  # atomic: untracked
+        if self.keep_last:
+            entry.last = (result.ok, result.reason, result.duration, result.timed_out)  # atomic: untracked
         self.progress.set()
         if self.target_metrics:
             self.target_metrics.result(check.key.target, check.key.port, check.key.address, result.ok,
                                        result.duration)
         if not _arbitrated(check.probe):
-            previous = entry.state.healthy
-            if entry.state.record(result.ok, result.reason):
+            previous = entry.healthy
+            if entry.record(result.ok, result.reason):
                 self._emit({check.key: previous}, check.key, result)
             return
         if result.role:  # an answer (not a failure to get one) replaces the host's claim
             entry.claim = result.generation if result.role == PRIMARY else None
-        before = {k: self._entries[k].state.healthy for k in self._siblings(check.key)}
-        entry.state.record(result.ok, result.reason)
+        before = {k: self._entries[k].healthy for k in self._siblings(check.key)}
+        entry.record(result.ok, result.reason)
         self._emit(self._arbitrate(check.key, before), check.key, result)
 
     def _siblings(self, key: CheckKey) -> list[CheckKey]:
@@ -553,17 +565,17 @@ class Scheduler:
         """Apply roles.arbitrate to ``key``'s port; returns every check whose published health may have
         changed, with its health before (``before``, else its health now)."""
         siblings = [self._entries[k] for k in self._siblings(key)]
-        previous = {e.check.key: before.get(e.check.key, e.state.healthy) for e in siblings}
+        previous = {e.check.key: before.get(e.check.key, e.healthy) for e in siblings}
         vetoes = arbitrate({e.check.key.address: e.claim for e in siblings
-                            if e.state.passing and e.claim is not None})
+                            if e.passing and e.claim is not None})
         for e in siblings:
             veto = vetoes.get(e.check.key.address, "")
-            if veto != e.state.vetoed:
-                lifted = bool(e.state.vetoed) and not veto
-                e.state.veto(veto)
-                if lifted and e.state.passing:
-                    e.state.reason = "primary: no other ready host claims it any more"
-                elif e.state.healthy is False and previous[e.check.key] is False:
+            if veto != e.vetoed:
+                lifted = bool(e.vetoed) and not veto
+                e.veto(veto)
+                if lifted and e.passing:
+                    e.reason = "primary: no other ready host claims it any more"
+                elif e.healthy is False and previous[e.check.key] is False:
                     self._news.add(e.check.key)  # not ready before either: still say why, now
         return previous
 
@@ -573,17 +585,17 @@ class Scheduler:
         ``result`` is what ``origin`` just answered (the others changed because of it)."""
         # not-ready first: consumers never hold two ready primaries, not even between two calls
         for key, before in sorted(previous.items(), key=lambda kv: bool(self._entries.get(kv[0]) and
-                                                                        self._entries[kv[0]].state.healthy)):
+                                                                        self._entries[kv[0]].healthy)):
             entry = self._entries.get(key)
             news = key in self._news
             self._news.discard(key)
-            if entry is None or entry.state.healthy is None or (entry.state.healthy == before and not news):
+            if entry is None or entry.healthy is None or (entry.healthy == before and not news):
                 continue
             own = result is not None and key == origin
-            why = entry.state.vetoed or (result.reason if own and result else entry.state.reason)
+            why = entry.vetoed or (result.reason if own and result else entry.reason)
             duration = result.duration if own and result else 0.0
             try:
-                self.on_transition(Transition(key, entry.state.healthy, why, time.time(), duration, before))
+                self.on_transition(Transition(key, entry.healthy, why, time.time(), duration, before))
             except Exception:  # a broken consumer must not stop probing
                 log.exception("transition consumer failed", extra={"check": str(key)})
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from epctl.api.parse import unknown_drained
 from epctl.api.spec import API_VERSION, DRAIN_ANNOTATION, KIND
 from epctl.kube.client import Resource
 from epctl.kube.events import EventRecorder
-from epctl.kube.informer import Informer, InformerEvent
+from epctl.kube.frozen import FrozenCache
+from epctl.kube.informer import Informer, InformerEvent, compact
 from epctl.kube.status import StatusWriter, conditions_with_times
 from epctl.metrics import CONVERGENCE
 from epctl.probe.resolve import resolve
@@ -110,7 +112,10 @@ class _Health:
 
 @dataclass
 class _Entry:
-    obj: Obj
+    # the last ClusterEndpoint seen: the informer cache's own frozen record when it keeps one (no second
+    # copy of every object; docs/design.md section 10), else the object; read it as ``obj``
+    record: Obj | bytes
+    store: FrozenCache | None = None
     spec: ClusterEndpointSpec | None = None  # the last valid spec (kept while the current one is invalid)
     errors: list[str] = field(default_factory=list)
     applied: tuple[str, int, str, str] | None = None  # (uid, generation, adopt, drain annotation) last applied
@@ -127,6 +132,12 @@ class _Entry:
     # first decisions that were unhealthy while undecided: one Event at first publication, not one each
     first_unhealthy: dict[tuple[str, str], str] = field(default_factory=dict)  # (port, address) -> reason
     active: bool = False  # materialised here: this replica owns the Service (checks, desired state)
+
+    @property
+    def obj(self) -> Obj:
+        """The last ClusterEndpoint seen (decoded anew from a frozen record: change it freely)."""
+        record = self.record
+        return record if isinstance(record, dict) else self.store.thaw(record)  # type: ignore[union-attr]
 
 
 class ClusterEndpointSource:
@@ -170,7 +181,8 @@ class ClusterEndpointSource:
         """
         self._started = True
         for obj in list(self.informer.cache.values()):
-            self._on_event(InformerEvent("ADDED", obj))
+            # a frozen cache decodes anew: intern what the parsed spec keeps, as the watch path does
+            self._on_event(InformerEvent("ADDED", compact(obj) if self.informer.frozen else obj))
         self._resolver = asyncio.create_task(self._re_resolve(), name="cep-resolver")
 
     async def stop(self) -> None:
@@ -244,7 +256,7 @@ class ClusterEndpointSource:
                 self._forget(key)
             return
         entry = self._entries.get(key)
-        if entry is not None and entry.obj["metadata"].get("uid") != meta.get("uid"):
+        if entry is not None and entry.applied is not None and entry.applied[0] != str(meta.get("uid") or ""):
             self._forget(key)  # another object under the same name: a delete and an add
             entry = None
         if entry is None:
@@ -252,7 +264,7 @@ class ClusterEndpointSource:
             entry = self._entries[key] = _Entry(event.obj, sync=_adopted_sync(event.obj),
                                                 discovery_sync=discovery_sync, discovery_counts=counts,
                                                 active=self.owns(key))
-        entry.obj = event.obj
+        self._keep(key, entry, event.obj)
         annotations = meta.get("annotations") or {}
         marker = (str(meta.get("uid") or ""), int(meta.get("generation") or 0),
                   annotations.get(ADOPT_ANNOTATION, ""), annotations.get(DRAIN_ANNOTATION, ""))
@@ -278,6 +290,16 @@ class ClusterEndpointSource:
         self._spawn(self._apply(key))
         if entry.active:
             self._follow_discovery(key, spec)
+
+    def _keep(self, key: TargetKey, entry: _Entry, obj: Obj) -> None:
+        """Remember ``obj`` as the entry's last ClusterEndpoint: as the cache's own frozen record when
+        the cache holds exactly this object (events are dispatched right after the cache took them)."""
+        cache = self.informer.cache
+        name = f"{key[0]}/{key[1]}"
+        if isinstance(cache, FrozenCache) and name in cache:
+            entry.record, entry.store = cache.raw(name), cache
+        else:
+            entry.record, entry.store = obj, None
 
     def _on_slice(self, event: InformerEvent) -> None:
         if event.type == "DELETED" or not self._started:
@@ -583,7 +605,10 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is None or not entry.active:
             return  # a probe that was in flight when the target was let go
-        self._health[transition.key] = _Health(transition.reason, _stamp(transition.at))
+        if transition.healthy:  # status lists only unhealthy endpoints' reason and since: keep nothing
+            self._health.pop(transition.key, None)
+        else:  # seconds-resolution stamps: thousands of endpoints that fail together share one string
+            self._health[transition.key] = _Health(transition.reason, sys.intern(_stamp(transition.at)))
         self._unpublished.setdefault(key, time.monotonic())
         group_id = f"{transition.key.port}/{family(transition.key.address)}"
         self.state.set_ready(key, group_id, transition.key.address, transition.healthy, SOURCE)

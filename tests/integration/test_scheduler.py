@@ -67,7 +67,7 @@ async def test_a_probe_answered_at_once_reports_after_the_dispatch_and_frees_its
         scheduler.upsert(Check(CheckKey("ns/svc", "added", "not-an-ip-either"), TCPProbe(), 80,
                                ProbeTiming(timeout_seconds=1, failure_threshold=1)))
 
-    scheduler = Scheduler(on_transition, metrics=probes, period_override=PERIOD, first_window=0.05)
+    scheduler = Scheduler(on_transition, metrics=probes, period_override=PERIOD, first_window=0.05, keep_last=True)
     scheduler.upsert(Check(CheckKey("ns/svc", "p", "not-an-ip"), TCPProbe(), 80,
                            ProbeTiming(timeout_seconds=1, failure_threshold=1)))
     scheduler.start()
