@@ -65,11 +65,12 @@ def cm(name: str, value: str = "1") -> dict[str, Any]:
     return {"metadata": {"name": name}, "data": {"v": value}}
 
 
-@pytest.fixture
-async def informer(client: KubeClient) -> AsyncIterator[tuple[Informer, Recorder]]:
+@pytest.fixture(params=[False, True], ids=["dicts", "frozen"])
+async def informer(client: KubeClient, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Informer, Recorder]]:
+    """Every informer test runs on both cache forms: plain dicts and deflated JSON (epctl.kube.frozen)."""
     rec = Recorder()
     inf = Informer(client, CONFIGMAPS, "default", page_size=2, inactivity_timeout=1.5,
-                   backoff=Backoff(0.02, 0.2), metrics=rec)
+                   backoff=Backoff(0.02, 0.2), metrics=rec, frozen=request.param)
     inf.subscribe(rec.on_event)
     yield inf, rec
     await inf.stop()
@@ -264,3 +265,35 @@ async def test_cached_objects_drop_what_nobody_reads(api: KubeAPIServer, client:
     finally:
         await plain.stop()
         await slimmed.stop()
+
+
+async def test_a_frozen_cache_returns_what_the_server_sent_and_keeps_its_index(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """The frozen form loses nothing (a read-modify-write from it sends back every field others set),
+    a reader's change to what it read never reaches the cache, and the index follows every change."""
+    inf = Informer(client, CONFIGMAPS, "default", frozen=True)
+    inf.index_by(lambda o: (o.get("data") or {}).get("group"))
+    inf.start()
+    try:
+        await inf.wait_synced(10)
+        body = {"metadata": {"name": "a", "labels": {"x": "1"}, "annotations": {"note": "ü" * 300}},
+                "data": {"group": "g1", "big": "y" * 5000}}
+        created = await client.request("POST", CONFIGMAPS.path("default"), body=body)
+        await eventually(lambda: inf.get("default", "a") is not None, timeout=10, message="cached")
+        read = inf.get("default", "a")
+        assert read is not None
+        created["metadata"].pop("managedFields", None)  # the one thing every cache drops (slim)
+        assert {k: read[k] for k in created} == created  # everything else the server sent, unicode and all
+        read["data"]["group"] = "changed by a reader"
+        assert inf.get("default", "a")["data"]["group"] == "g1"  # type: ignore[index]
+        assert [o["metadata"]["name"] for o in inf.indexed("g1")] == ["a"]
+        await client.request("PATCH", CONFIGMAPS.path("default", "a"), body={"data": {"group": "g2"}},
+                             content_type="application/merge-patch+json")
+        await eventually(lambda: [o["metadata"]["name"] for o in inf.indexed("g2")] == ["a"], timeout=10,
+                         message="re-indexed")
+        assert inf.indexed("g1") == []
+        await client.request("DELETE", CONFIGMAPS.path("default", "a"))
+        await eventually(lambda: inf.get("default", "a") is None, timeout=10, message="deleted")
+        assert inf.indexed("g2") == [] and len(inf.cache) == 0
+    finally:
+        await inf.stop()
