@@ -72,7 +72,7 @@ def owners(controller: Controller) -> dict[str, list[Any]]:
     c = controller
     out: dict[str, list[Any]] = {}
     for informer in c.informers:
-        out[f"cache: {informer.name}"] = [informer.cache, informer._index, informer._indexed_as]
+        out[f"cache: {informer.name}"] = [informer.cache, informer._index, getattr(informer, "_indexed_as", {})]
     out["desired state"] = [c.state]
     out["source (ClusterEndpoint entries)"] = [c.source]
     out["scheduler (checks)"] = [c.scheduler]
