@@ -93,8 +93,13 @@ class EventRecorder:
             self._buckets[uid] = (tokens, now)
             return
         self._buckets[uid] = (tokens - 1.0, now)
+        # only what the Event names: a caller may hand over a fresh decoded copy of a large object per
+        # Event (a frozen cache), and a burst queues thousands of them
+        meta = involved.get("metadata", {})
+        ref = {"apiVersion": involved.get("apiVersion", ""), "kind": involved.get("kind", ""),
+               "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}}
         try:
-            self._queue.put_nowait((involved, type_, reason, message[:1024]))
+            self._queue.put_nowait((ref, type_, reason, message[:1024]))
         except asyncio.QueueFull:
             self.dropped += 1
 

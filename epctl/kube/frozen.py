@@ -41,7 +41,7 @@ class FrozenCache(MutableMapping[str, Obj]):
         self._zdict = b""  # the first object's JSON, fixed for the cache's life (what was stored needs it)
 
     def freeze(self, obj: Obj) -> bytes:
-        raw = _encode(obj).encode()
+        raw = _encode(obj).encode("utf-8", "surrogatepass")  # a lone surrogate round-trips
         if not self._zdict:
             self._zdict = raw[-_ZDICT_MAX:]  # deflate looks back: the end of the dictionary matters most
         compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEM_LEVEL, zlib.Z_DEFAULT_STRATEGY,
@@ -49,7 +49,7 @@ class FrozenCache(MutableMapping[str, Obj]):
         return compressor.compress(raw) + compressor.flush()
 
     def thaw(self, data: bytes) -> Obj:
-        value = _decode(zlib.decompressobj(_WBITS, self._zdict).decompress(data).decode())
+        value = _decode(zlib.decompressobj(_WBITS, self._zdict).decompress(data).decode("utf-8", "surrogatepass"))
         if not isinstance(value, dict):  # only dicts are ever frozen
             raise TypeError(f"frozen cache entry decoded to {type(value).__name__}")
         return value
