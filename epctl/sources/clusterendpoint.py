@@ -454,7 +454,8 @@ class ClusterEndpointSource:
         discovered = set(self._discovered(key, entry))
 
         def adopted_unhealthy(check_key: CheckKey) -> None:
-            if check_key not in self._health:
+            state = self.scheduler.state(check_key)
+            if check_key not in self._health and not (state is not None and state.healthy):  # ours says healthy
                 self._health[check_key] = self._previous_health(entry, check_key.port, check_key.address)
 
         groups, stale = build_groups(

@@ -122,6 +122,9 @@ class MirrorSource:
         self._stopping: set[asyncio.Task[None]] = set()
         self.owns: Callable[[TargetKey], bool] = lambda _key: True  # shard ownership: plan only these
         self._owned: set[TargetKey] = set()  # mirror targets owned at the last reconcile_ownership
+        # Services that ask to be mirrored (annotation or flag pair), kept from every Service event: a
+        # refresh reads only these, not the whole Service cache (which decodes each object it reads)
+        self._asking: set[TargetKey] = set()
         services.subscribe(self._on_service)
 
     def _informer(self, namespace: str, selector: str) -> Informer:
@@ -129,7 +132,15 @@ class MirrorSource:
 
     def start(self) -> None:
         self._started = True
+        self._asking = {key for key, service in self._services_by_key() if mirror_source(service, self.flag_pairs)}
         self.refresh()
+
+    def _services_by_key(self) -> list[tuple[TargetKey, Obj]]:
+        out = []
+        for service in self.services.cache.values():
+            meta = service.get("metadata", {})
+            out.append(((meta.get("namespace", ""), meta.get("name", "")), service))
+        return out
 
     async def stop(self) -> None:
         for _, informer in self._informers.values():
@@ -139,10 +150,14 @@ class MirrorSource:
     def _on_service(self, event: InformerEvent) -> None:
         """Recompute only for a Service that mirrors, mirrored, is refused, or is a source: with
         thousands of Services, a full refresh per Service event made a cold start quadratic."""
-        if not self._started:
-            return
         meta = event.obj.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event.type != "DELETED" and mirror_source(event.obj, self.flag_pairs) is not None:
+            self._asking.add(key)
+        else:
+            self._asking.discard(key)
+        if not self._started:
+            return
         old = event.old if event.old is not None else {}
         if (key in self.mirrors or key in self._refused or key in self._sources
                 or mirror_source(event.obj, self.flag_pairs) is not None
@@ -154,7 +169,10 @@ class MirrorSource:
     def refresh(self) -> None:
         """Recompute which Services mirror which, fix the source watches, and re-plan every target."""
         mirrors: dict[TargetKey, TargetKey] = {}
-        for service in self.services.cache.values():
+        for asking in sorted(self._asking):
+            service = self.services.get(*asking)
+            if service is None:
+                continue
             meta = service["metadata"]
             source = mirror_source(service, self.flag_pairs)
             if source is None:
