@@ -123,7 +123,7 @@ class Controller:
         # status patches and Events each get half the routing writer's concurrency (they go after it)
         side = max(1, settings.write_concurrency // 2)
         self.events = EventRecorder(client, concurrency=side)
-        self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.get, delay=settings.batch_delay,
+        self.status = StatusWriter(client, CLUSTERENDPOINTS, self.ceps.peek, delay=settings.batch_delay,
                                    concurrency=side)
         self.scheduler = Scheduler(lambda t: self.source.on_transition(t),
                                    max_concurrent=settings.max_concurrent_probes, metrics=PrometheusProbeMetrics(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -29,16 +30,20 @@ _WBITS = -12  # raw deflate, 4 KB window: an object of a few KB and its dictiona
 _MEM_LEVEL = 4  # than the default 32 KB window (9 µs instead of 60 µs to compress a 1.5 KB slice)
 _LEVEL = 1
 _ZDICT_MAX = 4096  # the window: a longer dictionary would only be cut
+RECENT = 64  # objects decoded for peek(), kept for the next read of the same record
 
 
 class FrozenCache(MutableMapping[str, Obj]):
     """``key -> object``, stored as deflated JSON. Reads decode (a fresh object each time)."""
 
-    __slots__ = ("_data", "_zdict")
+    __slots__ = ("_data", "_recent", "_zdict")
 
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
         self._zdict = b""  # the first object's JSON, fixed for the cache's life (what was stored needs it)
+        # id(record) -> (record, its decoded object), the RECENT last peeked: a burst of reads of one
+        # object (a ClusterEndpoint's status computed and compared once per probe transition) decodes once
+        self._recent: OrderedDict[int, tuple[bytes, Obj]] = OrderedDict()
 
     def freeze(self, obj: Obj) -> bytes:
         raw = _encode(obj).encode("utf-8", "surrogatepass")  # a lone surrogate round-trips
@@ -58,6 +63,24 @@ class FrozenCache(MutableMapping[str, Obj]):
         """``key``'s stored record, for a holder that keeps the last object it saw without a second
         copy (the same bytes object; :meth:`thaw` decodes it, even once the cache holds a newer one)."""
         return self._data[key]
+
+    def peek(self, key: str) -> Obj | None:
+        """``key``'s object, **read-only**: shared with the next reader of the same record (as a dict
+        cache's objects are shared). For hot readers that never change what they read."""
+        data = self._data.get(key)
+        return None if data is None else self.peek_raw(data)
+
+    def peek_raw(self, data: bytes) -> Obj:
+        """The object of a record from :meth:`raw` (possibly no longer the current one), read-only."""
+        hit = self._recent.get(id(data))
+        if hit is not None and hit[0] is data:
+            self._recent.move_to_end(id(data))
+            return hit[1]
+        obj = self.thaw(data)
+        self._recent[id(data)] = (data, obj)  # holding ``data`` keeps its id from being reused meanwhile
+        if len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
+        return obj
 
     def __getitem__(self, key: str) -> Obj:
         return self.thaw(self._data[key])

@@ -309,6 +309,14 @@ class Informer:
     def get(self, namespace: str | None, name: str) -> Obj | None:
         return self.cache.get(f"{namespace}/{name}" if namespace else name)
 
+    def peek(self, namespace: str | None, name: str) -> Obj | None:
+        """As :meth:`get`, for a reader that never changes what it reads: a frozen cache then decodes
+        a burst of reads of one object once (``FrozenCache.peek``); a dict cache's objects are shared
+        read-only anyway."""
+        key = f"{namespace}/{name}" if namespace else name
+        cache = self.cache
+        return cache.peek(key) if isinstance(cache, FrozenCache) else cache.get(key)
+
     def index_by(self, func: Callable[[Obj], str | None]) -> None:
         """Keep the cache indexed by ``func(obj)`` (one index, like a client-go Indexer): with thousands
         of Services, finding one Service's slices by scanning the whole cache made every write O(N)."""

@@ -135,9 +135,10 @@ class _Entry:
 
     @property
     def obj(self) -> Obj:
-        """The last ClusterEndpoint seen (decoded anew from a frozen record: change it freely)."""
+        """The last ClusterEndpoint seen, read-only (a frozen record's decoded object is shared with the
+        next reads of it: a transition computes and compares a status from it several times)."""
         record = self.record
-        return record if isinstance(record, dict) else self.store.thaw(record)  # type: ignore[union-attr]
+        return record if isinstance(record, dict) else self.store.peek_raw(record)  # type: ignore[union-attr]
 
 
 class ClusterEndpointSource:
