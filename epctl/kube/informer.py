@@ -330,11 +330,15 @@ class Informer:
         return self._index_of is not None
 
     def indexed(self, value: str) -> list[Obj]:
-        """The cached objects whose index value is ``value`` (see :meth:`index_by`)."""
+        """The cached objects whose index value is ``value`` (see :meth:`index_by`), read-only (as
+        :meth:`peek`: every caller plans from them and builds new objects)."""
         if self._index_of is None:
             raise RuntimeError(f"informer {self.name}: no index (index_by was never called)")
         cache = self.cache
-        return [cache[key] for key in self._index.get(value, ())]
+        keys = self._index.get(value, ())
+        if isinstance(cache, FrozenCache):
+            return [cache.peek_raw(cache.raw(key)) for key in keys]
+        return [cache[key] for key in keys]
 
     def _add_to_index(self, key: str, obj: Obj) -> None:
         value = self._index_of(obj) if self._index_of else None

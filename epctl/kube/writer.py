@@ -429,7 +429,7 @@ class Writer:
         kube-controller-manager's EndpointSlice controller made for it. It does not do so itself when a
         Service loses its selector (its sync skips selector-less Services), so kube-proxy would keep
         routing to those Pods beside our hosts."""
-        service = self.services.get(*key)
+        service = self.services.peek(*key)
         marked = ((service or {}).get("metadata", {}).get("annotations") or {}).get(POD_SLICES_ANNOTATION)
         if marked and _rv(service) <= self._pod_slices_cleared.get(key, -1):
             marked = None  # our own clearing has not reached the cache yet
@@ -499,7 +499,7 @@ class Writer:
     def _observed_endpoints(self, key: TargetKey) -> Obj | None:
         """Our Endpoints of ``key``: the informer cache, or our own newer write while it catches up."""
         assert self.endpoints is not None
-        cached = self.endpoints.get(*key)
+        cached = self.endpoints.peek(*key)
         written = self._written_endpoints.get(key)
         if written is not None and (cached is None or _rv(cached) < written.rv):
             return written.obj
@@ -647,7 +647,7 @@ class Writer:
 
     async def _ensure_service(self, target: Target, spec: ServiceSpec) -> None:
         key = (target.namespace, target.name)
-        existing = self.services.get(target.namespace, target.name)
+        existing = self.services.peek(target.namespace, target.name)
         desired = self._service_body(target, spec)
         if existing is None:
             try:

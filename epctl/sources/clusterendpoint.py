@@ -553,7 +553,7 @@ class ClusterEndpointSource:
     def _mirror_conflict(self, key: TargetKey, entry: _Entry) -> str | None:
         """Why a mirror, not this ClusterEndpoint, has the Service ``key``: it carries a mirror
         annotation and is not (yet) ours. Decided from the objects, so a restart keeps the holder."""
-        service = self.services.get(*key) if self.services is not None else None
+        service = self.services.peek(*key) if self.services is not None else None
         if service is None or self.mirrored is None:
             return None
         source = self.mirrored(service)

@@ -54,7 +54,7 @@ class TopologySource:
         target = self.state.get(key)
         if target is None or target.source == MIRROR_SOURCE:
             return groups
-        service = self.services.get(*key)
+        service = self.services.peek(*key)
         mode = requested_mode(service)
         self._modes[key] = mode
         out, verdict = with_hints(groups, mode, self._ratios, self._problem)

@@ -60,6 +60,23 @@ PATCH_TYPES = {
 }
 
 
+# kube-apiserver decodes JSON as Go does: an escaped UTF-16 surrogate without its pair ("\ud800")
+# becomes U+FFFD (encoding/json's unquote); Python's json keeps it as a lone surrogate, which no
+# UTF-8 encoder accepts. Only bodies that carry such an escape are walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
+
+
 @dataclass
 class RequestRecord:
     """One served request, as an audit log would show it."""
@@ -418,9 +435,10 @@ class KubeAPIServer:
         if not raw:
             return None
         try:
-            return yaml.safe_load(raw) if yaml_ok else json.loads(raw)
+            value = yaml.safe_load(raw) if yaml_ok else json.loads(raw)
         except (ValueError, yaml.YAMLError) as err:
             raise apierrors.bad_request(f"error decoding request body: {err}") from None
+        return _without_lone_surrogates(value) if _SURROGATE_ESCAPE.search(raw) else value
 
     @staticmethod
     def _manager(request: web.Request) -> str:

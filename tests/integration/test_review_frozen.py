@@ -19,7 +19,6 @@ from tests.integration.controller_helpers import (
 )
 
 
-
 async def test_queued_events_each_hold_a_fresh_decoded_copy_of_the_clusterendpoint(
         api: KubeAPIServer, client: KubeClient) -> None:
     """Before the change every Event queued about a ClusterEndpoint referenced the one cached dict
@@ -55,23 +54,24 @@ async def test_queued_events_each_hold_a_fresh_decoded_copy_of_the_clusterendpoi
             await backend.stop()
 
 
-async def test_one_object_the_frozen_cache_cannot_encode_wedges_the_whole_informer(
+async def test_a_lone_surrogate_becomes_u_fffd_as_in_kube_apiserver_and_no_cache_wedges(
         api: KubeAPIServer, client: KubeClient) -> None:
-    """FrozenCache.freeze encodes with ensure_ascii=False and then str.encode() (strict UTF-8): a string
-    with a lone surrogate (JSON "\\ud800", which the API server here accepts and echoes) raises
-    UnicodeEncodeError in _put. The informer treats it as bad data and relists, and the relist fails at
-    the same object, forever: no later change of any object reaches the cache. A dict cache kept it.
-    (kube-apiserver itself turns a lone surrogate into U+FFFD, so this needs a server that does not;
-    the in-memory one does not.)"""
+    """The review found that a string with a lone surrogate (JSON "\\ud800") stopped a frozen informer
+    for good: strict UTF-8 encoding raised, the informer relisted, the relist failed at the same object.
+    kube-apiserver decodes JSON as Go does and stores U+FFFD for it, so it cannot reach a cache from a
+    real server; the server here now does the same (a pair still decodes to its character), and the
+    frozen cache encodes with surrogatepass anyway (tests/unit/test_frozen.py)."""
     inf = Informer(client, CONFIGMAPS, "default", frozen=True, backoff=Backoff(0.02, 0.1))
     inf.start()
     try:
         await inf.wait_synced(10)
-        await client.request("POST", CONFIGMAPS.path("default"), body=b'{"metadata": {"name": "a-odd"}, '
-                             b'"data": {"v": "\\ud800"}}')
+        created = await client.request("POST", CONFIGMAPS.path("default"), body=b'{"metadata": {"name": "a-odd"}, '
+                                       b'"data": {"v": "x\\ud800y", "pair": "\\ud83d\\ude00"}}')
+        assert created["data"] == {"v": "x\ufffdy", "pair": "\U0001f600"}
         await client.request("POST", CONFIGMAPS.path("default"), body={"metadata": {"name": "z-good"},
                                                                        "data": {"v": "1"}})
         await eventually(lambda: inf.get("default", "z-good") is not None, timeout=10,
                          message="a later object reaches the cache")
+        assert inf.get("default", "a-odd")["data"] == created["data"]  # type: ignore[index]
     finally:
         await inf.stop()
