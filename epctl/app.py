@@ -111,7 +111,7 @@ class Controller:
         self.ceps = Informer(client, CLUSTERENDPOINTS, ns, metrics=informer_metrics, name="clusterendpoints",
                              drop_last_applied=True,  # only status is written, as a merge patch
                              keep_managers_of=(DRAIN_ANNOTATION,),  # who drained a host, for its Event
-                             frozen=True, intern=True)  # the source keeps the frozen record and parsed specs
+                             frozen=True)  # the source keeps the frozen record, and interns the specs it parses
         # read per reconcile, never kept by a subscriber: stored as deflated JSON (epctl.kube.frozen)
         self.slices = Informer(client, ENDPOINTSLICES, ns, label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
                                metrics=informer_metrics, name="endpointslices", frozen=True)

@@ -313,7 +313,11 @@ class Informer:
         """As :meth:`get`, for a reader that never changes what it reads: a frozen cache then decodes
         a burst of reads of one object once (``FrozenCache.peek``); a dict cache's objects are shared
         read-only anyway."""
-        key = f"{namespace}/{name}" if namespace else name
+        return self._peek(f"{namespace}/{name}" if namespace else name)
+
+    def _peek(self, key: str) -> Obj | None:
+        """The cached object as an event's ``old`` (read-only, like every event object): our own
+        write's echo usually finds it still decoded from the writer's read just before."""
         cache = self.cache
         return cache.peek(key) if isinstance(cache, FrozenCache) else cache.get(key)
 
@@ -454,10 +458,10 @@ class Informer:
         """
         self.relisting = True
         try:
-            for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self.cache[k])]:
+            for key in [k for k in self.cache if k not in items or uid_of(items[k]) != uid_of(self._peek(k))]:
                 self._dispatch(InformerEvent("DELETED", self._pop(key) or {}, None))
             for key, obj in items.items():
-                old = self.cache.get(key)
+                old = self._peek(key)
                 self._put(key, obj, old)
                 if old is None:
                     self._dispatch(InformerEvent("ADDED", obj))
@@ -511,7 +515,7 @@ class Informer:
         if self.intern:
             obj = compact(obj)
         key = object_key(obj)
-        old = self.cache.get(key)
+        old = self._peek(key)
         if old is not None and type_ != "DELETED" and uid_of(old) != uid_of(obj):
             # a stream never does this, but a cache that missed a deletion would: same rule as a relist
             self._pop(key)

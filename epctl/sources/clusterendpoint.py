@@ -182,8 +182,7 @@ class ClusterEndpointSource:
         """
         self._started = True
         for obj in list(self.informer.cache.values()):
-            # a frozen cache decodes anew: intern what the parsed spec keeps, as the watch path does
-            self._on_event(InformerEvent("ADDED", compact(obj) if self.informer.frozen else obj))
+            self._on_event(InformerEvent("ADDED", obj))
         self._resolver = asyncio.create_task(self._re_resolve(), name="cep-resolver")
 
     async def stop(self) -> None:
@@ -272,7 +271,9 @@ class ClusterEndpointSource:
         if entry.applied == marker:
             return  # our own status write, or a metadata-only change that does not concern us
         entry.applied = marker
-        spec, errors = parse_cluster_endpoint(event.obj, allow_loopback=self.allow_loopback)
+        # the parsed spec is kept: intern its strings (hosts shared by many ClusterEndpoints), here and
+        # not for every event (a status echo, most of them, is dropped just above)
+        spec, errors = parse_cluster_endpoint(compact(event.obj), allow_loopback=self.allow_loopback)
         if spec is None:
             entry.errors = [str(e) for e in errors]
             if entry.active:  # the owner reports it; every replica keeps the last valid spec
