@@ -210,7 +210,6 @@ class Informer:
         # frozen: objects kept as deflated JSON, decoded on every read (epctl.kube.frozen). intern: the
         # objects events carry are compacted (see compact()); by default only when not frozen, as a
         # subscriber of a frozen cache keeps nothing of them (one that keeps parts asks for it)
-        self.frozen = frozen
         self.intern = not frozen if intern is None else intern
         self.cache: MutableMapping[str, Obj] = FrozenCache() if frozen else {}
         self._index_of: Callable[[Obj], str | None] | None = None
@@ -359,10 +358,8 @@ class Informer:
         if not bucket:
             del self._index[value]  # type: ignore[arg-type]
 
-    def _put(self, key: str, obj: Obj, old: Obj | None) -> None:
-        """Store ``obj`` under ``key``; ``old`` is what the caller read there (None: nothing)."""
-        if old is not None:
-            self._remove_from_index(key)
+    def _put(self, key: str, obj: Obj) -> None:
+        self._remove_from_index(key)
         self.cache[key] = obj
         self._add_to_index(key, obj)
 
@@ -462,7 +459,7 @@ class Informer:
                 self._dispatch(InformerEvent("DELETED", self._pop(key) or {}, None))
             for key, obj in items.items():
                 old = self._peek(key)
-                self._put(key, obj, old)
+                self._put(key, obj)
                 if old is None:
                     self._dispatch(InformerEvent("ADDED", obj))
                 elif old.get("metadata", {}).get("resourceVersion") != obj.get("metadata", {}).get("resourceVersion"):
@@ -524,7 +521,7 @@ class Informer:
         if type_ == "DELETED":
             self._pop(key)
         else:
-            self._put(key, obj, old)
+            self._put(key, obj)
             if old is None:
                 type_ = "ADDED"  # client-go semantics: first sight of an object is an add
         if rv:

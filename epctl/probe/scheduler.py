@@ -112,10 +112,6 @@ class _Entry(CheckState):
     last: tuple[bool, str, float, bool] | None = None  # the last ProbeResult's fields (keep_last)
     claim: int | None = None  # role probes: the generation of the host's last "I am primary" answer
 
-    @property
-    def state(self) -> CheckState:
-        return self
-
 
 def _arbitrated(probe: Probe) -> bool:
     """Checks whose hosts compete for one role: at most one of them may be published (roles.arbitrate)."""
@@ -276,7 +272,7 @@ class Scheduler:
 
     def state(self, key: CheckKey) -> CheckState | None:
         entry = self._entries.get(key)
-        return entry.state if entry else None
+        return entry
 
     def last_result(self, key: CheckKey) -> ProbeResult | None:
         """The check's last result (None before the first, and always unless built with ``keep_last``)."""

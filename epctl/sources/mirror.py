@@ -132,15 +132,10 @@ class MirrorSource:
 
     def start(self) -> None:
         self._started = True
-        self._asking = {key for key, service in self._services_by_key() if mirror_source(service, self.flag_pairs)}
+        # (events kept it since construction; a cache that synced before we subscribed is read once)
+        self._asking = {(s["metadata"].get("namespace", ""), s["metadata"].get("name", ""))
+                        for s in self.services.cache.values() if mirror_source(s, self.flag_pairs) is not None}
         self.refresh()
-
-    def _services_by_key(self) -> list[tuple[TargetKey, Obj]]:
-        out = []
-        for service in self.services.cache.values():
-            meta = service.get("metadata", {})
-            out.append(((meta.get("namespace", ""), meta.get("name", "")), service))
-        return out
 
     async def stop(self) -> None:
         for _, informer in self._informers.values():
@@ -152,15 +147,15 @@ class MirrorSource:
         thousands of Services, a full refresh per Service event made a cold start quadratic."""
         meta = event.obj.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        if event.type != "DELETED" and mirror_source(event.obj, self.flag_pairs) is not None:
+        asks = mirror_source(event.obj, self.flag_pairs) is not None
+        if asks and event.type != "DELETED":
             self._asking.add(key)
         else:
             self._asking.discard(key)
         if not self._started:
             return
         old = event.old if event.old is not None else {}
-        if (key in self.mirrors or key in self._refused or key in self._sources
-                or mirror_source(event.obj, self.flag_pairs) is not None
+        if (key in self.mirrors or key in self._refused or key in self._sources or asks
                 or (old and mirror_source(old, self.flag_pairs) is not None)):
             self.refresh()
 
