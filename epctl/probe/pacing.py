@@ -40,15 +40,23 @@ class Admission:
     decrease: float = 0.7
     increase: float = 1.08
     throttled: bool = False
+    # probes per second started while no API write queued (a moving average): what probing takes when it
+    # has the loop to itself, the base of the cap while writes queue (None until measured)
+    free_rate: float | None = None
+    yield_share: float = 0.25  # of that, what probing keeps while API writes queue
 
-    def update(self, lag: float, demand: float, api_backlog: bool = False) -> float:
+    def update(self, lag: float, demand: float, api_backlog: bool = False, started: float | None = None) -> float:
         """One adjustment per measuring window: ``lag`` is the worst loop lag seen in it, ``demand`` the
-        probes per second the checks ask for, ``api_backlog`` whether API writes are queueing (acting
-        beats probing: probes get at most half the demand until the writes are out). Returns the new
-        rate."""
+        probes per second the checks ask for, ``api_backlog`` whether API writes are queueing, ``started``
+        the probes per second the window started. Acting beats probing: while writes queue, probes get
+        at most half of what they ran before (of the demand, if that is less), so an engine that was
+        already saturated gives the writes half its probing time, not nothing. Returns the new rate."""
         ceiling = min(self.max_rate, max(self.min_rate, demand * 2))  # slots are random: room for bursts
-        if api_backlog:  # capped at half the demand, and still steered by the lag below that cap
-            cap = max(self.min_rate, demand * 0.5)
+        if started is not None and not api_backlog:
+            self.free_rate = started if self.free_rate is None else 0.7 * self.free_rate + 0.3 * started
+        if api_backlog:  # capped at half, and still steered by the lag below that cap
+            base = demand if self.free_rate is None else min(demand, self.free_rate)
+            cap = max(self.min_rate, base * self.yield_share)
             if lag > self.lag_high:
                 self.rate = max(self.min_rate, min(self.rate, cap) * self.decrease)
             elif lag < self.lag_low:

@@ -20,6 +20,15 @@
   watcher and a timer handle, no Task per probe) and report to :meth:`Scheduler._finish`; gRPC and
   database probes (kept channels and sessions, client libraries with coroutine APIs) run as one
   Task each and report to the same method. The in-flight gauge is set once per tick, not per probe.
+- A stretch degrades freshness, not detection. A check whose last result started a streak against
+  its verdict (a healthy host's first failure, with failureThreshold > 1) runs its confirming probe
+  one *spec* period after the last, in a lane ahead of the stretched schedule; and when a check's
+  verdict changes, every sibling (another check of the same address and port, still on the old
+  verdict; siblings.py) runs next at once, in that lane. Each check still counts its own results at
+  the spec's period. So a host shared by 1,000 ClusterEndpoints is published down for all of them
+  about failureThreshold spec periods after the first one noticed, however far the schedule is
+  stretched. An early run replaces the check's next scheduled one; the run after it is back on the
+  check's own slot.
 - Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
 - Role probes expecting a primary are arbitrated per port (roles.arbitrate): a host outranked by
   another claimant is vetoed at once, whatever the thresholds say, so two disagreeing primaries are
@@ -48,6 +57,7 @@ from epctl.probe.http import start_http
 from epctl.probe.pacing import Admission, Stretch, timeout_was_seen_late
 from epctl.probe.result import ProbeResult
 from epctl.probe.roles import PRIMARY, arbitrate
+from epctl.probe.siblings import HostIndex, SweepMemo
 from epctl.probe.state import CheckState
 from epctl.probe.tcp import start_tcp
 from epctl.probe.udp import start_udp
@@ -136,6 +146,11 @@ LAG_WINDOW = 0.1  # admission adjusts once per window; the loop is looked at at 
 # a window's (probes launched together complete together, in one loop iteration: a window's worth at
 # 4,000/s was a 40 ms iteration, which the lag measurement then read as overload)
 BURST = 2 * TICK
+# Runs moved early (confirmations, a changed host's siblings) may also draw on a budget of their own, so a
+# change is confirmed promptly even while admission is cut (a loop lagging under a CPU quota admitted ~150
+# probes/s, and a host shared by 1,000 ClusterEndpoints took 7 s to flip for all of them). At ~70 us a probe
+# this is at most ~14 % of a core, and only while changes are being confirmed.
+EARLY_RATE = 2000.0
 STRETCH_WINDOW = 1.0  # the stretch factor is re-estimated once per window
 DELAYED_ON, DELAYED_OFF = 2.0, 1.5  # "ProbesDelayed" above 2x the spec's period, cleared below 1.5x ...
 DELAYED_SUSTAIN_ON, DELAYED_SUSTAIN_OFF = 30.0, 60.0  # ... once that has held for this many seconds
@@ -170,6 +185,12 @@ class Scheduler:
         # holding a CheckKey each made every full collection walk them; docs/design.md section 6)
         self._heap: list[tuple[float, int]] = []
         self._queued: dict[int, _Entry] = {}  # generation -> entry, for the heap
+        # (real due, generation): runs moved early, confirmations of a streak under way and siblings of a host
+        # that changed; launched before anything in the heap (docs/design.md section 6, "degrade freshness,
+        # never truth")
+        self._early: list[tuple[float, int]] = []
+        self._hosts: HostIndex[CheckKey] = HostIndex()  # address -> its checks (siblings.py)
+        self._sweeps = SweepMemo()
         self._generation = itertools.count(1)
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -191,12 +212,15 @@ class Scheduler:
         self.delayed_sustain = (DELAYED_SUSTAIN_ON, DELAYED_SUSTAIN_OFF)
         self._demand = 0.0  # probes per second the checks ask for at their spec periods
         self._tokens = 0.0
+        self._early_tokens = 0.0  # the early lane's own budget (EARLY_RATE), used once admission's is spent
         self._refilled = 0.0
         self._expected_at: float | None = None  # when the run loop asked to be woken (for loop lag)
-        self._lag_window = (0.0, 0.0)  # (window start, worst lag)
+        self._slept_cpu = 0.0  # the loop thread's CPU time when it last went to sleep (busy lag, below)
+        self._lag_window = (0.0, 0.0, 0)  # (window start, worst lag, launches)
         self._stretch_since = 0.0
         self._window = (0, 0, 0)  # (ticks, ticks that left due checks waiting, launches) in the stretch window
         self._worst_lag = 0.0  # in the current stretch window (exported)
+        self._yielded = False  # admission yielded to queued API writes in the current stretch window
 
     # --- configuration --------------------------------------------------------------------------
 
@@ -235,6 +259,7 @@ class Scheduler:
         self._entries[check.key] = entry
         self._queued[generation] = entry
         self._by_target.setdefault(check.key.target, {})[check.key] = None
+        self._hosts.add(check.key.address, check.key)
         window = min(period, self.first_window)
         slot = phase_fraction(CheckKey(check.key.target, "", "")) * 0.98 + phase_fraction(check.key) * 0.02
         self._push(self._vnow(time.monotonic()) + delay + slot * window, entry)
@@ -248,6 +273,7 @@ class Scheduler:
             keys.pop(key, None)
             if not keys:
                 del self._by_target[key.target]
+        self._hosts.remove(key.address, key)
         if entry is not None:
             self._demand = max(0.0, self._demand - 1.0 / self._period(entry.check))
         if entry is not None and self.target_metrics:
@@ -347,20 +373,61 @@ class Scheduler:
             self._dispatching = False
 
     def _launch_due(self, now: float) -> tuple[int, bool]:
-        heap = self._heap
         launched = 0
         vnow = self._vnow(now)
+        early = self._early
+        while early and early[0][0] <= now:  # first: their results may change where traffic goes
+            if self._in_flight >= self.max_concurrent or (self._tokens < 1.0 and self._early_tokens < 1.0):
+                return launched, True
+            due, generation = heapq.heappop(early)
+            entry = self._queued.get(generation)
+            if entry is None:
+                continue  # removed or replaced since it was queued
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+            else:
+                self._early_tokens -= 1.0
+            launched += 1
+            period = self._period(entry.check)
+            # back on its own slot, at least half a spec period from now: a confirmation one spec period after an
+            # on-schedule run is itself on the slot, and the next run is then exactly one period later
+            self._push(next_slot(vnow + period / (2 * self.stretch.factor), entry.phase, period), entry)
+            self._launch(entry, now - due)
+        heap = self._heap
         while heap and heap[0][0] <= vnow:
             if self._in_flight >= self.max_concurrent or self._tokens < 1.0:
                 return launched, True
             due, generation = heapq.heappop(heap)
             entry = self._queued.get(generation)
             if entry is None:
-                continue  # removed or replaced since it was queued
+                continue  # removed, replaced or moved early since it was queued
             self._tokens -= 1.0
             launched += 1
-            self._launch(entry, due, vnow)
+            self._push(self._next_run(entry, due, vnow), entry)
+            self._launch(entry, (vnow - due) * self.stretch.factor)
         return launched, False
+
+    def _run_early(self, entry: _Entry, at: float) -> None:
+        """Run ``entry`` next at real time ``at``, ahead of the (stretched) schedule: its result may change
+        what is published. Its queued regular run is dropped (a new generation): a run moved, not added."""
+        del self._queued[entry.generation]
+        entry.generation = next(self._generation)
+        self._queued[entry.generation] = entry
+        first = not self._early or at < self._early[0][0]
+        heapq.heappush(self._early, (at, entry.generation))
+        if first:
+            self._wakeup.set()
+
+    def _sweep(self, origin: _Entry, was: bool, now: float) -> None:
+        """``origin``'s verdict just changed from ``was``: every sibling (same address and port) still on
+        ``was``, idle and not already confirming a streak, runs at once."""
+        key, port = origin.check.key, origin.check.port
+        for sibling in self._hosts.of(key.address):
+            entry = self._entries.get(sibling)
+            if (entry is None or entry is origin or entry.check.port != port or entry.passing is not was
+                    or entry.in_flight or entry.pending):
+                continue
+            self._run_early(entry, now)
 
     def _fire(self) -> None:
         self._timer = None
@@ -374,29 +441,38 @@ class Scheduler:
         loop = self._loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._refilled = now
-        self._lag_window = (now, 0.0)
+        self._lag_window = (now, 0.0, 0)
         self._stretch_since, self._window = now, (0, 0, 0)
         while True:
             now = time.monotonic()
             lag = max(0.0, now - self._expected_at) if self._expected_at is not None else 0.0
+            # Of that lateness, only what the loop thread spent running can be work on the loop (probes
+            # among it); the rest it was not running at all: a CFS quota's throttling, or another process
+            # on the core. Admission steers by the busy part: cutting probes cannot shorten time the
+            # thread was not given (under a 0.5-CPU quota every write burst cut admission to its floor,
+            # 20 probes/s, and the stretch that followed reached 20x).
+            busy_lag = min(lag, time.thread_time() - self._slept_cpu)
             rate = self.admission.rate
             self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * BURST))
+            self._early_tokens = min(self._early_tokens + (now - self._refilled) * EARLY_RATE, EARLY_RATE * BURST)
             self._refilled = now
             launched, waiting = self._dispatch_due(now)
             if self.metrics:  # once per tick, not per probe
                 self.metrics.in_flight(self._in_flight)
-            self._account(now, lag, launched, waiting)
+            self._account(now, lag, busy_lag, launched, waiting)
             self._wakeup.clear()
             if waiting:
                 wake = now + TICK
-            elif self._heap:  # at most one wake-up per tick: checks due within it start together
-                due_in = (self._heap[0][0] - self._vnow(now)) * self.stretch.factor
+            elif self._heap or self._early:  # at most one wake-up per tick: checks due within it start together
+                due_in = min((self._heap[0][0] - self._vnow(now)) * self.stretch.factor if self._heap else LAG_WINDOW,
+                             self._early[0][0] - now if self._early else LAG_WINDOW)
                 wake = now + max(TICK, min(due_in, LAG_WINDOW))
             else:
                 wake = None  # idle: an upsert wakes us
             self._expected_at = wake
             if wake is not None:
                 self._timer = loop.call_later(max(0.0, wake - now), self._fire)
+            self._slept_cpu = time.thread_time()
             try:
                 await self._wakeup.wait()
             finally:
@@ -406,14 +482,18 @@ class Scheduler:
             if self._expected_at is not None and time.monotonic() < self._expected_at:
                 self._expected_at = None  # woken early by an upsert: no lag sample this time
 
-    def _account(self, now: float, lag: float, launched: int, waiting: bool) -> None:
-        """Feed the pacing loops: admission once per LAG_WINDOW, stretch once per STRETCH_WINDOW."""
-        started, worst = self._lag_window
-        worst = max(worst, lag)
+    def _account(self, now: float, lag: float, busy_lag: float, launched: int, waiting: bool) -> None:
+        """Feed the pacing loops: admission (by ``busy_lag``) once per LAG_WINDOW, stretch once per
+        STRETCH_WINDOW; ``lag`` (all of it) is what the loop-lag metric shows."""
+        started, worst, window_launches = self._lag_window
+        worst = max(worst, busy_lag)
+        window_launches += launched
         if now - started >= LAG_WINDOW:
-            self.admission.update(worst, self._demand, self.api_backlog() if self.api_backlog else False)
-            started, worst = now, 0.0
-        self._lag_window = (started, worst)
+            backlog = self.api_backlog() if self.api_backlog else False
+            self._yielded = self._yielded or backlog
+            self.admission.update(worst, self._demand, backlog, window_launches / (now - started))
+            started, worst, window_launches = now, 0.0, 0
+        self._lag_window = (started, worst, window_launches)
         since = self._stretch_since
         self._worst_lag = max(self._worst_lag, lag)
         ticks, waiting_ticks, launches = self._window
@@ -421,7 +501,10 @@ class Scheduler:
         if now - since >= STRETCH_WINDOW:
             before = self.stretch.factor
             ticks, waiting_ticks, launches = self._window
-            capacity = launches / (now - since) if ticks and waiting_ticks == ticks else None
+            # a window in which probing yielded to queued API writes measured the yield, not the engine: the
+            # factor holds (a write burst once stretched every period 20-80x, and relaxing that took a minute)
+            capacity = launches / (now - since) if ticks and waiting_ticks == ticks and not self._yielded else None
+            self._yielded = False
             self._vbase, self._vbase_real = self._vnow(now), now  # rebase before the clock rate changes
             factor = self.stretch.update(self._demand, capacity, waiting_ticks > 0)
             if self.metrics:
@@ -455,23 +538,25 @@ class Scheduler:
                 except Exception:
                     log.exception("probes-delayed consumer failed")
 
-    def _launch(self, entry: _Entry, due: float, vnow: float) -> None:
-        """Start ``entry`` (due at virtual time ``due``; it is ``vnow``) and queue its next run."""
+    def _next_run(self, entry: _Entry, due: float, vnow: float) -> float:
+        """The virtual time of ``entry``'s next regular run, its current one due at ``due`` (it is ``vnow``)."""
         period = self._period(entry.check)
         if entry.first:
             entry.first = False
-            nxt = next_slot(due + period / 2, entry.phase, period)
-        else:
-            nxt = due + period  # planned from the schedule: no drift
-            if nxt <= vnow:  # a whole period behind: skip the missed run, keep lateness bounded
-                nxt = vnow + period
-        self._push(nxt, entry)
+            return next_slot(due + period / 2, entry.phase, period)
+        nxt = due + period  # planned from the schedule: no drift
+        if nxt <= vnow:  # a whole period behind: skip the missed run, keep lateness bounded
+            nxt = vnow + period
+        return nxt
+
+    def _launch(self, entry: _Entry, lateness: float) -> None:
+        """Start ``entry``'s probe (its next run is queued already), ``lateness`` real seconds after its due time."""
         if entry.in_flight:
             return  # still running from last period (cannot happen when timeout <= period)
         entry.in_flight = True
         self._in_flight += 1
         if self.metrics:
-            self.metrics.lateness((vnow - due) * self.stretch.factor)
+            self.metrics.lateness(lateness)
         check, generation = entry.check, entry.generation
         kind = check.probe.kind
         if kind is ProbeKind.TCP or kind is ProbeKind.HTTP or kind is ProbeKind.UDP:
@@ -541,16 +626,26 @@ class Scheduler:
         if self.target_metrics:
             self.target_metrics.result(check.key.target, check.key.port, check.key.address, result.ok,
                                        result.duration)
-        if not _arbitrated(check.probe):
-            previous = entry.healthy
-            if entry.record(result.ok, result.reason):
-                self._emit({check.key: previous}, check.key, result)
-            return
-        if result.role:  # an answer (not a failure to get one) replaces the host's claim
-            entry.claim = result.generation if result.role == PRIMARY else None
-        before = {k: self._entries[k].healthy for k in self._siblings(check.key)}
-        entry.record(result.ok, result.reason)
-        self._emit(self._arbitrate(check.key, before), check.key, result)
+        arbitrated = _arbitrated(check.probe)
+        if arbitrated:
+            if result.role:  # an answer (not a failure to get one) replaces the host's claim
+                entry.claim = result.generation if result.role == PRIMARY else None
+            before = {k: self._entries[k].healthy for k in self._siblings(check.key)}
+        else:
+            before = {check.key: entry.healthy}
+        was = entry.passing
+        changed = entry.record(result.ok, result.reason)
+        # before the consumers, who may replace the check
+        now = time.monotonic()
+        if entry.pending:  # confirm one spec period after this run started, however stretched the schedule
+            self._run_early(entry, now - result.duration + self._period(check))
+        if was is not None and entry.passing is not was and entry.passing is not None \
+                and self._sweeps.first((check.key.address, check.port), entry.passing, now):
+            self._sweep(entry, was, now)
+        if arbitrated:
+            self._emit(self._arbitrate(check.key, before), check.key, result)
+        elif changed:
+            self._emit(before, check.key, result)
 
     def _siblings(self, key: CheckKey) -> list[CheckKey]:
         """The arbitrated checks of ``key``'s port (``key`` included while it exists)."""

@@ -61,6 +61,15 @@ class CheckState:
         return changed
 
     @property
+    def pending(self) -> bool:
+        """A streak against the verdict is under way and has not reached its threshold yet: the next
+        results may change what is published (the scheduler confirms these at the spec's period even
+        while it stretches every other check's)."""
+        if self.passing is True:
+            return self.failures > 0
+        return self.successes > 0
+
+    @property
     def decided(self) -> bool:
         """The current streak has reached the threshold for the current state (``epctl check --once``)."""
         if self.vetoed and self.passing:

@@ -331,3 +331,122 @@ async def test_overload_stretches_every_period_fairly() -> None:
             assert probes.stretches and max(probes.stretches) > 1.5  # exported (epctl_probe_period_stretch)
         finally:
             await scheduler.stop()
+
+
+class ResultTimes:
+    """Per-check result times (the scheduler's TargetMetrics hook): when each check saw what."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[tuple[float, bool]]] = {}
+
+    def result(self, target: str, port: str, address: str, ok: bool, duration: float) -> None:
+        self.seen.setdefault(target, []).append((time.monotonic(), ok))
+
+    def forget(self, target: str, port: str, address: str) -> None:
+        pass
+
+
+async def test_a_stretched_schedule_still_flips_a_shared_host_together_at_the_spec_period() -> None:
+    """Demand 80 probes/s against 20 admitted: every period stretches ~4x (1 s -> ~4 s). A host shared by
+    40 checks then dies. Each check still needs its own two failures, but the confirming probe runs one
+    *spec* period after the first, and once one check flips, its 39 siblings run at once (their next
+    runs moved early, outside the admission's budget): all 40 flip within about one spec period of each
+    other, where the stretched schedule alone spreads them over a whole stretched period (~4 s). Back
+    up, the first success brings the rest along the same way."""
+    probes, times = Probes(), ResultTimes()
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=1.0, first_window=1.0,
+                          max_rate=20, target_metrics=times)
+    async with TCPBackend() as shared, TCPBackend() as other:
+        timing = ProbeTiming(timeout_seconds=1, failure_threshold=2, success_threshold=1)
+        for i in range(40):
+            scheduler.upsert(Check(CheckKey(f"ns/shared{i}", "p", HOST), TCPProbe(), shared.port, timing))
+            scheduler.upsert(Check(CheckKey(f"ns/other{i}", "p", HOST), TCPProbe(), other.port, timing))
+        scheduler.start()
+        try:
+            await eventually(lambda: scheduler.stretch.factor > 3.0, timeout=20, message="stretching")
+            await eventually(lambda: len(probes.transitions) == 80, timeout=20, message="all decided healthy")
+            assert all(t.healthy for t in probes.transitions)
+            stretch = scheduler.stretch.factor
+            probes.transitions.clear()
+            await shared.set_mode("closed")
+            await eventually(lambda: len(probes.transitions) == 40, timeout=30, message="the shared host flipped")
+            assert {t.key.target for t in probes.transitions} == {f"ns/shared{i}" for i in range(40)}
+            assert not any(t.healthy for t in probes.transitions)
+            at = sorted(t.at for t in probes.transitions)
+            assert at[-1] - at[0] < 2.0 < stretch, (at[-1] - at[0], stretch)  # together, not a stretched period apart
+            for i in range(40):  # each on its own two failures, one spec period apart (not ~4 s)
+                failures = [t for t, ok in times.seen[f"ns/shared{i}"] if not ok]
+                assert len(failures) >= 2 and 0.9 < failures[1] - failures[0] < 1.9, failures
+            assert scheduler.stretch.factor > 2.5  # the rest of the fleet still ran stretched throughout
+            probes.transitions.clear()
+            await shared.set_mode("accepting")
+            await eventually(lambda: len(probes.transitions) == 40, timeout=30, message="the shared host is back")
+            at = sorted(t.at for t in probes.transitions)
+            assert all(t.healthy for t in probes.transitions) and at[-1] - at[0] < 1.5, at[-1] - at[0]
+        finally:
+            await scheduler.stop()
+
+
+@pytest.mark.parametrize("mode", ["pause", "busy"])
+async def test_admission_cuts_probes_for_a_busy_loop_not_for_a_paused_process(mode: str) -> None:
+    """Admission steers by the part of the loop's lateness the loop thread spent running. A process that
+    is stopped now and then (as a CFS quota throttles it: 80 ms of every 150 here) lags as much, but no
+    probe it holds back would give it that time: admission keeps following the demand. A loop kept busy
+    by its own work (80 ms of CPU in a callback every 150 ms) still cuts it."""
+    import json
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+    child = await asyncio.create_subprocess_exec(sys.executable, str(Path(__file__).with_name("paused_scheduler.py")),
+                                                 mode, "4", stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"ready\n"
+        if mode == "pause":
+            end = time.monotonic() + 4
+            while time.monotonic() < end:  # the stimulus itself: stop 80 ms, run 70 ms
+                os.kill(child.pid, signal.SIGSTOP)
+                await asyncio.sleep(0.08)
+                os.kill(child.pid, signal.SIGCONT)
+                await asyncio.sleep(0.07)
+        report = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+    finally:
+        if child.returncode is None:
+            os.kill(child.pid, signal.SIGCONT)
+            child.kill()
+        await child.wait()
+    assert report["worst_lag"] > 0.06, report  # the loop was late either way
+    assert report["healthy"] == 200, report  # and no host was failed for it
+    if mode == "pause":
+        assert report["lowest_rate"] >= report["demand"], report  # nothing held back
+    else:
+        assert report["lowest_rate"] < report["demand"] / 2, report  # probes yield to the loop's own work
+
+
+async def test_yielding_to_queued_writes_does_not_stretch_the_schedule() -> None:
+    """While API writes queue, probes get a quarter of what they ran before; those windows measure the
+    yield, not the engine, so the stretch factor holds. (A write burst once stretched every period
+    20-80x, and relaxing that took most of a minute of under-probing after the writes were out.)"""
+    probes = Probes()
+    backlog = [False]
+    scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=0.5, first_window=0.5,
+                          api_backlog=lambda: backlog[0])
+    async with TCPBackend() as tcp:
+        for i in range(100):
+            scheduler.upsert(Check(CheckKey(f"ns/t{i}", "p", HOST), TCPProbe(), tcp.port))
+        scheduler.start()
+        try:
+            await eventually(lambda: len(probes.transitions) == 100, message="all decided")
+            runs = sum(scheduler.state(CheckKey(f"ns/t{i}", "p", HOST)).runs for i in range(100))  # type: ignore[union-attr]
+            backlog[0] = True
+            began = time.monotonic()
+            await eventually(lambda: time.monotonic() - began > 3.0, message="three stretch windows of writes")
+            yielded = sum(scheduler.state(CheckKey(f"ns/t{i}", "p", HOST)).runs for i in range(100)) - runs  # type: ignore[union-attr]
+            assert yielded < 0.5 * 3.0 * 200, yielded  # probes did yield (demand 200/s; a quarter of it ran)
+            assert scheduler.stretch.factor == 1.0, scheduler.stretch.factor
+            backlog[0] = False
+            await eventually(lambda: scheduler.admission.rate >= 2 * scheduler.demand, message="back to demand")
+            assert scheduler.stretch.factor == 1.0
+        finally:
+            await scheduler.stop()

@@ -24,12 +24,23 @@ def test_admission_follows_demand_until_the_loop_lags() -> None:
     assert admission.rate == admission.min_rate  # never zero: probing never stops entirely
 
 
-def test_queued_api_writes_take_half_the_probes() -> None:
+def test_queued_api_writes_take_most_of_the_probes_time() -> None:
     admission = Admission()
     admission.update(lag=0.001, demand=4000)
-    assert admission.update(lag=0.001, demand=4000, api_backlog=True) == 2000  # acting beats probing
-    assert admission.update(lag=0.001, demand=4000, api_backlog=True) == 2000  # held, not compounded
-    assert admission.update(lag=0.001, demand=4000) > 2000  # the writes are out: back up
+    assert admission.update(lag=0.001, demand=4000, api_backlog=True) == 1000  # acting beats probing
+    assert admission.update(lag=0.001, demand=4000, api_backlog=True) == 1000  # held, not compounded
+    assert admission.update(lag=0.001, demand=4000) > 1000  # the writes are out: back up
+
+
+def test_a_saturated_engine_yields_a_share_of_what_it_ran_not_of_the_demand() -> None:
+    """10,000 checks at 1 s on an engine that starts 3,000 probes/s: a quarter of the demand (2,500/s)
+    would leave the writes almost nothing; a quarter of the 3,000 it ran gives them three quarters."""
+    admission = Admission()
+    for _ in range(20):
+        admission.update(lag=0.001, demand=10_000, started=3000)
+    assert abs(admission.free_rate - 3000) < 1  # type: ignore[operator]
+    assert admission.update(lag=0.001, demand=10_000, api_backlog=True, started=800) == 750
+    assert abs(admission.free_rate - 3000) < 1  # type: ignore[operator]  # a yield is not measured as free
 
 
 def test_a_throttled_rate_grows_back_while_writes_queue_and_the_loop_is_idle() -> None:
@@ -43,7 +54,7 @@ def test_a_throttled_rate_grows_back_while_writes_queue_and_the_loop_is_idle() -
     assert admission.rate < 1000
     for _ in range(100):  # 10 s of an idle loop with writes still queued
         admission.update(lag=0.001, demand=30_000, api_backlog=True)
-    assert admission.rate == 15_000  # back at the cap: half the demand
+    assert admission.rate == 7_500  # back at the cap: a quarter of the demand
 
 
 def test_max_probe_rate_caps_admission() -> None:

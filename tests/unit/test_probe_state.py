@@ -50,3 +50,25 @@ def test_next_slot_is_on_the_grid_and_never_before_after() -> None:
     assert next_slot(after=12.0, phase=3.0, period=10.0) == 13.0
     assert next_slot(after=13.0, phase=3.0, period=10.0) == 13.0
     assert next_slot(after=13.5, phase=3.0, period=10.0) == 23.0
+
+
+def test_pending_while_a_streak_against_the_verdict_is_under_way() -> None:
+    """What the scheduler confirms at the spec's period whatever the stretch (docs/design.md section 6)."""
+    healthy = CheckState(1, 3, healthy=True)
+    assert not healthy.pending
+    healthy.record(False)
+    assert healthy.pending and healthy.healthy  # one failure of three: the next runs decide
+    healthy.record(True)
+    assert not healthy.pending  # the streak broke
+    for _ in range(3):
+        healthy.record(False)
+    assert healthy.healthy is False and not healthy.pending  # decided: nothing left to confirm
+    recovering = CheckState(2, 1, healthy=False)
+    recovering.record(True)
+    assert recovering.pending and recovering.healthy is False
+    recovering.record(True)
+    assert recovering.healthy and not recovering.pending
+    unknown = CheckState(2, 3)
+    unknown.record(True)
+    assert unknown.pending and unknown.healthy is None  # a first decision under way
+    assert not CheckState(1, 1, healthy=True).pending

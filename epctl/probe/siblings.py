@@ -1,0 +1,86 @@
+"""The checks that probe one host: when one of them sees the host change, the others look at once. Pure.
+
+Many ClusterEndpoints often share a host (one database behind several namespaces' Services). Each
+has its own check, thresholds and schedule, so when the host dies each notices on its own slot:
+under a stretched schedule that spreads one failure over several seconds of published state. When
+one check's verdict changes, the scheduler moves the next run of every *sibling* (same address and
+port, still on the old verdict) to now; each still needs its own threshold of results, at the
+spec's period, so nothing is decided on another check's word.
+
+:class:`HostIndex` maps an address to its checks. Most addresses have one check, so an address with
+one check holds the key itself, not a container (a list per address cost ~60 B an endpoint with
+distinct hosts); :class:`SweepMemo` keeps a host's sweep from being repeated by every sibling that
+then transitions too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class HostIndex(Generic[K]):
+    """address -> the keys of the checks that probe it (insertion order)."""
+
+    __slots__ = ("_by_address",)
+
+    def __init__(self) -> None:
+        self._by_address: dict[str, K | list[K]] = {}
+
+    def add(self, address: str, key: K) -> None:
+        held = self._by_address.get(address)
+        if held is None:
+            self._by_address[address] = key
+        elif isinstance(held, list):
+            if key not in held:
+                held.append(key)
+        elif held != key:
+            self._by_address[address] = [held, key]
+
+    def remove(self, address: str, key: K) -> None:
+        held = self._by_address.get(address)
+        if held is None:
+            return
+        if isinstance(held, list):
+            if key in held:
+                held.remove(key)
+            if len(held) == 1:
+                self._by_address[address] = held[0]
+        elif held == key:
+            del self._by_address[address]
+
+    def of(self, address: str) -> Iterator[K]:
+        held = self._by_address.get(address)
+        if held is None:
+            return iter(())
+        return iter(list(held)) if isinstance(held, list) else iter((held,))
+
+    def __len__(self) -> int:
+        return len(self._by_address)
+
+
+class SweepMemo:
+    """Which way each host (address, port) was last swept, and when: one sweep per change of the
+    host, not one per sibling that transitions after it (1,000 siblings would each scan 1,000)."""
+
+    __slots__ = ("_pruned", "_swept")
+
+    RETAIN = 60.0  # seconds a sweep is remembered
+
+    def __init__(self) -> None:
+        self._swept: dict[tuple[str, int], tuple[bool, float]] = {}
+        self._pruned = 0.0
+
+    def first(self, host: tuple[str, int], verdict: bool, now: float) -> bool:
+        """True (and remembered) unless ``host``'s last sweep, under RETAIN seconds ago, was towards
+        ``verdict`` too. Old entries are dropped at most once a second."""
+        if now - self._pruned > 1.0:
+            self._swept = {h: v for h, v in self._swept.items() if now - v[1] < self.RETAIN}
+            self._pruned = now
+        last = self._swept.get(host)
+        if last is not None and last[0] == verdict and now - last[1] < self.RETAIN:
+            return False
+        self._swept[host] = (verdict, now)
+        return True
