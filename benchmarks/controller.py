@@ -250,6 +250,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     transitions: dict[TargetKey, float] = {}
     latencies: list[float] = []
     published: list[float] = []  # when each transition reached its slice (monotonic)
+    decided: list[float] = []  # when each probe transition happened (monotonic)
     unhealthy_transitions = [0]
     source = controller.source
     original_transition, original_synced = source.on_transition, source.synced
@@ -257,6 +258,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     def on_transition(t: Transition) -> None:  # timestamp, then the real handler
         namespace, _, name = t.key.target.partition("/")
         transitions.setdefault((namespace, name), time.monotonic())
+        decided.append(time.monotonic())
         unhealthy_transitions[0] += not t.healthy
         original_transition(t)
 
@@ -322,6 +324,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     for action, expect in (("stop", False), ("start", True)):
         published.clear()
         latencies.clear()
+        decided.clear()
         stretch = controller.scheduler.stretch.factor
         before = counting.writes()
         snapshot = Counter(counting.requests)
@@ -364,6 +367,9 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
                          "writing_s": (max(published) - min(p - lat for p, lat in zip(published, latencies,
                                                                                        strict=True)))
                          if published else None,
+                         # when the probes decided: the first and the last transition, from the change
+                         "first_transition_s": (min(decided) - changed_at) if decided else None,
+                         "last_transition_s": (max(decided) - changed_at) if decided else None,
                          "bound_s": (2 if action == "stop" else 1) * args.period * stretch + 2,
                          "controller_cpu_percent": own_cpu, "apiserver_cpu_percent": api_cpu,
                          "period_stretch": stretch, "loop_stalls": flip_stalls}
@@ -402,6 +408,14 @@ def _ceiling_rows(r: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _decided_row(label: str, flip: dict[str, Any]) -> list[str]:
+    """When the probes decided the flip, first and last ClusterEndpoint (before the writes)."""
+    if flip.get("first_transition_s") is None:
+        return []
+    return [f"{label + ': probes decided, first / last':<48} {flip['first_transition_s']:>8.1f} / "
+            f"{flip['last_transition_s']:.1f} s"]
+
+
 def _sites(stalls: dict[str, Any], top: int = 3) -> str:
     return ", ".join(f"{s['site']} x{s['count']} (<= {s['longest_ms']:.0f} ms)" for s in stalls["sites"][:top])
 
@@ -425,11 +439,13 @@ def table(r: dict[str, Any]) -> str:
         f"(bound 2 x period x stretch + 2 s = {flips['stop']['bound_s']:.1f} s)",
         f"{'host down: CPU until written, controller / API server':<48} "
         f"{flips['stop']['controller_cpu_percent']:>7.0f}% / {flips['stop']['apiserver_cpu_percent']:.0f}% of a core",
+        *_decided_row("host down", flips["stop"]),
         f"{'host back: API writes per ClusterEndpoint':<48} {flips['start']['per_clusterendpoint']:>8.2f}",
         f"{'host back: transition -> slice written p50/p99':<48} {flips['start']['latency_p50_ms']:>8.0f} / "
         f"{flips['start']['latency_p99_ms']:.0f} ms",
         f"{'host back -> every ClusterEndpoint published':<48} {flips['start']['all_published_s']:>8.1f} s  "
         f"(bound 1 x period x stretch + 2 s = {flips['start']['bound_s']:.1f} s)",
+        *_decided_row("host back", flips["start"]),
         f"{'steady state: API writes in ' + str(steady['seconds']) + ' s':<48} {steady['api_writes']:>8}  "
         f"(slice writes {steady['slice_writes']}, status patches {steady.get('status_patches', '?')}, Events "
         f"{steady.get('events_created', '?')}; ProbesDelayed {steady.get('probes_delayed', '?')})",
