@@ -40,23 +40,20 @@ class Admission:
     decrease: float = 0.7
     increase: float = 1.08
     throttled: bool = False
-    # probes per second started while no API write queued (a moving average): what probing takes when it
-    # has the loop to itself, the base of the cap while writes queue (None until measured)
-    free_rate: float | None = None
-    yield_share: float = 0.25  # of that, what probing keeps while API writes queue
+    yield_share: float = 0.25  # of the engine's capacity, what probing keeps while API writes queue
 
-    def update(self, lag: float, demand: float, api_backlog: bool = False, started: float | None = None) -> float:
+    def update(self, lag: float, demand: float, api_backlog: bool = False, stretch: float = 1.0) -> float:
         """One adjustment per measuring window: ``lag`` is the worst loop lag seen in it, ``demand`` the
-        probes per second the checks ask for, ``api_backlog`` whether API writes are queueing, ``started``
-        the probes per second the window started. Acting beats probing: while writes queue, probes get
-        at most half of what they ran before (of the demand, if that is less), so an engine that was
-        already saturated gives the writes half its probing time, not nothing. Returns the new rate."""
+        probes per second the checks ask for, ``api_backlog`` whether API writes are queueing, ``stretch``
+        the period stretch (demand / the engine's measured capacity; 1 when it keeps up). Acting beats
+        probing: while writes queue, probes get a quarter of what the engine runs, demand / stretch, so
+        an engine that was already saturated gives the writes three quarters of its probing time, not
+        a quarter of a demand it never met. The stretch holds while probing yields (the scheduler does
+        not measure a yield as capacity), so a backlog that comes and goes cannot ratchet the cap down.
+        Returns the new rate."""
         ceiling = min(self.max_rate, max(self.min_rate, demand * 2))  # slots are random: room for bursts
-        if started is not None and not api_backlog:
-            self.free_rate = started if self.free_rate is None else 0.7 * self.free_rate + 0.3 * started
-        if api_backlog:  # capped at half, and still steered by the lag below that cap
-            base = demand if self.free_rate is None else min(demand, self.free_rate)
-            cap = max(self.min_rate, base * self.yield_share)
+        if api_backlog:  # capped at a share, and still steered by the lag below that cap
+            cap = max(self.min_rate, demand / max(1.0, stretch) * self.yield_share)
             if lag > self.lag_high:
                 self.rate = max(self.min_rate, min(self.rate, cap) * self.decrease)
             elif lag < self.lag_low:

@@ -191,6 +191,8 @@ class Scheduler:
         self._early: list[tuple[float, int]] = []
         self._hosts: HostIndex[CheckKey] = HostIndex()  # address -> its checks (siblings.py)
         self._sweeps = SweepMemo()
+        # swept siblings whose probe was in flight at the sweep: their answer may predate the change
+        self._stale: set[CheckKey] = set()
         self._generation = itertools.count(1)
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,10 +215,12 @@ class Scheduler:
         self._demand = 0.0  # probes per second the checks ask for at their spec periods
         self._tokens = 0.0
         self._early_tokens = 0.0  # the early lane's own budget (EARLY_RATE), used once admission's is spent
+        # none under --max-probe-rate: that is an absolute bound on traffic to the hosts
+        self._early_rate = 0.0 if max_rate else EARLY_RATE
         self._refilled = 0.0
         self._expected_at: float | None = None  # when the run loop asked to be woken (for loop lag)
         self._slept_cpu = 0.0  # the loop thread's CPU time when it last went to sleep (busy lag, below)
-        self._lag_window = (0.0, 0.0, 0)  # (window start, worst lag, launches)
+        self._lag_window = (0.0, 0.0)  # (window start, worst busy lag)
         self._stretch_since = 0.0
         self._window = (0, 0, 0)  # (ticks, ticks that left due checks waiting, launches) in the stretch window
         self._worst_lag = 0.0  # in the current stretch window (exported)
@@ -274,6 +278,7 @@ class Scheduler:
             if not keys:
                 del self._by_target[key.target]
         self._hosts.remove(key.address, key)
+        self._stale.discard(key)
         if entry is not None:
             self._demand = max(0.0, self._demand - 1.0 / self._period(entry.check))
         if entry is not None and self.target_metrics:
@@ -419,15 +424,20 @@ class Scheduler:
             self._wakeup.set()
 
     def _sweep(self, origin: _Entry, was: bool, now: float) -> None:
-        """``origin``'s verdict just changed from ``was``: every sibling (same address and port) still on
-        ``was``, idle and not already confirming a streak, runs at once."""
-        key, port = origin.check.key, origin.check.port
-        for sibling in self._hosts.of(key.address):
+        """``origin``'s verdict just changed from ``was``: every sibling (the same probe of the same address
+        and port) still on ``was`` and not already confirming a streak runs at once; one in flight runs
+        again as soon as it answers, unless that answer already starts a streak. A check that has not had
+        its first run keeps its schedule (its initialDelaySeconds: not ready until then)."""
+        check = origin.check
+        for sibling in self._hosts.of(check.key.address):
             entry = self._entries.get(sibling)
-            if (entry is None or entry is origin or entry.check.port != port or entry.passing is not was
-                    or entry.in_flight or entry.pending):
+            if (entry is None or entry is origin or entry.passing is not was or entry.pending or entry.first
+                    or entry.check.port != check.port or entry.check.probe != check.probe):
                 continue
-            self._run_early(entry, now)
+            if entry.in_flight:
+                self._stale.add(sibling)
+            else:
+                self._run_early(entry, now)
 
     def _fire(self) -> None:
         self._timer = None
@@ -441,7 +451,7 @@ class Scheduler:
         loop = self._loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._refilled = now
-        self._lag_window = (now, 0.0, 0)
+        self._lag_window = (now, 0.0)
         self._stretch_since, self._window = now, (0, 0, 0)
         while True:
             now = time.monotonic()
@@ -454,7 +464,8 @@ class Scheduler:
             busy_lag = min(lag, time.thread_time() - self._slept_cpu)
             rate = self.admission.rate
             self._tokens = min(self._tokens + (now - self._refilled) * rate, max(1.0, rate * BURST))
-            self._early_tokens = min(self._early_tokens + (now - self._refilled) * EARLY_RATE, EARLY_RATE * BURST)
+            self._early_tokens = min(self._early_tokens + (now - self._refilled) * self._early_rate,
+                                     self._early_rate * BURST)
             self._refilled = now
             launched, waiting = self._dispatch_due(now)
             if self.metrics:  # once per tick, not per probe
@@ -485,15 +496,14 @@ class Scheduler:
     def _account(self, now: float, lag: float, busy_lag: float, launched: int, waiting: bool) -> None:
         """Feed the pacing loops: admission (by ``busy_lag``) once per LAG_WINDOW, stretch once per
         STRETCH_WINDOW; ``lag`` (all of it) is what the loop-lag metric shows."""
-        started, worst, window_launches = self._lag_window
+        started, worst = self._lag_window
         worst = max(worst, busy_lag)
-        window_launches += launched
         if now - started >= LAG_WINDOW:
             backlog = self.api_backlog() if self.api_backlog else False
             self._yielded = self._yielded or backlog
-            self.admission.update(worst, self._demand, backlog, window_launches / (now - started))
-            started, worst, window_launches = now, 0.0, 0
-        self._lag_window = (started, worst, window_launches)
+            self.admission.update(worst, self._demand, backlog, self.stretch.factor)
+            started, worst = now, 0.0
+        self._lag_window = (started, worst)
         since = self._stretch_since
         self._worst_lag = max(self._worst_lag, lag)
         ticks, waiting_ticks, launches = self._window
@@ -637,11 +647,19 @@ class Scheduler:
         changed = entry.record(result.ok, result.reason)
         # before the consumers, who may replace the check
         now = time.monotonic()
+        stale = bool(self._stale) and check.key in self._stale
+        if stale:
+            self._stale.discard(check.key)
         if entry.pending:  # confirm one spec period after this run started, however stretched the schedule
             self._run_early(entry, now - result.duration + self._period(check))
-        if was is not None and entry.passing is not was and entry.passing is not None \
-                and self._sweeps.first((check.key.address, check.port), entry.passing, now):
-            self._sweep(entry, was, now)
+        elif stale and entry.passing is was:  # swept while in flight: its answer may predate the change
+            self._run_early(entry, now)
+        flipped = was is not None and entry.passing is not None and entry.passing is not was
+        if flipped or self._sweeps:
+            host = (check.key.address, check.port, check.probe)
+            self._sweeps.saw(host, result.ok)  # an answer against a sweep's direction: the next change sweeps again
+            if flipped and self._sweeps.first(host, bool(entry.passing), now):
+                self._sweep(entry, bool(was), now)
         if arbitrated:
             self._emit(self._arbitrate(check.key, before), check.key, result)
         elif changed:

@@ -3,14 +3,15 @@
 Many ClusterEndpoints often share a host (one database behind several namespaces' Services). Each
 has its own check, thresholds and schedule, so when the host dies each notices on its own slot:
 under a stretched schedule that spreads one failure over several seconds of published state. When
-one check's verdict changes, the scheduler moves the next run of every *sibling* (same address and
-port, still on the old verdict) to now; each still needs its own threshold of results, at the
+one check's verdict changes, the scheduler moves the next run of every *sibling* (same probe, address
+and port, still on the old verdict) to now; each still needs its own threshold of results, at the
 spec's period, so nothing is decided on another check's word.
 
 :class:`HostIndex` maps an address to its checks. Most addresses have one check, so an address with
 one check holds the key itself, not a container (a list per address cost ~60 B an endpoint with
 distinct hosts); :class:`SweepMemo` keeps a host's sweep from being repeated by every sibling that
-then transitions too.
+then transitions too. Siblings are checks of the *same probe* (kind, path, service, role...) against
+the same address and port: what makes one check's answer evidence about another's.
 """
 
 from __future__ import annotations
@@ -62,25 +63,36 @@ class HostIndex(Generic[K]):
 
 
 class SweepMemo:
-    """Which way each host (address, port) was last swept, and when: one sweep per change of the
-    host, not one per sibling that transitions after it (1,000 siblings would each scan 1,000)."""
+    """Which way each host probe (address, port, probe) was last swept: one sweep per change of the
+    host, not one per sibling that transitions after it (1,000 siblings would each scan 1,000). Any
+    answer against that direction (the host came back, or never went) forgets it, so the host's next
+    change sweeps again, however soon."""
 
     __slots__ = ("_pruned", "_swept")
 
-    RETAIN = 60.0  # seconds a sweep is remembered
+    RETAIN = 60.0  # seconds a sweep is remembered at most
 
     def __init__(self) -> None:
-        self._swept: dict[tuple[str, int], tuple[bool, float]] = {}
+        self._swept: dict[Hashable, tuple[bool, float]] = {}
         self._pruned = 0.0
 
-    def first(self, host: tuple[str, int], verdict: bool, now: float) -> bool:
-        """True (and remembered) unless ``host``'s last sweep, under RETAIN seconds ago, was towards
-        ``verdict`` too. Old entries are dropped at most once a second."""
+    def __len__(self) -> int:
+        return len(self._swept)
+
+    def saw(self, host: Hashable, ok: bool) -> None:
+        """A probe of ``host`` answered ``ok``: against the last sweep's direction, that sweep is over."""
+        last = self._swept.get(host)
+        if last is not None and last[0] is not ok:
+            del self._swept[host]
+
+    def first(self, host: Hashable, verdict: bool, now: float) -> bool:
+        """True (and remembered) unless ``host`` was swept towards ``verdict`` under RETAIN seconds ago
+        and no answer since said otherwise. Old entries are dropped at most once a second."""
         if now - self._pruned > 1.0:
             self._swept = {h: v for h, v in self._swept.items() if now - v[1] < self.RETAIN}
             self._pruned = now
         last = self._swept.get(host)
-        if last is not None and last[0] == verdict and now - last[1] < self.RETAIN:
+        if last is not None and last[0] is verdict and now - last[1] < self.RETAIN:
             return False
         self._swept[host] = (verdict, now)
         return True

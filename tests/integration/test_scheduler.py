@@ -347,15 +347,26 @@ class ResultTimes:
 
 
 async def test_a_stretched_schedule_still_flips_a_shared_host_together_at_the_spec_period() -> None:
-    """Demand 80 probes/s against 20 admitted: every period stretches ~4x (1 s -> ~4 s). A host shared by
-    40 checks then dies. Each check still needs its own two failures, but the confirming probe runs one
-    *spec* period after the first, and once one check flips, its 39 siblings run at once (their next
-    runs moved early, outside the admission's budget): all 40 flip within about one spec period of each
-    other, where the stretched schedule alone spreads them over a whole stretched period (~4 s). Back
-    up, the first success brings the rest along the same way."""
+    """The loop is kept busy by work of its own (50 ms of CPU in a callback every 100 ms), so admission
+    cuts probing to its floor and every period stretches ~4x (80 checks at 1 s, 20 admitted a second).
+    A host shared by 40 checks then dies. Each check still needs its own two failures, but the
+    confirming probe runs one *spec* period after the first, and once one check flips, its 39 siblings
+    run at once (their next runs moved early, on the early lane's own budget): all 40 flip within about
+    one spec period of each other, where the stretched schedule alone spreads them over a whole
+    stretched period (~4 s). Back up, the first success brings the rest along the same way."""
     probes, times = Probes(), ResultTimes()
     scheduler = Scheduler(probes.transitions.append, metrics=probes, period_override=1.0, first_window=1.0,
-                          max_rate=20, target_metrics=times)
+                          target_metrics=times)
+    loop = asyncio.get_running_loop()
+    busy: list[asyncio.TimerHandle] = []
+
+    def burn() -> None:  # the loop's own work: lag that is work, which admission answers
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+        busy[:] = [loop.call_later(0.05, burn)]
+
+    burn()
     async with TCPBackend() as shared, TCPBackend() as other:
         timing = ProbeTiming(timeout_seconds=1, failure_threshold=2, success_threshold=1)
         for i in range(40):
@@ -384,6 +395,7 @@ async def test_a_stretched_schedule_still_flips_a_shared_host_together_at_the_sp
             at = sorted(t.at for t in probes.transitions)
             assert all(t.healthy for t in probes.transitions) and at[-1] - at[0] < 1.5, at[-1] - at[0]
         finally:
+            busy[0].cancel()
             await scheduler.stop()
 
 

@@ -38,12 +38,25 @@ def test_host_index_iteration_survives_changes_while_iterating() -> None:
 
 def test_sweep_memo_sweeps_once_per_change_of_a_host() -> None:
     memo = SweepMemo()
-    host = ("10.0.0.1", 5432)
+    host = ("10.0.0.1", 5432, "tcp")
+    assert not memo
     assert memo.first(host, False, now=100.0)  # the host went down: sweep
+    memo.saw(host, ok=False)  # its siblings agree
     assert not memo.first(host, False, now=101.0)  # a sibling's own transition: already swept
-    assert memo.first(("10.0.0.1", 9187), False, now=101.0)  # another port is another host
+    assert memo.first(("10.0.0.1", 9187, "tcp"), False, now=101.0)  # another port is another host
+    assert memo.first(("10.0.0.1", 5432, "http /"), False, now=101.0)  # another probe too
     assert memo.first(host, True, now=102.0)  # back up: a new change
     assert memo.first(host, False, now=103.0)  # and down again
     assert not memo.first(host, False, now=103.0 + SweepMemo.RETAIN - 1)
     assert memo.first(host, False, now=103.0 + SweepMemo.RETAIN + 1)  # forgotten after RETAIN
-    assert len(memo._swept) <= 2  # old entries are dropped
+    assert len(memo) <= 3  # old entries are dropped
+
+
+def test_an_answer_against_the_sweep_ends_it() -> None:
+    """Found in review: a host down (swept), up again before anything flipped back, down again within a
+    minute: the second change must sweep too. Any answer against the sweep's direction ends it."""
+    memo = SweepMemo()
+    host = ("10.0.0.1", 5432, "tcp")
+    assert memo.first(host, False, now=0.0)
+    memo.saw(host, ok=True)  # a sibling's confirmation passed: the host is back
+    assert memo.first(host, False, now=5.0)
