@@ -23,8 +23,8 @@
 - A stretch degrades freshness, not detection. A check whose last result started a streak against
   its verdict (a healthy host's first failure, with failureThreshold > 1) runs its confirming probe
   one *spec* period after the last, in a lane ahead of the stretched schedule; and when a check's
-  verdict changes, every sibling (another check of the same address and port, still on the old
-  verdict; siblings.py) runs next at once, in that lane. Each check still counts its own results at
+  verdict changes, every sibling (another check of the same probe, address and port, still on the
+  old verdict; siblings.py) runs next at once, in that lane. Each check still counts its own results at
   the spec's period. So a host shared by 1,000 ClusterEndpoints is published down for all of them
   about failureThreshold spec periods after the first one noticed, however far the schedule is
   stretched. An early run replaces the check's next scheduled one; the run after it is back on the
@@ -657,7 +657,7 @@ class Scheduler:
         flipped = was is not None and entry.passing is not None and entry.passing is not was
         if flipped or self._sweeps:
             host = (check.key.address, check.port, check.probe)
-            self._sweeps.saw(host, result.ok)  # an answer against a sweep's direction: the next change sweeps again
+            self._sweeps.saw(host, result.ok, now)  # an answer against a sweep ends it: the next change sweeps
             if flipped and self._sweeps.first(host, bool(entry.passing), now):
                 self._sweep(entry, bool(was), now)
         if arbitrated:

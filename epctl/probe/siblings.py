@@ -79,18 +79,24 @@ class SweepMemo:
     def __len__(self) -> int:
         return len(self._swept)
 
-    def saw(self, host: Hashable, ok: bool) -> None:
+    def _prune(self, now: float) -> None:
+        """Drop entries older than RETAIN, at most once a second (an empty memo costs the scheduler
+        nothing per result)."""
+        if now - self._pruned > 1.0:
+            self._swept = {h: v for h, v in self._swept.items() if now - v[1] < self.RETAIN}
+            self._pruned = now
+
+    def saw(self, host: Hashable, ok: bool, now: float) -> None:
         """A probe of ``host`` answered ``ok``: against the last sweep's direction, that sweep is over."""
+        self._prune(now)
         last = self._swept.get(host)
         if last is not None and last[0] is not ok:
             del self._swept[host]
 
     def first(self, host: Hashable, verdict: bool, now: float) -> bool:
         """True (and remembered) unless ``host`` was swept towards ``verdict`` under RETAIN seconds ago
-        and no answer since said otherwise. Old entries are dropped at most once a second."""
-        if now - self._pruned > 1.0:
-            self._swept = {h: v for h, v in self._swept.items() if now - v[1] < self.RETAIN}
-            self._pruned = now
+        and no answer since said otherwise."""
+        self._prune(now)
         last = self._swept.get(host)
         if last is not None and last[0] is verdict and now - last[1] < self.RETAIN:
             return False

@@ -41,7 +41,7 @@ def test_sweep_memo_sweeps_once_per_change_of_a_host() -> None:
     host = ("10.0.0.1", 5432, "tcp")
     assert not memo
     assert memo.first(host, False, now=100.0)  # the host went down: sweep
-    memo.saw(host, ok=False)  # its siblings agree
+    memo.saw(host, ok=False, now=100.5)  # its siblings agree
     assert not memo.first(host, False, now=101.0)  # a sibling's own transition: already swept
     assert memo.first(("10.0.0.1", 9187, "tcp"), False, now=101.0)  # another port is another host
     assert memo.first(("10.0.0.1", 5432, "http /"), False, now=101.0)  # another probe too
@@ -50,6 +50,8 @@ def test_sweep_memo_sweeps_once_per_change_of_a_host() -> None:
     assert not memo.first(host, False, now=103.0 + SweepMemo.RETAIN - 1)
     assert memo.first(host, False, now=103.0 + SweepMemo.RETAIN + 1)  # forgotten after RETAIN
     assert len(memo) <= 3  # old entries are dropped
+    memo.saw(host, ok=False, now=103.0 + 3 * SweepMemo.RETAIN)
+    assert not memo  # and an idle memo empties (the scheduler then skips it per result)
 
 
 def test_an_answer_against_the_sweep_ends_it() -> None:
@@ -58,5 +60,5 @@ def test_an_answer_against_the_sweep_ends_it() -> None:
     memo = SweepMemo()
     host = ("10.0.0.1", 5432, "tcp")
     assert memo.first(host, False, now=0.0)
-    memo.saw(host, ok=True)  # a sibling's confirmation passed: the host is back
+    memo.saw(host, ok=True, now=1.0)  # a sibling's confirmation passed: the host is back
     assert memo.first(host, False, now=5.0)
