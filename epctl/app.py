@@ -130,7 +130,7 @@ class Controller:
                                    target_metrics=PerTargetMetrics() if settings.per_target_metrics else None,
                                    max_rate=settings.max_probe_rate or None,
                                    on_delayed=lambda delayed: self.source.probes_delayed(delayed),
-                                   api_backlog=lambda: self.writer.backlogged(),
+                                   api_backlog=lambda: self.writer.backlogged() or self.status.backlogged(),
                                    database_prober=DatabaseProber(secret_credentials(client)))
         self.discovery = OpenStackSource(client, timeout=settings.openstack_timeout,
                                          retry_base=settings.openstack_retry_base,

@@ -173,6 +173,11 @@ class StatusWriter:
         self._wakeup.set()
         await self._writing.release(lambda key: not self.owns(key), timeout)
 
+    def backlogged(self) -> bool:
+        """More patches are waiting or in flight than the concurrency sends at once: a queue of API work
+        is forming (the probe scheduler yields to it, as to the writer's)."""
+        return len(self._pending) + len(self._writing) > self._writing.limit
+
     def busy(self) -> bool:
         """Status patches are due or being written: Events wait (epctl.kube.priority)."""
         return not self._quiet.is_set()

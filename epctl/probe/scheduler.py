@@ -28,7 +28,8 @@
   the spec's period. So a host shared by 1,000 ClusterEndpoints is published down for all of them
   about failureThreshold spec periods after the first one noticed, however far the schedule is
   stretched. An early run replaces the check's next scheduled one; the run after it is back on the
-  check's own slot.
+  check's own slot. A check's first run goes the same way (it decides what is published: a cold
+  start's decisions are not held back by a stretch, nor by the yield to the writes they cause).
 - Only threshold transitions leave the scheduler (``on_transition``); every result feeds metrics.
 - Role probes expecting a primary are arbitrated per port (roles.arbitrate): a host outranked by
   another claimant is vetoed at once, whatever the thresholds say, so two disagreeing primaries are
@@ -266,7 +267,9 @@ class Scheduler:
         self._hosts.add(check.key.address, check.key)
         window = min(period, self.first_window)
         slot = phase_fraction(CheckKey(check.key.target, "", "")) * 0.98 + phase_fraction(check.key) * 0.02
-        self._push(self._vnow(time.monotonic()) + delay + slot * window, entry)
+        # in the early lane, on real time: a first run decides what is published (a stretch or a yield to
+        # queued writes must not hold a cold start's decisions back), and its initial delay is real seconds
+        self._run_at(entry, time.monotonic() + delay + slot * window)
 
     def remove(self, key: CheckKey) -> None:
         entry = self._entries.pop(key, None)
@@ -378,6 +381,8 @@ class Scheduler:
             self._dispatching = False
 
     def _launch_due(self, now: float) -> tuple[int, bool]:
+        """Returns (regular runs launched, due runs left waiting). Early runs are not counted: the stretch
+        measures the capacity the regular schedule got."""
         launched = 0
         vnow = self._vnow(now)
         early = self._early
@@ -388,11 +393,11 @@ class Scheduler:
             entry = self._queued.get(generation)
             if entry is None:
                 continue  # removed or replaced since it was queued
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-            else:
+            if self._early_tokens >= 1.0:  # its own budget first: the stretched schedule keeps admission's
                 self._early_tokens -= 1.0
-            launched += 1
+            else:
+                self._tokens -= 1.0
+            entry.first = False
             period = self._period(entry.check)
             # back on its own slot, at least half a spec period from now: a confirmation one spec period after an
             # on-schedule run is itself on the slot, and the next run is then exactly one period later
@@ -418,6 +423,10 @@ class Scheduler:
         del self._queued[entry.generation]
         entry.generation = next(self._generation)
         self._queued[entry.generation] = entry
+        self._run_at(entry, at)
+
+    def _run_at(self, entry: _Entry, at: float) -> None:
+        """Queue ``entry``'s current generation in the early lane at real time ``at``."""
         first = not self._early or at < self._early[0][0]
         heapq.heappush(self._early, (at, entry.generation))
         if first:
@@ -549,11 +558,9 @@ class Scheduler:
                     log.exception("probes-delayed consumer failed")
 
     def _next_run(self, entry: _Entry, due: float, vnow: float) -> float:
-        """The virtual time of ``entry``'s next regular run, its current one due at ``due`` (it is ``vnow``)."""
+        """The virtual time of ``entry``'s next regular run, its current one due at ``due`` (it is ``vnow``).
+        (A first run is an early one: it never comes through here.)"""
         period = self._period(entry.check)
-        if entry.first:
-            entry.first = False
-            return next_slot(due + period / 2, entry.phase, period)
         nxt = due + period  # planned from the schedule: no drift
         if nxt <= vnow:  # a whole period behind: skip the missed run, keep lateness bounded
             nxt = vnow + period

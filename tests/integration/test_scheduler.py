@@ -239,11 +239,13 @@ class StallingProbes(Probes):
         self.stall_next = 0.0
         self.stalls = 0
 
-    def lateness(self, seconds: float) -> None:
-        super().lateness(seconds)
-        if self.stall_next:
+    def in_flight(self, count: int) -> None:  # once per tick, after its launches
+        super().in_flight(count)
+        if self.stall_next and count:
             duration, self.stall_next = self.stall_next, 0.0
-            # runs after the launched probes' first steps: they have sent their SYN / request / datagram
+            # while probes are in flight, after the first steps of those this tick launched: they have sent
+            # their SYN / request / datagram (stalling at a launch, before the probe's Task had run, left
+            # nothing in flight whenever that launch was alone in its tick)
             asyncio.get_running_loop().call_soon(self._stall, duration)
 
     def _stall(self, duration: float) -> None:
@@ -347,7 +349,7 @@ class ResultTimes:
 
 
 async def test_a_stretched_schedule_still_flips_a_shared_host_together_at_the_spec_period() -> None:
-    """The loop is kept busy by work of its own (50 ms of CPU in a callback every 100 ms), so admission
+    """The loop is kept busy by work of its own (80 ms of CPU in a callback every 120 ms), so admission
     cuts probing to its floor and every period stretches ~4x (80 checks at 1 s, 20 admitted a second).
     A host shared by 40 checks then dies. Each check still needs its own two failures, but the
     confirming probe runs one *spec* period after the first, and once one check flips, its 39 siblings
@@ -361,10 +363,10 @@ async def test_a_stretched_schedule_still_flips_a_shared_host_together_at_the_sp
     busy: list[asyncio.TimerHandle] = []
 
     def burn() -> None:  # the loop's own work: lag that is work, which admission answers
-        end = time.thread_time() + 0.05
+        end = time.thread_time() + 0.08
         while time.thread_time() < end:
             pass
-        busy[:] = [loop.call_later(0.05, burn)]
+        busy[:] = [loop.call_later(0.04, burn)]
 
     burn()
     async with TCPBackend() as shared, TCPBackend() as other:
