@@ -387,20 +387,13 @@ class Scheduler:
         vnow = self._vnow(now)
         early = self._early
         while early and early[0][0] <= now:  # first: their results may change where traffic goes
-            due, generation = early[0]
+            if self._in_flight >= self.max_concurrent or (self._tokens < 1.0 and self._early_tokens < 1.0):
+                return launched, True
+            due, generation = heapq.heappop(early)
             entry = self._queued.get(generation)
             if entry is None:
-                heapq.heappop(early)
                 continue  # removed or replaced since it was queued
-            # a change under way spends the lane's own budget first (the stretched schedule keeps admission's);
-            # a first run admission's, topped up to the lane's rate only when admission runs below it (a cold
-            # start's burst on top of 2,500/s held ~200 B an endpoint of RSS after it; without the top-up a
-            # cold start at a 10 s period, 250/s while its writes queued, took 34 s)
-            own = self._early_tokens >= 1.0 and (not entry.first or self.admission.rate < self._early_rate)
-            if self._in_flight >= self.max_concurrent or (not own and self._tokens < 1.0):
-                return launched, True
-            heapq.heappop(early)
-            if own:
+            if self._early_tokens >= 1.0:  # its own budget first: the stretched schedule keeps admission's
                 self._early_tokens -= 1.0
             else:
                 self._tokens -= 1.0

@@ -8,7 +8,7 @@ and port, still on the old verdict) to now; each still needs its own threshold o
 spec's period, so nothing is decided on another check's word.
 
 :class:`HostIndex` maps an address to its checks. Most addresses have one check, so an address with
-one check holds the key itself, not a container (a container per address cost ~60 B an endpoint with
+one check holds the key itself, not a container (a list per address cost ~60 B an endpoint with
 distinct hosts); :class:`SweepMemo` keeps a host's sweep from being repeated by every sibling that
 then transitions too. Siblings are checks of the *same probe* (kind, path, service, role...) against
 the same address and port: what makes one check's answer evidence about another's.
@@ -23,41 +23,40 @@ K = TypeVar("K", bound=Hashable)
 
 
 class HostIndex(Generic[K]):
-    """address -> the keys of the checks that probe it (insertion order). Adding or removing is O(1) however
-    many checks share the address (a list's membership test made 1,000 checks of one host 500,000
-    comparisons to index)."""
+    """address -> the keys of the checks that probe it (insertion order)."""
 
     __slots__ = ("_by_address",)
 
     def __init__(self) -> None:
-        self._by_address: dict[str, K | dict[K, None]] = {}
+        self._by_address: dict[str, K | list[K]] = {}
 
     def add(self, address: str, key: K) -> None:
         held = self._by_address.get(address)
         if held is None:
             self._by_address[address] = key
-        elif isinstance(held, dict):
-            held[key] = None
+        elif isinstance(held, list):
+            if key not in held:
+                held.append(key)
         elif held != key:
-            self._by_address[address] = {held: None, key: None}
+            self._by_address[address] = [held, key]
 
     def remove(self, address: str, key: K) -> None:
         held = self._by_address.get(address)
         if held is None:
             return
-        if isinstance(held, dict):
-            held.pop(key, None)
+        if isinstance(held, list):
+            if key in held:
+                held.remove(key)
             if len(held) == 1:
-                self._by_address[address] = next(iter(held))
+                self._by_address[address] = held[0]
         elif held == key:
             del self._by_address[address]
 
     def of(self, address: str) -> Iterator[K]:
-        """A snapshot: the caller may add and remove checks while it iterates."""
         held = self._by_address.get(address)
         if held is None:
             return iter(())
-        return iter(list(held)) if isinstance(held, dict) else iter((held,))
+        return iter(list(held)) if isinstance(held, list) else iter((held,))
 
     def __len__(self) -> int:
         return len(self._by_address)
