@@ -63,7 +63,7 @@ from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
 from epctl.sources.topology import NODES, TopologySource
 from epctl.state import DesiredState, TargetKey
-from epctl.tasks import cancel_and_wait, core_health
+from epctl.tasks import cancel_and_wait, core_health, within
 from epctl.topology import trim_node
 
 log = logging.getLogger(__name__)
@@ -347,8 +347,7 @@ class Controller:
         if self.health:
             await self.health.start()
         self._core = [informer.start() for informer in self.informers]
-        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)),
-                               self.settings.sync_timeout)
+        await within(self.settings.sync_timeout, asyncio.gather(*(i.synced.wait() for i in self.informers)))
         self.source.start()  # owned targets only: a standby or another member's target stays parsed, idle
         await self.source.settle()
         self.heap.start()  # caches and checks are in: keep full GC pauses off the event loop

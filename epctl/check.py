@@ -34,6 +34,7 @@ from epctl.probe.credentials import Credentials, CredentialsError, CredentialSou
 from epctl.probe.database import DatabaseProber
 from epctl.probe.resolve import resolve
 from epctl.probe.scheduler import Check, CheckKey, Scheduler, Transition
+from epctl.tasks import within
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_INVALID = 0, 1, 2
 
@@ -310,7 +311,7 @@ async def _until_decided(scheduler: Scheduler, checks: list[Check], timeout: flo
     while not all((s := scheduler.state(c.key)) is not None and s.decided for c in checks):
         scheduler.progress.clear()
         try:
-            await asyncio.wait_for(scheduler.progress.wait(), max(0.0, deadline - time.monotonic()))
+            await within(max(0.0, deadline - time.monotonic()), scheduler.progress.wait())
         except TimeoutError:
             return
 

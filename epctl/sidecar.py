@@ -27,6 +27,7 @@ from aiohttp import web
 from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
 from epctl.lifecycle import start_site, until_terminated
+from epctl.tasks import within
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -160,7 +161,7 @@ class Sidecar:
             if not self.body or request.headers.get("If-None-Match") in (None, self.etag):
                 changed = self._changed
                 try:
-                    await asyncio.wait_for(changed.wait(), seconds)
+                    await within(seconds, changed.wait())
                 except TimeoutError:
                     pass
         if not self.body:

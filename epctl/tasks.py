@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def within(timeout: float | None, awaitable: Awaitable[T]) -> T:
+    """``awaitable``'s result, or TimeoutError once ``timeout`` seconds pass (None: no limit).
+
+    epctl uses this, never ``asyncio.wait_for`` (ruff bans it): on Python 3.11 wait_for returns the
+    awaited result, and drops the cancellation, when the awaited thing finishes in the same loop
+    iteration as its caller is cancelled (CPython gh-86296, fixed in 3.12 by rebuilding wait_for on
+    ``asyncio.timeout``, as this is). A SIGTERM that landed as a probe answered was lost that way:
+    ``epctl check`` probed on to its decision and exited 1 instead of 143, and a loop around such a
+    wait (a shard member's, a poller's) would run on after it was told to stop."""
+    async with asyncio.timeout(timeout):
+        return await awaitable
 
 
 def ensure_running(task: asyncio.Task[None] | None, factory: Callable[[], Coroutine[Any, Any, None]],
@@ -18,9 +33,9 @@ def ensure_running(task: asyncio.Task[None] | None, factory: Callable[[], Corout
 async def cancel_and_wait(task: asyncio.Task[Any] | None, resend: float = 0.5) -> None:
     """Cancel ``task`` and wait until it has really finished (its cleanup ran).
 
-    The cancellation is sent again every ``resend`` seconds while the task runs: on Python 3.11
-    ``asyncio.wait_for`` swallows a cancellation that arrives as its timeout fires, and a loop around
-    it (the leader elector's) would then run on forever while we wait for it."""
+    The cancellation is sent again every ``resend`` seconds while the task runs: a task that swallows
+    one (as ``asyncio.wait_for`` does on Python 3.11, see :func:`within`; a library may too) would
+    otherwise run on forever while we wait for it."""
     if task is None:
         return
     while not task.done():

@@ -26,7 +26,7 @@ from typing import Any
 from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, Fenced, KubeClient
 from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
-from epctl.tasks import KeyedTasks, cancel_and_wait, ensure_running
+from epctl.tasks import KeyedTasks, cancel_and_wait, ensure_running, within
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -124,7 +124,7 @@ class EventRecorder:
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait until queued events are written (tests, shutdown)."""
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await within(timeout, self._queue.join())
         except TimeoutError:
             pass
 

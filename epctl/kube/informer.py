@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import INACTIVITY, ApiError, KubeClient, Resource
 from epctl.kube.frozen import FrozenCache
-from epctl.tasks import cancel_and_wait, ensure_running
+from epctl.tasks import cancel_and_wait, ensure_running, within
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -253,7 +253,7 @@ class Informer:
             if left <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._advanced.wait(), left)
+                await within(left, self._advanced.wait())
             except TimeoutError:
                 return False
         return True
@@ -303,7 +303,7 @@ class Informer:
         self._task = None
 
     async def wait_synced(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self.synced.wait(), timeout)
+        await within(timeout, self.synced.wait())
 
     def get(self, namespace: str | None, name: str) -> Obj | None:
         return self.cache.get(f"{namespace}/{name}" if namespace else name)

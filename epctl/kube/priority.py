@@ -13,10 +13,11 @@ writer sends ``burst`` writes without asking again, then yields anew. The order 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Protocol
+
+from epctl.tasks import within
 
 DEFAULT_BOUND = 2.0  # seconds a status patch or Event waits for the writers ahead at most ...
 DEFAULT_BURST = 50  # ... then this many go without waiting
@@ -48,7 +49,7 @@ class Turn:
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                await asyncio.wait_for(busy.quiet(), remaining)
+                await within(remaining, busy.quiet())
             except TimeoutError:
                 self.expired += 1
                 self._credit = self.burst - 1

@@ -21,7 +21,7 @@ from epctl.kube.backoff import Backoff
 from epctl.kube.client import MERGE_PATCH, ApiError, Fenced, KubeClient, Resource
 from epctl.kube.priority import Turn
 from epctl.shard.fence import UNFENCED, Fence
-from epctl.tasks import KeyedTasks, cancel_and_wait, ensure_running
+from epctl.tasks import KeyedTasks, cancel_and_wait, ensure_running, within
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -189,7 +189,7 @@ class StatusWriter:
         self._pending = {k: (v, 0.0) for k, (v, _) in self._pending.items()}
         self._wakeup.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(timeout, self._idle.wait())
         except TimeoutError:
             pass
 

@@ -41,7 +41,7 @@ from epctl.slices import (
     service_of_slice,
 )
 from epctl.state import DesiredState, PortGroup, ServiceSpec, Target, TargetKey, front_end_labels
-from epctl.tasks import cancel_and_wait, ensure_running
+from epctl.tasks import cancel_and_wait, ensure_running, within
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -276,7 +276,7 @@ class Writer:
             entry[0] = entry[1] = 0.0
         self._wakeup.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(timeout, self._idle.wait())
             return True
         except TimeoutError:
             return False
@@ -296,7 +296,7 @@ class Writer:
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until nothing is pending or in flight (tests and benchmarks)."""
-        await asyncio.wait_for(self._idle.wait(), timeout)
+        await within(timeout, self._idle.wait())
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

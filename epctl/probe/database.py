@@ -26,6 +26,7 @@ from epctl.api.spec import DatabaseProbe, ProbeKind
 from epctl.probe.credentials import Credentials, CredentialsError, CredentialSource, DatabaseError
 from epctl.probe.result import ProbeResult, describe_os_error
 from epctl.probe.roles import PRIMARY, RoleAnswer, judge
+from epctl.tasks import within
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,6 @@ class DatabaseProber:
 
 async def _close(session: Session) -> None:
     try:
-        await asyncio.wait_for(session.close(), 1.0)
+        await within(1.0, session.close())
     except Exception:  # closing a broken session may fail; it is gone either way
         log.debug("closing a database session failed", exc_info=True)

@@ -38,6 +38,7 @@ from epctl.kube.client import LEASES, ApiError, KubeClient
 from epctl.kube.lease import RELEASED_ANNOTATION, micro_now, published_duration
 from epctl.shard.fence import Fence
 from epctl.shard.ring import Holdings, LeaseRecord, Members, Ring, TargetKey
+from epctl.tasks import within
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -230,7 +231,7 @@ class ShardMember:
                 await self._cycle()
                 self._wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), self._delay())
+                    await within(self._delay(), self._wakeup.wait())
                 except TimeoutError:
                     pass
         finally:

@@ -52,7 +52,7 @@ from epctl.sources.openstack_auth import (
     redact,
 )
 from epctl.sources.openstack_select import DiscoveredServer, nova_filters, select_servers
-from epctl.tasks import cancel_and_wait
+from epctl.tasks import cancel_and_wait, within
 
 log = logging.getLogger(__name__)
 # keystoneauth/openstacksdk log request details at DEBUG and cloud chatter at WARNING; our own
@@ -296,7 +296,7 @@ class Poller:
                 self.failures += 1
                 ok = False
             try:
-                await asyncio.wait_for(self._wake.wait(), self.next_delay(ok))
+                await within(self.next_delay(ok), self._wake.wait())
             except TimeoutError:
                 pass
 

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from epctl.tasks import within
 from epctl.testing import apierrors
 from epctl.testing.apierrors import StatusError
 from epctl.testing.apistore import ObjectStore
@@ -567,7 +568,7 @@ class KubeAPIServer:
                     break
                 wait = min(deadline, next_bookmark if bookmarks else deadline) - now
                 try:
-                    happened, item = await asyncio.wait_for(stamped.get(), timeout=max(wait, 0.001))
+                    happened, item = await within(max(wait, 0.001), stamped.get())
                     lag = self._lag_for(user_agent)
                     if lag:
                         await asyncio.sleep(max(0.0, happened + lag - time.monotonic()))

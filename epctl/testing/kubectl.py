@@ -9,6 +9,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from epctl.tasks import within
+
 KUBECTL = shutil.which("kubectl")
 
 
@@ -34,7 +36,7 @@ class Kubectl:
         proc = await asyncio.create_subprocess_exec(
             KUBECTL, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.workdir)
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), timeout)
+        out, err = await within(timeout, proc.communicate(stdin.encode() if stdin else None))
         result = KubectlResult(proc.returncode or 0, out.decode(), err.decode())
         if check and result.code != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.code}): {result.stderr}")
