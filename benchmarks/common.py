@@ -85,8 +85,8 @@ class StallSampler:
     names the chunk. Counts stalls by the innermost epctl frame (file:function) and keeps the
     longest stall per site."""
 
-    def __init__(self, threshold: float = 0.04, tick: float = 0.005) -> None:
-        self.threshold, self.tick = threshold, tick
+    def __init__(self, threshold: float = 0.04, tick: float = 0.005, enabled: bool = True) -> None:
+        self.threshold, self.tick, self.enabled = threshold, tick, enabled
         self.sites: dict[str, list[float]] = {}  # site -> [count, longest stall seen by the watcher]
         self.stalls = 0
         self._beat = 0.0
@@ -99,6 +99,8 @@ class StallSampler:
         self._handle = asyncio.get_running_loop().call_later(self.tick, self._heartbeat)
 
     def start(self) -> None:
+        if not self.enabled:
+            return
         self._beat = time.monotonic()
         self._heartbeat()
         target = threading.get_ident()

@@ -245,7 +245,9 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
                                 "periodSeconds": args.period, "failureThreshold": 2}]}})
     print(f"  created {args.ceps} ClusterEndpoints", file=sys.stderr)
     settings = ControllerSettings(metrics_addr=None, allow_loopback_hosts=True, write_concurrency=16,
-                                  max_concurrent_probes=1000)
+                                  max_concurrent_probes=1000,
+                                  **({"routing_first_bound": args.routing_first_bound}
+                                     if args.routing_first_bound is not None else {}))
     controller = Controller(client, settings)
     transitions: dict[TargetKey, float] = {}
     latencies: list[float] = []
@@ -296,7 +298,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     status0, events0 = controller.status.writes, (controller.events.created, controller.events.counted)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
-    sampler = StallSampler()
+    sampler = StallSampler(enabled=args.stall_sampler)
     sampler.start()
     await asyncio.sleep(args.steady)
     stalls = sampler.stop()
@@ -329,7 +331,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
         before = counting.writes()
         snapshot = Counter(counting.requests)
         endpoints_before = _endpoints_updates()
-        sampler = StallSampler()
+        sampler = StallSampler(enabled=args.stall_sampler)
         sampler.start()
         control.send((action, addresses[-1]))
         await asyncio.get_running_loop().run_in_executor(None, control.recv)  # never block the loop under test
@@ -476,6 +478,11 @@ def main() -> None:
     parser.add_argument("--probe", choices=["tcp", "http"], default="tcp", help="probe type")
     parser.add_argument("--cpu-limit", type=float, default=0.0, help="CFS quota for the controller, in cores "
                         "(as limits.cpu; needs a writable cgroup v1 cpu hierarchy)")
+    parser.add_argument("--routing-first-bound", type=float, default=None,
+                        help="seconds status patches and Events wait for routing writes at most (A/B of the default)")
+    parser.add_argument("--no-stall-sampler", dest="stall_sampler", action="store_false",
+                        help="do not name the loop's stalls (the sampler's thread and 200/s heartbeat run in "
+                             "the controller's process, inside its CPU limit)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "controller.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # a host flip logs one line per ClusterEndpoint: not the point here
