@@ -138,6 +138,8 @@ class StallSampler:
             self._handle.cancel()
         if self._thread is not None:
             self._thread.join(1)
+        if not self.enabled:  # not measured is not "none"
+            return {"threshold_ms": self.threshold * 1000, "stalls": None, "sites": []}
         top = sorted(self.sites.items(), key=lambda kv: -kv[1][0])[:10]
         return {"threshold_ms": self.threshold * 1000, "stalls": self.stalls,
                 "sites": [{"site": s, "count": int(c), "longest_ms": round(m * 1000, 1)} for s, (c, m) in top]}

@@ -418,6 +418,10 @@ def _decided_row(label: str, flip: dict[str, Any]) -> list[str]:
             f"{flip['last_transition_s']:.1f} s"]
 
 
+def _stall_count(stalls: dict[str, Any]) -> str:
+    return "not sampled" if stalls["stalls"] is None else str(stalls["stalls"])
+
+
 def _sites(stalls: dict[str, Any], top: int = 3) -> str:
     return ", ".join(f"{s['site']} x{s['count']} (<= {s['longest_ms']:.0f} ms)" for s in stalls["sites"][:top])
 
@@ -458,9 +462,9 @@ def table(r: dict[str, Any]) -> str:
         f"{'steady state: probe results':<48} {steady['probes']}  "
         f"({sum(steady['probes'].values()) / steady['seconds']:.0f} probes/s)",
         f"{'steady state: controller CPU (% of one core)':<48} {steady['cpu_percent_of_one_core']:>8.0f}",
-        f"{'steady state: loop stalls > 40 ms (top sites)':<48} {steady['loop_stalls']['stalls']:>8}  "
+        f"{'steady state: loop stalls > 40 ms (top sites)':<48} {_stall_count(steady['loop_stalls']):>8}  "
         f"{_sites(steady['loop_stalls'])}",
-        f"{'host down: loop stalls > 40 ms (top sites)':<48} {flips['stop']['loop_stalls']['stalls']:>8}  "
+        f"{'host down: loop stalls > 40 ms (top sites)':<48} {_stall_count(flips['stop']['loop_stalls']):>8}  "
         f"{_sites(flips['stop']['loop_stalls'])}",
         *_ceiling_rows(r),
         f"{'RSS per endpoint':<48} {r['rss_bytes_per_endpoint']:>8.0f} B",
@@ -509,6 +513,8 @@ def main() -> None:
             unlimit_cpu(group)
         backend.terminate()
     result["cpu_limit"] = args.cpu_limit or None
+    result["stall_sampler"] = args.stall_sampler
+    result["routing_first_bound"] = args.routing_first_bound  # None: the default (epctl/kube/priority.py)
     write_report("controller", result, table(result), args.json)
 
 
