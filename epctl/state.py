@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -148,16 +148,24 @@ class DesiredState:
         target = self.targets.get(key)
         return None if target is None else target.source
 
-    def set_target(self, target: Target) -> bool:
+    def set_target(self, target: Target,
+                   published: Mapping[tuple[str, str], Endpoint] | None = None) -> bool:
         """Replace a target's whole desired state; True if that changed what is published.
 
         A claim on a Service that another source holds changes nothing published: it waits.
+
+        ``published``: (group id, address) -> what the Service's slices publish, for a target this
+        replica does not hold yet (a restart, a handover). Those that ``target`` no longer lists left
+        before it was held here (while another replica, or no controller, ran): they leave with a
+        whole grace from now, as if they had just gone. The deadline of a grace under way is not
+        kept anywhere but in the replica that started it, so after a restart or handover it starts
+        again: a host stays terminating up to one grace longer, never shorter.
         """
         held = self.targets.get(target.key)
         if held is not None and held.source != target.source:
             self.waiting.setdefault(target.key, {})[target.source] = target
             return False
-        target = self._with_leaving(held, target)
+        target = self._with_leaving(held, target, published if held is None else None)
         if held == target:
             return False
         self.targets[target.key] = target
@@ -205,23 +213,26 @@ class DesiredState:
         self.waiting[key][source] = replace(target, groups=groups)
         return False
 
-    def _with_leaving(self, held: Target | None, target: Target) -> Target:
-        """``target`` plus the endpoints ``held`` published that it no longer lists, as terminating
-        (ready=false, serving as last probed) until ``target.grace`` seconds after they went. An endpoint
-        listed again is simply back; one whose whole port group went leaves at once (the Service port
-        it served is gone)."""
+    def _with_leaving(self, held: Target | None, target: Target,
+                      published: Mapping[tuple[str, str], Endpoint] | None = None) -> Target:
+        """``target`` plus the endpoints ``held`` (or, not held yet, the slices: ``published``)
+        published that it no longer lists, as terminating (ready=false, serving as last probed) until
+        ``target.grace`` seconds after they went. An endpoint listed again is simply back; one whose
+        whole port group went leaves at once (the Service port it served is gone)."""
         key = target.key
-        if held is None or target.grace <= 0:
+        if (held is None and not published) or target.grace <= 0:
             self.leaving.pop(key, None)
             return target
         now = self.clock()
         leaving = dict(self.leaving.get(key, {}))
-        for group_id, group in held.groups.items():
+        gone: list[tuple[str, Endpoint]] = [(group_id, endpoint) for group_id, group in held.groups.items()
+                                            for endpoint in group.endpoints.values()] if held is not None else [
+            (group_id, endpoint) for (group_id, _), endpoint in (published or {}).items()]
+        for group_id, endpoint in gone:
             kept = target.groups.get(group_id)
-            for address, endpoint in group.endpoints.items():
-                if kept is not None and address not in kept.endpoints and (group_id, address) not in leaving:
-                    leaving[(group_id, address)] = (now + target.grace,
-                                                    replace(endpoint, ready=False, terminating=True))
+            address = endpoint.address
+            if kept is not None and address not in kept.endpoints and (group_id, address) not in leaving:
+                leaving[(group_id, address)] = (now + target.grace, replace(endpoint, ready=False, terminating=True))
         leaving = {k: v for k, v in leaving.items() if v[0] > now and k[0] in target.groups
                    and k[1] not in target.groups[k[0]].endpoints}
         if not leaving:

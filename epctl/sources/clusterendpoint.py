@@ -47,7 +47,9 @@ from epctl.sources.targets import (
     discovered_endpoints,
     discovered_zones,
     family,
+    groups_to_keep,
     published_addresses,
+    published_endpoints,
     published_readiness,
     published_zones,
 )
@@ -420,7 +422,8 @@ class ClusterEndpointSource:
             return {}
         if entry.discovered is None:
             static = {a for addresses in entry.addresses.values() for a in addresses}
-            published = published_addresses(self.slices.indexed(service_index(*key)), key)
+            published = published_addresses(self.slices.indexed(service_index(*key)), key,
+                                            leaving=self.terminating_grace <= 0)
             entry.discovered = {a: h for a, h in published.items() if a not in static}
             zones = published_zones(self.slices.indexed(service_index(*key)), key)
             entry.discovered_zones = {a: z for a, z in zones.items() if a in entry.discovered}
@@ -460,11 +463,17 @@ class ClusterEndpointSource:
             if check_key not in self._health and not (state is not None and state.healthy):  # ours says healthy
                 self._health[check_key] = self._previous_health(entry, check_key.port, check_key.address)
 
+        published = self.slices.indexed(service_index(*key))
+        # not held here yet (a restart, a handover): hosts that left meanwhile get their grace too
+        left = (published_endpoints(published, key, spec.ports)
+                if self.terminating_grace > 0 and self.state.holder(key) != SOURCE else None)
         groups, stale = build_groups(
             key, spec.ports, lambda port: {a for h in port.hosts for a in entry.addresses.get(h, [])} | discovered,
-            self.scheduler, self.slices.indexed(service_index(*key)), adopted_unhealthy,
+            self.scheduler, published, adopted_unhealthy,
             reported=_reported_readiness(entry.obj), drained=self._drained(key, entry),
-            zones=self._zones(key, entry))
+            zones=self._zones(key, entry), keep=groups_to_keep(
+                self.terminating_grace, self.state.get(key) if self.state.holder(key) == SOURCE else None,
+                self.state.leaving.get(key, {}), left))
         for check_key in stale:
             self._health.pop(check_key, None)
         entry.undecided = self.state.holder(key) != SOURCE and self._undecided(key, spec, entry)
@@ -486,7 +495,7 @@ class ClusterEndpointSource:
         entry.mirror_blocked = conflict is not None
         if conflict is None:
             self.state.set_target(Target(key[0], key[1], groups, service, owner, adopt, SOURCE,
-                                         grace=self.terminating_grace))
+                                         grace=self.terminating_grace), left)
             holder = self.state.holder(key)
             if holder != SOURCE:
                 conflict = (f'Service "{key[1]}" is already managed by epctl ({holder}); it is handed over '

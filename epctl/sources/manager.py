@@ -61,7 +61,9 @@ from epctl.sources.targets import (
     discovered_endpoints,
     discovered_zones,
     family,
+    groups_to_keep,
     published_addresses,
+    published_endpoints,
     published_zones,
 )
 from epctl.state import DesiredState, Target
@@ -312,20 +314,25 @@ class Manager:
         for problem in problems:
             log.warning(problem, extra={"service": "/".join(self.key)})
         if self.discovered is None:  # before the first answer: what our slices already publish
-            published = published_addresses(self.slices.indexed(service_index(*self.key)), self.key)
+            published = published_addresses(self.slices.indexed(service_index(*self.key)), self.key,
+                                            leaving=self.settings.terminating_grace <= 0)
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
             self.zones = published_zones(self.slices.indexed(service_index(*self.key)), self.key)
         addresses = set(self.discovered)
-        groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler,
-                                 self.slices.indexed(service_index(*self.key)), zones=self.zones)
+        ours = self.slices.indexed(service_index(*self.key))
+        grace = self.settings.terminating_grace
+        # not held yet (a restart): servers that left meanwhile get their grace too
+        left = published_endpoints(ours, self.key, ports) if grace > 0 and self.state.get(self.key) is None else None
+        groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler, ours, zones=self.zones,
+                                 keep=groups_to_keep(grace, self.state.get(self.key),
+                                                     self.state.leaving.get(self.key, {}), left))
         if self.state.get(self.key) is None and self._undecided(ports, addresses):
             return  # first publication once every check has its first result (see ClusterEndpointSource)
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
                  "uid": service["metadata"].get("uid", ""), "controller": True, "blockOwnerDeletion": True}
-        self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner,
-                                     grace=self.settings.terminating_grace))
+        self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner, grace=grace), left)
 
     def _expire_at(self, at: float) -> None:
         """Call ``state.expire`` at the monotonic time ``at`` (a gone server's grace ends)."""

@@ -14,9 +14,9 @@ from typing import Any
 from epctl.api.parse import host_error
 from epctl.api.spec import PortSpec
 from epctl.probe.scheduler import Check, CheckKey, Scheduler
-from epctl.slices import SERVICE_NAME_LABEL
+from epctl.slices import GROUP_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, group_hash
 from epctl.sources.openstack_select import DiscoveredServer
-from epctl.state import Endpoint, PortGroup, SlicePort, TargetKey
+from epctl.state import Endpoint, PortGroup, SlicePort, Target, TargetKey
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -52,14 +52,63 @@ def published_readiness(slices: Iterable[Obj], key: TargetKey) -> dict[tuple[str
     return index
 
 
-def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
-    """address -> hostname (or the address) of every endpoint our slices publish for ``key``."""
+def published_addresses(slices: Iterable[Obj], key: TargetKey, leaving: bool = True) -> dict[str, str]:
+    """address -> hostname (or the address) of every endpoint our slices publish for ``key``.
+
+    ``leaving=False`` (a grace is configured): without those marked terminating. Such an endpoint is
+    leaving (or drained): it comes back from :func:`published_endpoints` as leaving, never as a host
+    to probe and publish ready again before discovery has answered. Without a grace nothing can be
+    leaving, and a drained host must stay published."""
     found: dict[str, str] = {}
     for obj in _our_slices(slices, key):
         for endpoint in obj.get("endpoints") or []:
+            if not leaving and (endpoint.get("conditions") or {}).get("terminating"):
+                continue
             for address in endpoint.get("addresses") or []:
                 found[address] = endpoint.get("hostname") or address
     return found
+
+
+def _skeleton(port: PortSpec, address_family: str) -> PortGroup:
+    return PortGroup(address_family, (SlicePort(port.name, port.target_port, port.protocol),), {})
+
+
+def published_endpoints(slices: Iterable[Obj], key: TargetKey,
+                        ports: Sequence[PortSpec]) -> dict[tuple[str, str], Endpoint]:
+    """(group id, address) -> the endpoint our slices publish for ``key`` in the port group of one of
+    ``ports`` (matched by the slices' port-group label). ``DesiredState.set_target`` gives those the
+    target no longer lists their grace when it is not held here yet (a restart, a handover); an
+    endpoint of a port that is gone leaves at once, as it does when it goes live."""
+    by_label = {group_hash(_skeleton(port, address_family)): f"{port.label}/{address_family}"
+                for port in ports for address_family in ("IPv4", "IPv6")}
+    found: dict[tuple[str, str], Endpoint] = {}
+    for obj in _our_slices(slices, key):
+        labels = obj["metadata"].get("labels") or {}
+        group_id = by_label.get(labels.get(GROUP_LABEL, ""))
+        if group_id is None or labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+            continue
+        for endpoint in obj.get("endpoints") or []:
+            conditions = endpoint.get("conditions") or {}
+            ready = conditions.get("ready") is not False
+            serving = conditions.get("serving") if conditions.get("serving") is not None else ready
+            for address in endpoint.get("addresses") or []:
+                found[(group_id, address)] = Endpoint(address, ready, serving is not False,
+                                                      bool(conditions.get("terminating")), zone=endpoint.get("zone"))
+    return found
+
+
+def groups_to_keep(grace: float, held: Target | None, leaving: Iterable[tuple[str, str]],
+                   left: Iterable[tuple[str, str]] | None) -> set[str]:
+    """The port groups :func:`build_groups` keeps even when no host of their port is listed any more,
+    so that endpoints leaving within a grace have a group to leave from: the groups ``held`` publishes
+    something in (the port's last host may be going now), those of the store's ``leaving`` endpoints
+    and those of the endpoints ``left`` about to be given their grace (not held yet)."""
+    if grace <= 0:
+        return set()
+    keep = {group_id for group_id, _ in (*leaving, *(left or ()))}
+    if held is not None:
+        keep.update(group_id for group_id, group in held.groups.items() if group.endpoints)
+    return keep
 
 
 def published_zones(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
@@ -93,7 +142,7 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
                  on_adopted_unhealthy: Callable[[CheckKey], None] | None = None,
                  reported: Mapping[tuple[str, str], bool] | None = None,
                  drained: Collection[str] = (), zones: Mapping[str, str] | None = None,
-                 ) -> tuple[dict[str, PortGroup], list[CheckKey]]:
+                 keep: Collection[str] = ()) -> tuple[dict[str, PortGroup], list[CheckKey]]:
     """Port groups for ``key``, with checks upserted; returns (groups, the checks it removed).
     ``slices``: our EndpointSlices of ``key`` (other slices are skipped).
 
@@ -103,7 +152,9 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
     are not ours (yet).
 
     ``drained`` addresses are in maintenance: still probed, published ready=false, serving=<probe>,
-    terminating=true. ``zones``: address -> zone, for ``endpoints[].zone``."""
+    terminating=true. ``zones``: address -> zone, for ``endpoints[].zone``. ``keep``: group ids
+    that exist even with no address listed (they hold leaving endpoints: the port's last host went,
+    and its port is still there); an empty group publishes nothing."""
     target_name = f"{key[0]}/{key[1]}"
     published = {**(reported or {}),
                  **published_readiness(slices, key)}
@@ -128,6 +179,10 @@ def build_groups(key: TargetKey, ports: Sequence[PortSpec], addresses: Callable[
             group.endpoints[address] = _endpoint(address, ready, address in drained, (zones or {}).get(address))
             if port.probe is not None:
                 probed.append((group, address, CheckKey(target_name, label, address)))
+    for port in ports if keep else ():
+        for address_family in ("IPv4", "IPv6"):
+            if f"{port.label}/{address_family}" in keep:
+                groups.setdefault(f"{port.label}/{address_family}", _skeleton(port, address_family))
     stale = [k for k in scheduler.keys_of(target_name) if k not in wanted]
     for check_key in stale:
         scheduler.remove(check_key)

@@ -16,6 +16,7 @@ from tests.integration.controller_helpers import (
     cep,
     cep_of,
     install_crd,
+    named_replica,
     running_controller,
     slices_of,
 )
@@ -143,6 +144,86 @@ async def test_a_removed_host_is_published_terminating_for_the_grace_period(api:
         await eventually(lambda: (cep_of(api, "pg") or {}).get("status", {}).get("draining") == 0,
                          message="status after the grace")
 
+
+
+async def test_a_restart_within_the_grace_keeps_the_removed_host_terminating(api: KubeAPIServer,
+                                                                              client: KubeClient) -> None:
+    """The grace's deadline lives only in the replica that started it. The next one (a restart, a
+    handover) found the host neither in the spec nor in its own state and dropped it at its first
+    write; now it finds it in the slices and gives it a whole grace again (up to one grace longer,
+    never shorter)."""
+    await install_crd(client)
+    async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
+        async with running_controller(api, client, terminating_grace=600):
+            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+                {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
+                 "tcpSocket": {}, "periodSeconds": 1}]))
+            both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
+            await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+            await edit_hosts(client, "pg", ["127.0.0.1"])
+            await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True), message="leaving")
+        async with running_controller(api, client, terminating_grace=2.0) as controller:
+            await eventually(lambda: ("default", "pg") in controller.state.targets, message="held again")
+            assert ("default", "pg") in controller.state.leaving
+            assert await controller.writer.flush(10.0)
+            assert conditions_of(api, "pg") == {"127.0.0.1": (True, True, False), "127.0.0.2": (False, True, True)}
+            await eventually(lambda: conditions_of(api, "pg") == {"127.0.0.1": (True, True, False)},
+                             message="gone after the new replica's grace")
+
+
+async def test_a_handover_within_the_grace_keeps_the_removed_host_terminating(api: KubeAPIServer,
+                                                                              client: KubeClient) -> None:
+    """Leader election: the standby that takes over did not hold the target, so it knew nothing of the
+    grace under way; it finds the leaving host in the slices, as a restart does."""
+    await install_crd(client)
+    timing = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.3}
+    async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
+        first = named_replica(api, "a", leader_elect=True, terminating_grace=600, **timing)
+        a = await first.__aenter__()
+        stopped = False
+        try:
+            await eventually(lambda: a.leading, message="a leads")
+            async with named_replica(api, "b", leader_elect=True, terminating_grace=2.0, **timing) as b:
+                await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+                    {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
+                     "tcpSocket": {}, "periodSeconds": 1}]))
+                both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
+                await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+                await edit_hosts(client, "pg", ["127.0.0.1"])
+                await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True),
+                                 message="leaving")
+                assert ("default", "pg") not in b.state.targets  # the standby holds nothing
+                await first.__aexit__(None, None, None)  # hands over at once
+                stopped = True
+                await eventually(lambda: b.leading and ("default", "pg") in b.state.targets, message="b holds it")
+                assert ("default", "pg") in b.state.leaving
+                assert await b.writer.flush(10.0)
+                assert conditions_of(api, "pg") == {"127.0.0.1": (True, True, False),
+                                                    "127.0.0.2": (False, True, True)}
+                await eventually(lambda: conditions_of(api, "pg") == {"127.0.0.1": (True, True, False)},
+                                 message="gone after b's grace")
+        finally:
+            if not stopped:
+                await first.__aexit__(None, None, None)
+
+
+async def test_a_host_removed_while_no_controller_ran_leaves_with_its_grace(api: KubeAPIServer,
+                                                                            client: KubeClient) -> None:
+    """An edit made while no controller ran: the next one publishes the host terminating for the
+    grace, as if it had seen it go, rather than dropping it at once."""
+    await install_crd(client)
+    async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
+        async with running_controller(api, client, terminating_grace=30):
+            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+                {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
+                 "tcpSocket": {}, "periodSeconds": 1}]))
+            both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
+            await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+        await edit_hosts(client, "pg", ["127.0.0.1"])
+        async with running_controller(api, client, terminating_grace=30) as controller:
+            await eventually(lambda: ("default", "pg") in controller.state.targets, message="held")
+            assert await controller.writer.flush(10.0)
+            assert conditions_of(api, "pg") == {"127.0.0.1": (True, True, False), "127.0.0.2": (False, True, True)}
 
 
 async def test_a_restart_does_not_announce_the_drained_hosts_again(api: KubeAPIServer, client: KubeClient) -> None:

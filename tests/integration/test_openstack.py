@@ -371,3 +371,16 @@ async def test_zones_drain_by_server_name_and_a_deleted_server_leaves_terminatin
         await eventually(lambda: published()["10.0.0.1"] == ("az-1", False, True, True), message="leaving")
         assert controller.state.expire() is not None  # still within its 30 s
         assert set(published()) == {"10.0.0.1", "10.0.0.2"}
+        # the port's last server goes too: its port is still there, so it leaves with its grace as well
+        cloud.remove_server("db-2")
+        await eventually(lambda: ("default", "db") in controller.state.leaving
+                         and len(controller.state.leaving[("default", "db")]) == 2, message="both leaving")
+        assert await controller.writer.flush(10.0)
+        assert published() == {"10.0.0.1": ("az-1", False, True, True), "10.0.0.2": ("az-2", False, True, True)}
+    # a restart within the grace, with the cloud down: what the slices publish stands in for discovery,
+    # but a server that was leaving is not a server to publish ready again: it stays leaving
+    cloud.fail_next(10_000)
+    async with running_controller(api, client, terminating_grace=30.0, **FAST) as controller:
+        await eventually(lambda: ("default", "db") in controller.state.targets, message="held again")
+        assert await controller.writer.flush(10.0)
+        assert published() == {"10.0.0.1": ("az-1", False, True, True), "10.0.0.2": ("az-2", False, True, True)}

@@ -96,3 +96,33 @@ def test_a_host_listed_again_within_its_grace_is_back_and_no_grace_removes_at_on
     assert state.leaving == {}
     state.set_target(target({"10.0.0.1": one}))
     assert endpoints(state) == {"10.0.0.1": (True, True, False)}
+
+
+def test_a_target_not_held_yet_gives_what_its_slices_published_and_it_no_longer_lists_a_whole_grace() -> None:
+    """A restart or handover: the store has no memory of the grace under way, the slices do."""
+    now = [500.0]
+    deadlines: list[float] = []
+    state = DesiredState(clock=lambda: now[0])
+    state.on_deadline = deadlines.append
+    one = Endpoint("10.0.0.1", True, True)
+    published = {("pg/IPv4", "10.0.0.1"): one,
+                 ("pg/IPv4", "10.0.0.2"): Endpoint("10.0.0.2", False, True, True),  # was leaving
+                 ("pg/IPv4", "10.0.0.3"): Endpoint("10.0.0.3", True, True),  # removed while nobody ran
+                 ("web/IPv4", "10.0.0.4"): Endpoint("10.0.0.4", True, True)}  # its port group is gone
+    assert state.set_target(target({"10.0.0.1": one}, grace=20), published)
+    assert endpoints(state) == {"10.0.0.1": (True, True, False), "10.0.0.2": (False, True, True),
+                                "10.0.0.3": (False, True, True)}
+    assert deadlines == [520.0]
+    # once held, the slices are not asked again: the store's own memory decides
+    now[0] = 510.0
+    assert not state.set_target(target({"10.0.0.1": one}, grace=20), {("pg/IPv4", "10.0.0.5"): one})
+    now[0] = 520.0
+    state.expire()
+    assert endpoints(state) == {"10.0.0.1": (True, True, False)}
+
+
+def test_published_endpoints_without_a_grace_leave_at_once() -> None:
+    state = DesiredState(clock=lambda: 0.0)
+    one = Endpoint("10.0.0.1", True, True)
+    state.set_target(target({"10.0.0.1": one}), {("pg/IPv4", "10.0.0.2"): Endpoint("10.0.0.2", True, True)})
+    assert endpoints(state) == {"10.0.0.1": (True, True, False)} and state.leaving == {}
