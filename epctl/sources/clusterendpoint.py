@@ -811,8 +811,14 @@ class ClusterEndpointSource:
         extra["draining"] = draining  # always: `kubectl get cep` shows 0, not <none>
         if entry.spec is not None and entry.spec.drain:
             by = drain_requester(entry.obj)
+            # since: when the host's drain began. The managedFields time moves whenever the same manager
+            # edits any other field it owns (an unrelated annotation), so a host already draining keeps
+            # the since its status says (a status that changed for nothing was written long after the
+            # edit: the fuzzer's idle window caught it).
+            began = {h.get("host"): h.get("since") for h in (entry.obj.get("status") or {}).get("drainingHosts") or []
+                     if h.get("since")}
             extra["drainingHosts"] = [{"host": h, "matched": bool(found),
-                                       **({"manager": by[0], "since": by[1]} if by else {})}
+                                       **({"manager": by[0], "since": began.get(h) or by[1]} if by else {})}
                                       for h, found in self._drained_by_name(key, entry).items()]
         if entry.spec is not None and entry.spec.openstack is not None:
             ok, reason, message = entry.discovery_sync

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from epctl.drain import drain
-from epctl.kube.client import EVENTS, ApiError, KubeClient
+from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, KubeClient
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.waiting import eventually
@@ -243,3 +243,33 @@ async def test_a_restart_does_not_announce_the_drained_hosts_again(api: KubeAPIS
             assert await controller.writer.flush(10.0)
             await controller.events.drain()
         assert await announced() == 1  # the second start found it in the status: not news
+
+
+async def test_an_unrelated_edit_by_the_same_manager_does_not_move_the_drains_since(api: KubeAPIServer,
+                                                                                   client: KubeClient) -> None:
+    """The managedFields time the since comes from moves whenever its manager edits any field it owns.
+    The status followed it at its next recomputation (here a restart), a patch saying nothing new:
+    the stateful fuzzer found it as a write in an idle system, long after the edit."""
+    import time
+
+    await install_crd(client)
+    body = cep("db", [{"name": "pg", "port": 5432, "hosts": ["10.0.0.1", "10.0.0.2"]}])
+    body["metadata"]["annotations"] = {"epctl.io/drain": "10.0.0.2"}
+    await client.request("POST", CLUSTERENDPOINTS.path("default"), body=body)
+
+    def since() -> str | None:
+        hosts = ((cep_of(api, "db") or {}).get("status") or {}).get("drainingHosts") or []
+        return hosts[0].get("since") if hosts else None
+
+    async with running_controller(api, client):
+        first = await eventually(since, message="draining since")
+    await eventually(lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > first,
+                     message="a later second")  # managedFields times are whole seconds
+    await client.request("PATCH", CLUSTERENDPOINTS.path("default", "db"), content_type=MERGE_PATCH,
+                         body={"metadata": {"annotations": {"team": "storage"}}})
+    entry = next(e for e in cep_of(api, "db")["metadata"]["managedFields"] if "f:team" in str(e["fieldsV1"]))
+    assert entry["time"] > first  # the same manager's entry: its time moved
+    async with running_controller(api, client) as controller:
+        await eventually(lambda: ("default", "db") in controller.state.targets, message="held")
+        await controller.status.flush()
+        assert since() == first
