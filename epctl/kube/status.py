@@ -149,6 +149,10 @@ class StatusWriter:
         self._task = None
         await self._writing.cancel_all()
 
+    def waiting(self, namespace: str, name: str) -> bool:
+        """A status for this object is queued and not sent yet (it may be recomputed before it goes)."""
+        return (namespace, name) in self._pending
+
     def in_flight(self) -> int:
         """Status patches sent and not yet answered."""
         return len(self._writing)

@@ -159,6 +159,9 @@ class ClusterEndpointSource:
         self._entries: dict[TargetKey, _Entry] = {}
         self._delayed = False  # the scheduler stretches periods beyond 2x (ProbesDelayed)
         self._health: dict[CheckKey, _Health] = {}
+        # adopted not ready, but the status we adopted from had no reason for it (a cache behind the
+        # previous owner's last status at a takeover): filled when that status arrives
+        self._unexplained: dict[TargetKey, set[CheckKey]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._resolver: asyncio.Task[None] | None = None
         self._started = False  # events before start() are ignored: start() replays the synced cache
@@ -216,6 +219,7 @@ class ClusterEndpointSource:
             self.discovery.unwatch(key)
         self.scheduler.remove_target(target)
         self._health = {k: v for k, v in self._health.items() if k.target != target}
+        self._unexplained.pop(key, None)
         self.state.remove_target(key, SOURCE)  # the writer no longer owns it: nothing is deleted
         self.status.forget(*key)
         self._unpublished.pop(key, None)
@@ -270,8 +274,12 @@ class ClusterEndpointSource:
         annotations = meta.get("annotations") or {}
         marker = (str(meta.get("uid") or ""), int(meta.get("generation") or 0),
                   annotations.get(ADOPT_ANNOTATION, ""), annotations.get(DRAIN_ANNOTATION, ""))
-        if entry.applied == marker:
-            return  # our own status write, or a metadata-only change that does not concern us
+        if entry.applied == marker:  # our own status write, or a metadata-only change that does not concern us
+            # someone else's status seen late (the previous owner's last word, after a takeover): what we
+            # queued was computed from the older one (its reasons, its conditions' transition times)
+            if entry.active and (self._explain(key, entry) or self.status.waiting(*key)):
+                self._write_status(key)
+            return
         entry.applied = marker
         # the parsed spec is kept: intern its strings (hosts shared by many ClusterEndpoints), here and
         # not for every event (a status echo, most of them, is dropped just above)
@@ -329,7 +337,7 @@ class ClusterEndpointSource:
             if state is not None and state.healthy and state.successes == 0:  # ready, but not by our last probe
                 state.healthy = False
                 check_key = CheckKey(target, label, address)
-                self._health[check_key] = self._previous_health(entry, label, address)
+                self._adopt_health(key, entry, check_key)
                 corrected = True
         if corrected and entry.spec is not None and entry.resolved is entry.spec:
             self._materialise(key, entry)
@@ -371,6 +379,7 @@ class ClusterEndpointSource:
             self.discovery.unwatch(key)
         self.scheduler.remove_target(f"{key[0]}/{key[1]}")
         self._health = {k: v for k, v in self._health.items() if k.target != f"{key[0]}/{key[1]}"}
+        self._unexplained.pop(key, None)
         self.state.remove_target(key, SOURCE)
         self.status.forget(*key)
 
@@ -461,7 +470,7 @@ class ClusterEndpointSource:
         def adopted_unhealthy(check_key: CheckKey) -> None:
             state = self.scheduler.state(check_key)
             if check_key not in self._health and not (state is not None and state.healthy):  # ours says healthy
-                self._health[check_key] = self._previous_health(entry, check_key.port, check_key.address)
+                self._adopt_health(key, entry, check_key)
 
         published = self.slices.indexed(service_index(*key))
         # not held here yet (a restart, a handover): hosts that left meanwhile get their grace too
@@ -585,6 +594,32 @@ class ClusterEndpointSource:
         if (self._mirror_conflict(key, entry) is not None) != entry.mirror_blocked:
             self._materialise(key, entry)
 
+    def _adopt_health(self, key: TargetKey, entry: _Entry, check_key: CheckKey) -> None:
+        """Take a not-ready check's reason and since from the status (a restart, a takeover)."""
+        health = self._health[check_key] = self._previous_health(entry, check_key.port, check_key.address)
+        if not health.reason:
+            self._unexplained.setdefault(key, set()).add(check_key)
+
+    def _explain(self, key: TargetKey, entry: _Entry) -> bool:
+        """The ClusterEndpoint's status changed (not by its spec): fill in the reasons of adopted
+        not-ready checks that the status we adopted from did not have. A takeover from a cache behind
+        the previous owner's last status wrote "reason": "" and a new since for a host that stayed down,
+        and kept them until the host changed again. True if any was filled."""
+        unexplained = self._unexplained.get(key)
+        if not unexplained:
+            return False
+        filled = False
+        for check_key in list(unexplained):
+            health = self._previous_health(entry, check_key.port, check_key.address)
+            if health.reason and check_key in self._health:
+                self._health[check_key] = health
+                filled = True
+            if health.reason or check_key not in self._health:
+                unexplained.discard(check_key)
+        if not unexplained:
+            del self._unexplained[key]
+        return filled
+
     @staticmethod
     def _previous_health(entry: _Entry, port_name: str, address: str) -> _Health:
         """Reason and since of an unhealthy endpoint as the current status reports them (restart)."""
@@ -617,6 +652,9 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is None or not entry.active:
             return  # a probe that was in flight when the target was let go
+        unexplained = self._unexplained.get(key)
+        if unexplained:
+            unexplained.discard(transition.key)
         if transition.healthy:  # status lists only unhealthy endpoints' reason and since: keep nothing
             self._health.pop(transition.key, None)
         else:  # seconds-resolution stamps: thousands of endpoints that fail together share one string

@@ -264,3 +264,39 @@ async def test_status_set_back_to_what_the_object_says_while_a_write_is_in_fligh
     finally:
         await writer.stop()
         await ceps.stop()
+
+
+async def test_a_takeover_from_an_older_status_keeps_the_previous_owners_reasons(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """A replica takes a ClusterEndpoint over while its cache still holds an older status (a lagging
+    watch): the host it adopts as not ready has no reason there. The previous owner's last status
+    arrives while our status is still queued: what goes out must keep that status's reason and since,
+    not "reason": "" (which stayed until the host changed again; the stateful fuzzer found it, shard
+    mode, as a write in an idle system)."""
+    from epctl.kube.client import MERGE_PATCH
+
+    await install_crd(client)
+    async with TCPBackend() as db:
+        spec = cep("pg", [{**_tcp_port(db), "hosts": ["127.0.0.1", "127.0.0.2"]}])  # .2: refused
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=spec)
+
+        def unhealthy() -> list[dict[str, Any]]:
+            ports = ((cep_of(api, "pg") or {}).get("status") or {}).get("ports") or []
+            return ports[0].get("unhealthy") or [] if ports else []
+
+        async with running_controller(api, client):
+            await eventually(lambda: [u.get("reason") for u in unhealthy()] == ["connection refused"],
+                             message="the first owner's status")
+        last_word = cep_of(api, "pg")["status"]
+        assert unhealthy()[0].get("since")
+        older = {**last_word, "ports": [{**last_word["ports"][0], "unhealthy": []}]}
+        status_path = CLUSTERENDPOINTS.path("default", "pg") + "/status"
+        await client.request("PATCH", status_path, content_type=MERGE_PATCH, body={"status": older})
+        async with running_controller(api, client, batch_delay=3.0, max_batch_delay=3.0) as controller:
+            await eventually(lambda: controller.status.waiting("default", "pg"), message="its status queued")
+            await client.request("PATCH", status_path, content_type=MERGE_PATCH, body={"status": last_word})
+            await eventually(lambda: not controller.status.waiting("default", "pg")
+                             and controller.status.in_flight() == 0, timeout=15, message="status settled")
+            assert await controller.writer.flush(10.0)
+            await controller.status.flush()
+            assert unhealthy() == last_word["ports"][0]["unhealthy"]
