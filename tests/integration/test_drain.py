@@ -146,6 +146,15 @@ async def test_a_removed_host_is_published_terminating_for_the_grace_period(api:
 
 
 
+async def two_hosts_published(api: KubeAPIServer, client: KubeClient, port: int) -> None:
+    """ClusterEndpoint pg with 127.0.0.1 and 127.0.0.2 (both listening on ``port``), published ready."""
+    await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+        {"name": "pg", "port": 5432, "targetPort": port, "hosts": ["127.0.0.1", "127.0.0.2"], "tcpSocket": {},
+         "periodSeconds": 1}]))
+    both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
+    await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+
+
 async def test_a_restart_within_the_grace_keeps_the_removed_host_terminating(api: KubeAPIServer,
                                                                               client: KubeClient) -> None:
     """The grace's deadline lives only in the replica that started it. The next one (a restart, a
@@ -155,11 +164,7 @@ async def test_a_restart_within_the_grace_keeps_the_removed_host_terminating(api
     await install_crd(client)
     async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
         async with running_controller(api, client, terminating_grace=600):
-            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
-                {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
-                 "tcpSocket": {}, "periodSeconds": 1}]))
-            both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
-            await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+            await two_hosts_published(api, client, db.port)
             await edit_hosts(client, "pg", ["127.0.0.1"])
             await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True), message="leaving")
         async with running_controller(api, client, terminating_grace=2.0) as controller:
@@ -184,11 +189,7 @@ async def test_a_handover_within_the_grace_keeps_the_removed_host_terminating(ap
         try:
             await eventually(lambda: a.leading, message="a leads")
             async with named_replica(api, "b", leader_elect=True, terminating_grace=2.0, **timing) as b:
-                await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
-                    {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
-                     "tcpSocket": {}, "periodSeconds": 1}]))
-                both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
-                await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+                await two_hosts_published(api, client, db.port)
                 await edit_hosts(client, "pg", ["127.0.0.1"])
                 await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True),
                                  message="leaving")
@@ -214,11 +215,7 @@ async def test_a_host_removed_while_no_controller_ran_leaves_with_its_grace(api:
     await install_crd(client)
     async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
         async with running_controller(api, client, terminating_grace=30):
-            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
-                {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
-                 "tcpSocket": {}, "periodSeconds": 1}]))
-            both = {"127.0.0.1": (True, True, False), "127.0.0.2": (True, True, False)}
-            await eventually(lambda: conditions_of(api, "pg") == both, message="published")
+            await two_hosts_published(api, client, db.port)
         await edit_hosts(client, "pg", ["127.0.0.1"])
         async with running_controller(api, client, terminating_grace=30) as controller:
             await eventually(lambda: ("default", "pg") in controller.state.targets, message="held")
