@@ -51,6 +51,7 @@ from epctl.sources.targets import (
     published_addresses,
     published_endpoints,
     published_readiness,
+    published_terminating,
     published_zones,
 )
 from epctl.state import DesiredState, PortGroup, ServicePort, ServiceSpec, Target, TargetKey
@@ -128,6 +129,10 @@ class _Entry:
     discovery_sync: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
     discovery_counts: Obj | None = None  # {servers, addresses, poller} as last published
     discovered_zones: dict[str, str] = field(default_factory=dict)  # address -> availability zone
+    # discovered addresses published terminating, held in maintenance until discovery first answers
+    held_terminating: frozenset[str] = frozenset()
+    # drained host -> when this replica first saw it draining (kept while it stays drained)
+    drain_since: dict[str, str] | None = None
     resolved: ClusterEndpointSpec | None = None  # the spec whose static hosts ``addresses`` holds
     mirror_blocked: bool = False  # the Service carries a mirror annotation and is not ours: we wait
     undecided: bool = False  # not published yet and some check has no first result yet
@@ -224,6 +229,7 @@ class ClusterEndpointSource:
         self.status.forget(*key)
         self._unpublished.pop(key, None)
         entry.discovered = None  # adopted again from the slices if it comes back
+        entry.drain_since = None  # another replica may undrain and drain again meanwhile
 
     def _acquire(self, key: TargetKey, entry: _Entry) -> None:
         entry.active = True
@@ -409,8 +415,9 @@ class ClusterEndpointSource:
                                                  "addresses (keepLastOnEmpty)")
             else:
                 zones = discovered_zones(update.servers)
-                changed = found != entry.discovered or zones != entry.discovered_zones
+                changed = found != entry.discovered or zones != entry.discovered_zones or bool(entry.held_terminating)
                 entry.discovered = found
+                entry.held_terminating = frozenset()  # the cloud has answered: its names and absences count
                 entry.discovered_zones = zones
             entry.discovery_counts = {"servers": len(update.servers), "addresses": len(entry.discovered or {}),
                                       "poller": update.poller}
@@ -431,9 +438,10 @@ class ClusterEndpointSource:
             return {}
         if entry.discovered is None:
             static = {a for addresses in entry.addresses.values() for a in addresses}
-            published = published_addresses(self.slices.indexed(service_index(*key)), key,
-                                            leaving=self.terminating_grace <= 0)
+            ours = self.slices.indexed(service_index(*key))
+            published = published_addresses(ours, key)
             entry.discovered = {a: h for a, h in published.items() if a not in static}
+            entry.held_terminating = published_terminating(ours, key) & entry.discovered.keys()
             zones = published_zones(self.slices.indexed(service_index(*key)), key)
             entry.discovered_zones = {a: z for a, z in zones.items() if a in entry.discovered}
         return entry.discovered
@@ -546,8 +554,10 @@ class ClusterEndpointSource:
         return out
 
     def _drained(self, key: TargetKey, entry: _Entry) -> set[str]:
-        """The addresses in maintenance."""
-        return {a for addresses in self._drained_by_name(key, entry).values() for a in addresses}
+        """The addresses in maintenance (and, until discovery first answers, those our slices publish
+        terminating: see targets.published_terminating)."""
+        return {a for addresses in self._drained_by_name(key, entry).values() for a in addresses} | (
+            entry.held_terminating)
 
     def _zones(self, key: TargetKey, entry: _Entry) -> dict[str, str]:
         """address -> zone: spec.zones for listed hosts, the availability zone for discovered servers."""
@@ -850,14 +860,23 @@ class ClusterEndpointSource:
         if entry.spec is not None and entry.spec.drain:
             by = drain_requester(entry.obj)
             # since: when the host's drain began. The managedFields time moves whenever the same manager
-            # edits any other field it owns (an unrelated annotation), so a host already draining keeps
-            # the since its status says (a status that changed for nothing was written long after the
-            # edit: the fuzzer's idle window caught it).
-            began = {h.get("host"): h.get("since") for h in (entry.obj.get("status") or {}).get("drainingHosts") or []
-                     if h.get("since")}
-            extra["drainingHosts"] = [{"host": h, "matched": bool(found),
-                                       **({"manager": by[0], "since": began.get(h) or by[1]} if by else {})}
-                                      for h, found in self._drained_by_name(key, entry).items()]
+            # edits any other field it owns (an unrelated annotation), so a host seen draining keeps its
+            # since while it stays drained (at a start or takeover: the since the status says); a status
+            # that changed for nothing was written long after the edit (the fuzzer's idle window).
+            began = entry.drain_since
+            if began is None:  # first sight (a start, a takeover): the status says since when
+                began = {str(h.get("host")): str(h.get("since")) for h in
+                         (entry.obj.get("status") or {}).get("drainingHosts") or [] if h.get("since")}
+            by_name = self._drained_by_name(key, entry)
+            entry.drain_since = {h: began.get(h) or (by[1] if by else "") for h in by_name}  # undrained: forgotten
+            # before discovery first answers, a name it would resolve is matched as the status said
+            known = {str(h.get("host")): bool(h.get("matched")) for h in
+                     (entry.obj.get("status") or {}).get("drainingHosts") or []} if entry.held_terminating else {}
+            extra["drainingHosts"] = [{"host": h, "matched": bool(found) or known.get(h, False),
+                                       **({"manager": by[0], "since": entry.drain_since[h]} if by else {})}
+                                      for h, found in by_name.items()]
+        else:
+            entry.drain_since = {}
         if entry.spec is not None and entry.spec.openstack is not None:
             ok, reason, message = entry.discovery_sync
             conditions.append({"type": "DiscoverySynced", "status": "True" if ok else "False", "reason": reason,

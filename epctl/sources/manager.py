@@ -64,6 +64,7 @@ from epctl.sources.targets import (
     groups_to_keep,
     published_addresses,
     published_endpoints,
+    published_terminating,
     published_zones,
 )
 from epctl.state import DesiredState, Target
@@ -225,6 +226,8 @@ class Manager:
         self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
         self.health = HealthServer(settings.metrics_addr, self.healthy, self.ready) if settings.metrics_addr else None
         self.discovered: dict[str, str] | None = None  # address -> server name; None until known
+        # published terminating (leaving): held so until the cloud first answers (targets.published_terminating)
+        self.held_terminating: frozenset[str] = frozenset()
         self.zones: dict[str, str] = {}  # address -> availability zone (endpoints[].zone)
         self.discovery_state: tuple[bool, str, str] = (False, "Pending", "waiting for the first OpenStack answer")
         self.service_problem: str | None = None
@@ -314,11 +317,12 @@ class Manager:
         for problem in problems:
             log.warning(problem, extra={"service": "/".join(self.key)})
         if self.discovered is None:  # before the first answer: what our slices already publish
-            published = published_addresses(self.slices.indexed(service_index(*self.key)), self.key,
-                                            leaving=self.settings.terminating_grace <= 0)
+            ours = self.slices.indexed(service_index(*self.key))
+            published = published_addresses(ours, self.key)
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
+            self.held_terminating = published_terminating(ours, self.key)
             self.zones = published_zones(self.slices.indexed(service_index(*self.key)), self.key)
         addresses = set(self.discovered)
         ours = self.slices.indexed(service_index(*self.key))
@@ -326,7 +330,7 @@ class Manager:
         # not held yet (a restart): servers that left meanwhile get their grace too
         left = published_endpoints(ours, self.key, ports) if grace > 0 and self.state.get(self.key) is None else None
         groups, _ = build_groups(self.key, ports, lambda _port: addresses, self.scheduler, ours, zones=self.zones,
-                                 keep=groups_to_keep(grace, self.state.get(self.key),
+                                 drained=self.held_terminating, keep=groups_to_keep(grace, self.state.get(self.key),
                                                      self.state.leaving.get(self.key, {}), left))
         if self.state.get(self.key) is None and self._undecided(ports, addresses):
             return  # first publication once every check has its first result (see ClusterEndpointSource)
@@ -361,8 +365,9 @@ class Manager:
         if not found and self.discovered and self.settings.keep_last_on_empty:
             return
         zones = discovered_zones(update.servers)
-        if found != self.discovered or zones != self.zones:
+        if found != self.discovered or zones != self.zones or self.held_terminating:
             self.discovered, self.zones = found, zones
+            self.held_terminating = frozenset()  # the cloud has answered
             self._materialise()
 
     def _on_transition(self, transition: Transition) -> None:

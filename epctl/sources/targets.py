@@ -52,21 +52,24 @@ def published_readiness(slices: Iterable[Obj], key: TargetKey) -> dict[tuple[str
     return index
 
 
-def published_addresses(slices: Iterable[Obj], key: TargetKey, leaving: bool = True) -> dict[str, str]:
-    """address -> hostname (or the address) of every endpoint our slices publish for ``key``.
-
-    ``leaving=False`` (a grace is configured): without those marked terminating. Such an endpoint is
-    leaving (or drained): it comes back from :func:`published_endpoints` as leaving, never as a host
-    to probe and publish ready again before discovery has answered. Without a grace nothing can be
-    leaving, and a drained host must stay published."""
+def published_addresses(slices: Iterable[Obj], key: TargetKey) -> dict[str, str]:
+    """address -> hostname (or the address) of every endpoint our slices publish for ``key``."""
     found: dict[str, str] = {}
     for obj in _our_slices(slices, key):
         for endpoint in obj.get("endpoints") or []:
-            if not leaving and (endpoint.get("conditions") or {}).get("terminating"):
-                continue
             for address in endpoint.get("addresses") or []:
                 found[address] = endpoint.get("hostname") or address
     return found
+
+
+def published_terminating(slices: Iterable[Obj], key: TargetKey) -> frozenset[str]:
+    """The addresses our slices publish terminating for ``key``: drained or leaving. Before discovery
+    has answered, its stand-in (what the slices publish) holds these in maintenance: which server a
+    drain names, or whether a leaving one is still there, is the cloud's to say, and until it does
+    such a host must not be probed and published ready again."""
+    return frozenset(address for obj in _our_slices(slices, key) for endpoint in obj.get("endpoints") or []
+                     if (endpoint.get("conditions") or {}).get("terminating")
+                     for address in endpoint.get("addresses") or [])
 
 
 def _skeleton(port: PortSpec, address_family: str) -> PortGroup:
