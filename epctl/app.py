@@ -147,6 +147,7 @@ class Controller:
                              max_batch_delay=settings.max_batch_delay, concurrency=settings.write_concurrency,
                              max_per_slice=settings.max_endpoints_per_slice, reporter=self.source,
                              metrics=PrometheusWriterMetrics(), endpoints=self.endpoints)
+        self.writer.owner_exists = self._still_claimed  # before re-creating a Service someone deleted
         self.mirror = MirrorSource(client, self.state, self.services, self.events,
                                    flag_pairs=settings.mirror_pairs)
         self.state.on_dirty = self.writer.notify

@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +68,13 @@ class ServiceConflict(Exception):
 
 class Permanent(Exception):
     """The API refused our object as invalid (422): retrying the same write cannot help."""
+
+
+class OwnerGone(Exception):
+    """A Service of ours went away and a fresh read finds its owner gone too: the garbage collector
+    deleted it, and the owner's deletion has not reached our cache yet. Not re-created (the collector
+    would delete it again, and again, until the cache caught up); retried quietly, by when the target
+    is usually no longer desired."""
 
 
 @dataclass
@@ -168,6 +175,10 @@ class Writer:
         # may (target, slice port name, address) go from published not ready to ready? Only after a
         # passing probe of ours: asked at planning time, whatever order the events came in
         self.may_ready: Callable[[TargetKey, str, str], bool] | None = None
+        # asked before re-creating a Service that went away while its target was held: does its owner
+        # still exist? (a fresh read; app.Controller._still_claimed)
+        self.owner_exists: Callable[[TargetKey, Obj], Awaitable[bool]] | None = None
+        self._vanished: set[TargetKey] = set()  # our Services deleted by someone else while held
         # last touch on the port groups before planning (topology hints, epctl.sources.topology)
         self.decorate: Callable[[TargetKey, list[PortGroup]], list[PortGroup]] | None = None
         if not slices.has_index:
@@ -227,6 +238,8 @@ class Writer:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         target = self.state.get(key)
         if target is not None and target.service is not None:
+            if event.type == "DELETED":
+                self._vanished.add(key)
             self.notify(key)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -366,6 +379,7 @@ class Writer:
             self._retry_at.pop(key, None)
             if target is None:
                 self._known.discard(key)
+                self._vanished.discard(key)
             elif self.reporter:
                 self.reporter.synced(key)
             if self.metrics:
@@ -378,6 +392,14 @@ class Writer:
                 self.notify(key)
             if self.metrics:
                 self.metrics.sync("fenced", time.monotonic() - started)
+        except OwnerGone as err:  # its removal from the desired state is on its way
+            log.debug("not re-creating a Service whose owner is gone", extra={"target": "/".join(key),
+                                                                            "error": str(err)})
+            backoff = self._backoffs.setdefault(key, Backoff(self.backoff_initial, self.backoff_max))
+            self._retry_at[key] = time.monotonic() + backoff.next_delay()
+            self.notify(key)
+            if self.metrics:
+                self.metrics.sync("owner_gone", time.monotonic() - started)
         except ServiceConflict as err:  # not requeued: the next change of the target retries
             log.warning("Service conflict: not writing", extra={"target": "/".join(key), "error": str(err)})
             if self.reporter:
@@ -668,8 +690,12 @@ class Writer:
         existing = self.services.peek(target.namespace, target.name)
         desired = self._service_body(target, spec)
         if existing is None:
+            if key in self._vanished and target.owner and self.owner_exists is not None:
+                if not await self.owner_exists(key, target.owner):
+                    raise OwnerGone(f"{target.owner.get('kind')} {target.owner.get('name')} is gone")
             try:
                 await self._send(key, "POST", SERVICES.path(target.namespace), body=desired)
+                self._vanished.discard(key)
                 self._count_ok("service_create")
                 return
             except ApiError as err:
