@@ -107,6 +107,9 @@ def _reported_readiness(obj: Obj) -> dict[tuple[str, str], bool]:
     return out
 
 
+_NONE_DRAINING: dict[str, str] = {}  # shared by every entry seen without a drain (never mutated: replaced)
+
+
 @dataclass(slots=True)
 class _Health:
     reason: str = ""
@@ -876,7 +879,7 @@ class ClusterEndpointSource:
                                        **({"manager": by[0], "since": entry.drain_since[h]} if by else {})}
                                       for h, found in by_name.items()]
         else:
-            entry.drain_since = {}
+            entry.drain_since = _NONE_DRAINING
         if entry.spec is not None and entry.spec.openstack is not None:
             ok, reason, message = entry.discovery_sync
             conditions.append({"type": "DiscoverySynced", "status": "True" if ok else "False", "reason": reason,
