@@ -155,6 +155,13 @@ async def two_hosts_published(api: KubeAPIServer, client: KubeClient, port: int)
     await eventually(lambda: conditions_of(api, "pg") == both, message="published")
 
 
+async def second_host_leaving(api: KubeAPIServer, client: KubeClient, port: int) -> None:
+    """:func:`two_hosts_published`, then 127.0.0.2 removed from the list and published leaving."""
+    await two_hosts_published(api, client, port)
+    await edit_hosts(client, "pg", ["127.0.0.1"])
+    await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True), message="leaving")
+
+
 async def test_a_restart_within_the_grace_keeps_the_removed_host_terminating(api: KubeAPIServer,
                                                                               client: KubeClient) -> None:
     """The grace's deadline lives only in the replica that started it. The next one (a restart, a
@@ -164,9 +171,7 @@ async def test_a_restart_within_the_grace_keeps_the_removed_host_terminating(api
     await install_crd(client)
     async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
         async with running_controller(api, client, terminating_grace=600):
-            await two_hosts_published(api, client, db.port)
-            await edit_hosts(client, "pg", ["127.0.0.1"])
-            await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True), message="leaving")
+            await second_host_leaving(api, client, db.port)
         async with running_controller(api, client, terminating_grace=2.0) as controller:
             await eventually(lambda: ("default", "pg") in controller.state.targets, message="held again")
             assert ("default", "pg") in controller.state.leaving

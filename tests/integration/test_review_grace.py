@@ -55,12 +55,8 @@ async def test_a_host_undrained_and_drained_again_gets_a_new_since(api: KubeAPIS
                              body={"metadata": {"annotations": {"epctl.io/drain": None}}})
         await client.request("PATCH", path, content_type=MERGE_PATCH,
                              body={"metadata": {"annotations": {"epctl.io/drain": "10.0.0.2"}}})
-        await asyncio.sleep(0.3)
+        await eventually(lambda: (since := since_of(api, "db")) is not None and since > first, message="a new since")
         await controller.status.flush()
-        await asyncio.sleep(0.3)
-        await controller.status.flush()
-        assert since_of(api, "db") is not None
-        assert since_of(api, "db") > first
 
 
 async def test_takeover_then_idle_writes_nothing_after_the_grace(api: KubeAPIServer, client: KubeClient) -> None:
@@ -75,11 +71,10 @@ async def test_takeover_then_idle_writes_nothing_after_the_grace(api: KubeAPISer
         await eventually(lambda: conditions_of(api, "pg").get("10.0.0.2") == (False, True, True), message="leaving")
         await eventually(lambda: conditions_of(api, "pg") == {"10.0.0.1": (True, True, False)}, message="gone")
         await eventually(lambda: ((cep_of(api, "pg") or {}).get("status") or {}).get("draining") == 0, message="st")
-        await asyncio.sleep(0.5)
         assert await controller.writer.flush(10.0)
         await controller.status.flush()
         mark = len(api.request_log)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # a measurement window, not synchronisation: nothing may be written in it
         assert [(r.verb, r.resource, r.name) for r in api.writes(since=mark)] == []
 
 
@@ -114,14 +109,12 @@ async def test_the_last_ipv6_host_removed_while_no_controller_ran_leaves_with_it
 async def test_a_host_re_added_within_the_resumed_grace_is_ready_again(api: KubeAPIServer,
                                                                          client: KubeClient) -> None:
     from epctl.testing.backends import TCPBackend
-    from tests.integration.test_drain import edit_hosts, two_hosts_published
+    from tests.integration.test_drain import edit_hosts, second_host_leaving
 
     await install_crd(client)
     async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"):
         async with running_controller(api, client, terminating_grace=600):
-            await two_hosts_published(api, client, db.port)
-            await edit_hosts(client, "pg", ["127.0.0.1"])
-            await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True), message="leaving")
+            await second_host_leaving(api, client, db.port)
         async with running_controller(api, client, terminating_grace=600) as controller:
             await eventually(lambda: ("default", "pg") in controller.state.leaving, message="leaving again")
             await edit_hosts(client, "pg", ["127.0.0.1", "127.0.0.2"])
@@ -132,64 +125,70 @@ async def test_a_host_re_added_within_the_resumed_grace_is_ready_again(api: Kube
                              message="status")
 
 
+async def mirrored_then_claimed(client: KubeClient, port: int) -> None:
+    """Service db mirrors default/origin (127.0.0.2); a ClusterEndpoint db asks to adopt it and is
+    refused while the mirror holds it."""
+    from epctl.kube.client import SERVICES
+    from tests.integration.controller_helpers import source_service
+
+    await source_service(client, "origin", ("db", 5432, port), {"127.0.0.2": True})
+    await client.request("POST", SERVICES.path("default"), body={
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "annotations": {"epctl.io/mirror-from": "default/origin"}},
+        "spec": {"ports": [{"name": "db", "port": 5432}]}})
+    claim = cep("db", [{"name": "db", "port": 5432, "targetPort": port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+                        "periodSeconds": 1}])
+    claim["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
+    await client.request("POST", CLUSTERENDPOINTS.path("default"), body=claim)
+
+
+def refused(api: KubeAPIServer) -> bool:
+    conditions = {c["type"]: c for c in ((cep_of(api, "db") or {}).get("status") or {}).get("conditions") or []}
+    return conditions.get("Synced", {}).get("reason") == "ServiceConflict"
+
+
+async def unmirror(client: KubeClient) -> None:
+    from epctl.kube.client import SERVICES
+
+    svc = await client.request("GET", SERVICES.path("default", "db"))
+    del svc["metadata"]["annotations"]["epctl.io/mirror-from"]
+    await client.request("PUT", SERVICES.path("default", "db"), body=svc)
+
+
 async def test_a_mirror_handed_over_to_a_clusterendpoint_with_a_grace(api: KubeAPIServer, client: KubeClient) -> None:
     """The mirror's copied endpoints are not the ClusterEndpoint's leaving hosts: with or without a grace
     the hand-over replaces them as it does with grace 0 (and the same way whatever order the two
     front-ends see the annotation go)."""
-    from epctl.kube.client import SERVICES
     from epctl.testing.backends import TCPBackend
-    from tests.integration.controller_helpers import endpoints_of, source_service
-    from tests.integration.test_interleavings import _tcp_port
+    from tests.integration.controller_helpers import endpoints_of
 
     await install_crd(client)
     async with TCPBackend() as db, running_controller(api, client, terminating_grace=30) as controller:
-        await source_service(client, "origin", ("db", 5432, db.port), {"127.0.0.2": True})
-        await client.request("POST", SERVICES.path("default"), body={
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "db", "annotations": {"epctl.io/mirror-from": "default/origin"}},
-            "spec": {"ports": [{"name": "db", "port": 5432}]}})
-        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.2"): True}, message="mirrored")
-        claim = cep("db", [_tcp_port(db)])
-        claim["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
-        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=claim)
-        await asyncio.sleep(1.0)
-        svc = await client.request("GET", SERVICES.path("default", "db"))
-        del svc["metadata"]["annotations"]["epctl.io/mirror-from"]
-        await client.request("PUT", SERVICES.path("default", "db"), body=svc)
+        await mirrored_then_claimed(client, db.port)
+        await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.2"): True} and refused(api),
+                         message="mirrored, the claim refused")
+        await unmirror(client)
         await eventually(lambda: controller.state.holder(("default", "db")) == "ClusterEndpoint", message="held")
         await eventually(lambda: ("db", "127.0.0.1") in endpoints_of(api, "db"), timeout=15, message="ours")
         assert await controller.writer.flush(10.0)
-        print("LEAVING", controller.state.leaving)
         assert endpoints_of(api, "db") == {("db", "127.0.0.1"): True}
 
 
 async def test_a_mirror_handed_over_while_no_controller_ran(api: KubeAPIServer, client: KubeClient) -> None:
     """As live (previous test): the copied endpoint goes at once, not kept terminating as the
     ClusterEndpoint's own leaving host."""
-    from epctl.kube.client import SERVICES
     from epctl.testing.backends import TCPBackend
-    from tests.integration.controller_helpers import endpoints_of, source_service
-    from tests.integration.test_interleavings import _tcp_port
+    from tests.integration.controller_helpers import endpoints_of
 
     await install_crd(client)
     async with TCPBackend() as db:
         async with running_controller(api, client, terminating_grace=30):
-            await source_service(client, "origin", ("db", 5432, db.port), {"127.0.0.2": True})
-            await client.request("POST", SERVICES.path("default"), body={
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "db", "annotations": {"epctl.io/mirror-from": "default/origin"}},
-                "spec": {"ports": [{"name": "db", "port": 5432}]}})
-            await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.2"): True}, message="mirrored")
-            claim = cep("db", [_tcp_port(db)])
-            claim["metadata"]["annotations"] = {"epctl.io/adopt": "true"}
-            await client.request("POST", CLUSTERENDPOINTS.path("default"), body=claim)
-            await asyncio.sleep(1.0)
-        svc = await client.request("GET", SERVICES.path("default", "db"))
-        del svc["metadata"]["annotations"]["epctl.io/mirror-from"]
-        await client.request("PUT", SERVICES.path("default", "db"), body=svc)
+            await mirrored_then_claimed(client, db.port)
+            await eventually(lambda: endpoints_of(api, "db") == {("db", "127.0.0.2"): True} and refused(api),
+                             message="mirrored, the claim refused")
+        await unmirror(client)
         async with running_controller(api, client, terminating_grace=30) as controller:
             await eventually(lambda: controller.state.holder(("default", "db")) == "ClusterEndpoint", message="held")
             await eventually(lambda: ("db", "127.0.0.1") in endpoints_of(api, "db"), timeout=15, message="ours")
             assert await controller.writer.flush(10.0)
-            print("LEAVING", controller.state.leaving)
             assert endpoints_of(api, "db") == {("db", "127.0.0.1"): True}

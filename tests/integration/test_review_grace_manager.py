@@ -56,9 +56,9 @@ async def test_manager_restart_gives_a_server_gone_meanwhile_its_grace_and_then_
             await eventually(lambda: published(api).get("10.0.0.1") == (False, True, True), timeout=10,
                              message="last leaving")
             await eventually(lambda: published(api) == {}, timeout=10, message="all gone")
-            await asyncio.sleep(1.0)
+            assert await manager.writer.flush(10.0)
             mark = len(api.request_log)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # a measurement window, not synchronisation: nothing may be written in it
             assert [(r.verb, r.resource, r.name) for r in api.writes(since=mark)] == []
         finally:
             await manager.stop()
