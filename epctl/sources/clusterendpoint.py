@@ -445,7 +445,7 @@ class ClusterEndpointSource:
             published = published_addresses(ours, key)
             entry.discovered = {a: h for a, h in published.items() if a not in static}
             entry.held_terminating = published_terminating(ours, key) & entry.discovered.keys()
-            zones = published_zones(self.slices.indexed(service_index(*key)), key)
+            zones = published_zones(ours, key)
             entry.discovered_zones = {a: z for a, z in zones.items() if a in entry.discovered}
         return entry.discovered
 

@@ -316,16 +316,15 @@ class Manager:
         ports, problems = service_ports(service, self.settings.probe, self.settings.timing)
         for problem in problems:
             log.warning(problem, extra={"service": "/".join(self.key)})
+        ours = self.slices.indexed(service_index(*self.key))
         if self.discovered is None:  # before the first answer: what our slices already publish
-            ours = self.slices.indexed(service_index(*self.key))
             published = published_addresses(ours, self.key)
             if not published:
                 return  # nothing of ours yet (a first start, maybe over the seed's Endpoints): wait for the cloud
             self.discovered = published
             self.held_terminating = published_terminating(ours, self.key)
-            self.zones = published_zones(self.slices.indexed(service_index(*self.key)), self.key)
+            self.zones = published_zones(ours, self.key)
         addresses = set(self.discovered)
-        ours = self.slices.indexed(service_index(*self.key))
         grace = self.settings.terminating_grace
         # not held yet (a restart): servers that left meanwhile get their grace too
         left = published_endpoints(ours, self.key, ports) if grace > 0 and self.state.get(self.key) is None else None
