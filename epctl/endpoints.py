@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from epctl.jsonkey import json_key
 from epctl.state import Endpoint, PortGroup, SlicePort, Target, front_end_labels
 
 Obj = dict[str, Any]
@@ -139,13 +140,13 @@ def _normal_subsets(subsets: Any) -> list[Obj]:
     for subset in subsets or []:
         norm: Obj = {}
         for field in ("addresses", "notReadyAddresses"):
-            items = sorted(subset.get(field) or [], key=lambda a: json.dumps(a, sort_keys=True))
+            items = sorted(subset.get(field) or [], key=json_key)
             if items:
                 norm[field] = items
         norm["ports"] = sorted(({k: v for k, v in p.items() if v not in ("", None)} for p in subset.get("ports") or []),
-                               key=lambda p: json.dumps(p, sort_keys=True))
+                               key=json_key)
         out.append(norm)
-    return sorted(out, key=lambda s: json.dumps(s, sort_keys=True))
+    return sorted(out, key=json_key)
 
 
 def endpoints_update(observed: Obj, desired: Obj) -> Obj | None:

@@ -17,12 +17,14 @@ cannot produce a duplicate: the retry hits AlreadyExists, re-reads and re-plans.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from epctl.state import Endpoint, PortGroup
+from epctl.jsonkey import json_key
+from epctl.state import Endpoint, PortGroup, SlicePort
 
 Obj = dict[str, Any]
 
@@ -52,13 +54,19 @@ class Plan:
 
 
 def group_hash(group: PortGroup) -> str:
-    shape = json.dumps([group.address_type, [p.to_api() for p in group.ports]], sort_keys=True)
+    return _shape_hash(group.address_type, group.ports)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_hash(address_type: str, ports: tuple[SlicePort, ...]) -> str:
+    """Memoised: every plan of every write hashes its groups, and a cluster has few distinct shapes."""
+    shape = json.dumps([address_type, [p.to_api() for p in ports]], sort_keys=True)
     return hashlib.sha256(shape.encode()).hexdigest()[:10]
 
 
 def _shape(obj: Obj) -> tuple[str, list[Obj]]:
     ports = sorted(({"name": p.get("name", ""), "port": p.get("port"), "protocol": p.get("protocol", "TCP")}
-                    for p in obj.get("ports") or []), key=lambda p: json.dumps(p, sort_keys=True))
+                    for p in obj.get("ports") or []), key=json_key)
     return obj.get("addressType", ""), ports
 
 
@@ -96,7 +104,7 @@ def plan_slices(namespace: str, service: str, groups: list[PortGroup], observed:
         digest = (obj["metadata"].get("labels") or {}).get(GROUP_LABEL, "")
         group = wanted.get(digest)
         if group is None or _shape(obj) != (group.address_type, sorted(
-                (p.to_api() for p in group.ports), key=lambda p: json.dumps(p, sort_keys=True))):
+                (p.to_api() for p in group.ports), key=json_key)):
             plan.deletes.append(obj)
         else:
             by_group.setdefault(digest, []).append(obj)

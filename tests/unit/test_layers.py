@@ -14,7 +14,7 @@ PURE = ["epctl.slices", "epctl.endpoints", "epctl.state", "epctl.probe.state", "
         "epctl.probe.roles", "epctl.probe.credentials",
         "epctl.shard.ring", "epctl.sources.openstack_select", "epctl.sources.openstack_auth",
         "epctl.api.spec", "epctl.api.parse", "epctl.api.fields", "epctl.heap", "epctl.shard.fence",
-        "epctl.orphans", "epctl.topology"]
+        "epctl.orphans", "epctl.topology", "epctl.jsonkey"]
 IO = {"aiohttp", "asyncio", "socket", "ssl", "grpc", "openstack", "kubernetes_asyncio", "urllib", "http",
       "subprocess", "prometheus_client"}
 IO_ALLOWED = {"epctl.heap": {"asyncio"}}  # the keeper's task lives beside the pure policy
