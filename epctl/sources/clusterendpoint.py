@@ -727,6 +727,8 @@ class ClusterEndpointSource:
             if permanent:
                 self.events.record(entry.obj, "Warning", reason, message)
             self._write_status(key)
+        elif key in self._leaving:  # a removed host's grace may have ended (state.expire), unpublished
+            self._write_status(key)
 
     def conflicted(self, key: TargetKey) -> bool:
         """Is ``key``'s Service someone else's (ServiceConflict)? Its hosts are probed, nothing published."""

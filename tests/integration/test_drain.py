@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from epctl.drain import drain
-from epctl.kube.client import EVENTS, MERGE_PATCH, ApiError, KubeClient
+from epctl.kube.client import EVENTS, MERGE_PATCH, SERVICES, ApiError, KubeClient
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.waiting import eventually
@@ -144,6 +144,33 @@ async def test_a_removed_host_is_published_terminating_for_the_grace_period(api:
         await eventually(lambda: (cep_of(api, "pg") or {}).get("status", {}).get("draining") == 0,
                          message="status after the grace")
 
+
+
+async def test_the_status_stops_counting_a_leaving_host_whose_service_is_someone_elses(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """A ClusterEndpoint whose Service belongs to someone else (no adoption) publishes nothing, yet
+    its status counts a host removed within the grace as draining. The status was recounted only
+    when a write succeeded, so it said draining 1 forever (found by the stateful fuzzer, --grace)."""
+    await install_crd(client)
+    await client.request("POST", SERVICES.path("default"), body={
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "pg"},
+        "spec": {"ports": [{"name": "pg", "port": 5432}]}})
+    async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"), \
+            running_controller(api, client, terminating_grace=1.0):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2"],
+             "tcpSocket": {}, "periodSeconds": 1}]))
+
+        def status() -> dict[str, Any]:
+            return dict((cep_of(api, "pg") or {}).get("status") or {})
+
+        await eventually(lambda: status().get("healthy") == 2 and "ServiceConflict" in str(status()),
+                         message="probed, not published")
+        await edit_hosts(client, "pg", ["127.0.0.1"])
+        await eventually(lambda: status().get("total") == 1 and status().get("draining") == 1,
+                         message="leaving, within the grace")
+        await eventually(lambda: status().get("draining") == 0, message="no longer counted after the grace")
+        assert slices_of(api, "pg") == []
 
 
 async def two_hosts_published(api: KubeAPIServer, client: KubeClient, port: int) -> None:
