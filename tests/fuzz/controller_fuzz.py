@@ -20,6 +20,13 @@ are open for one target at the same instant (sampled every few ms through the wh
 is published ready after it was published not ready while its backend stayed down, and nothing
 labelled as epctl's exists that no front-end claims.
 
+Grace walks (``--grace SECONDS``) run every replica with that ``--terminating-grace-period``; a step
+unlists a host and something happens within its grace (a restart, a handover, a partition, a kill,
+a pause, the edit made while no controller runs, a re-add...). At every stored slice version a
+leaving host must still be published until a whole grace has passed since it was unlisted and since
+its target was last taken over (the fence sampler says when), not ready and terminating once the
+status shows the edit was seen.
+
 After each step the system must quiesce into the state derived from the API objects and the
 backends' health alone (see :func:`violations`: Services, slices, v1 Endpoints, status), with one
 leader and at most one writer at any time (every write comes from the replica whose Lease write
@@ -29,6 +36,7 @@ can be shrunk by dropping steps.
 
     python -m tests.fuzz.controller_fuzz --seeds 20 --steps 40      # soak: prints the figures
     python -m tests.fuzz.controller_fuzz --shard --seeds 10 --steps 30
+    python -m tests.fuzz.controller_fuzz --grace 3 --seeds 8 --steps 15 [--shard]
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ SKIP = "endpointslice.kubernetes.io/skip-mirror"
 ORIGIN_ENDPOINTS = {("db", "10.1.0.1"): True}  # what the mirror source Service publishes
 QUIESCE_TIMEOUT = 25.0
 IDLE_WINDOW = 0.6
+TAKEOVER_SLACK = 0.3  # a replica takes a target over a little before the fence sampler sees it open
 CONTROLLER_AGENT = "epctl/fuzzed"  # prefix of every replica's user agent: faults hit the controller only
 LEASE = {"lease_duration": 2.0, "renew_deadline": 1.2, "retry_period": 0.2}
 
@@ -91,19 +100,36 @@ SHARD_WEIGHTS = (2, 2, 1, 1, 2, 1, 2, 2, 1)
 MAX_MEMBERS = 4
 
 
-def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
+UNLIST_THEN = {False: ("restart", "leader_change", "partition", "backend", "drain", "apply", "delete_slice", "compact",
+                      "faults", "flap"),
+              True: ("kill", "pause", "leave", "join", "delete_lease", "edit_lease", "slow", "lag", "offline",
+                     "backend", "apply", "drain", "delete_slice", "compact")}
+
+
+def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool = False) -> Step:
+    """One step. With ``grace`` (a walk whose replicas keep leaving hosts terminating), a host also
+    leaves a ClusterEndpoint and something happens within its grace (``unlist``), and an edit made
+    while no controller runs may be such a removal; without it, the walks of a seed are unchanged."""
+    if grace and rng.random() < 0.25:
+        step: Step = {"kind": "unlist", "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
+        then = rng.choice(UNLIST_THEN[shard])  # each as likely: the takeovers are rare among all steps
+        step["then"] = random_step(rng, port, shard)
+        while step["then"]["kind"] != then:
+            step["then"] = random_step(rng, port, shard)
+        return step
     if shard and rng.random() < 0.4:
         kind = rng.choices(SHARD_KINDS, weights=SHARD_WEIGHTS)[0]
-        step: Step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
+        step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
         if kind == "slow":
             step["address"] = rng.choice(ADDRESSES)
             step["then"] = {"kind": rng.choice(("join", "leave")), "name": step["name"], "pick": rng.randrange(1 << 30)}
         elif kind == "lag":
-            step["then"] = random_step(rng, port, shard)
+            step["then"] = random_step(rng, port, shard, grace)
             while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
-                step["then"] = random_step(rng, port, shard)
+                step["then"] = random_step(rng, port, shard, grace)
         elif kind == "offline":
-            step["edit"] = rng.choice(("unannotate", "delete_slow_gc", "delete", "backend"))
+            edits = ("unannotate", "delete_slow_gc", "delete", "backend", "unlist")
+            step["edit"] = rng.choice(edits if grace else edits[:4])
             step["address"] = rng.choice(ADDRESSES)
         elif kind == "edit_lease":
             step["edit"] = rng.choice(("holder", "label"))
@@ -126,9 +152,9 @@ def random_step(rng: random.Random, port: int, shard: bool = False) -> Step:
         step["rule"] = {"verb": rng.choice(("create", "update", "patch", "delete")),
                         "resource": rng.choice(("endpointslices", "services", "clusterendpoints")),
                         "code": rng.choice((409, 429, 500)), "count": rng.randint(1, 3)}
-        step["then"] = random_step(rng, port, shard)  # the burst hits whatever the next change writes
+        step["then"] = random_step(rng, port, shard, grace)  # the burst hits whatever the next change writes
         while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
-            step["then"] = random_step(rng, port, shard)
+            step["then"] = random_step(rng, port, shard, grace)
     elif kind == "hostile":
         step["host"] = rng.choice(HOSTILE)
     elif kind == "drain":  # hosts in maintenance (epctl.io/drain); none: the annotation goes
@@ -194,6 +220,17 @@ def _check_endpoints(name: str, endpoints: Obj | None, owner_uid: str, want: dic
     return problems
 
 
+def holds(item: Obj | None, svc: Obj | None) -> bool:
+    """Whether a ClusterEndpoint holds its Service: unless the Service carries a mirror annotation and
+    is not the ClusterEndpoint's, or it exists, is someone else's, and adoption was not asked for."""
+    if item is None:
+        return False
+    annotated = bool(svc and MIRROR in (svc["metadata"].get("annotations") or {}))
+    owned = _owned_by(svc, item["metadata"]["uid"])
+    adopt = (item["metadata"].get("annotations") or {}).get("epctl.io/adopt") == "true"
+    return not (annotated and not owned) and (svc is None or owned or adopt)
+
+
 def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, bool]) -> list[str]:
     """What differs between the API state and the state the objects and backends call for.
 
@@ -224,8 +261,6 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
         covered.add(name)
         annotated = bool(svc and MIRROR in (svc["metadata"].get("annotations") or {}))
         uid = item["metadata"]["uid"] if item else ""
-        owned = bool(item and _owned_by(svc, uid))
-        adopt = bool(item and (item["metadata"].get("annotations") or {}).get("epctl.io/adopt") == "true")
         if name == "h":
             if item is not None:
                 reasons = {c["type"]: c.get("reason") for c in (item.get("status") or {}).get("conditions") or []}
@@ -234,11 +269,11 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
             if got or (svc is not None and item is not None):
                 problems.append("h: a refused ClusterEndpoint got a Service or endpoints")
             continue
-        holds = item is not None and not (annotated and not owned) and (svc is None or owned or adopt)
+        held = holds(item, svc)
         if item is not None:
-            problems += _check_status(name, item, up, synced=holds,
+            problems += _check_status(name, item, up, synced=held,
                                       conflict="mirrors" if annotated else "not managed by epctl")
-        if holds:
+        if held:
             assert item is not None
             problems += _check_clusterendpoint(name, item, svc, slices, got, up)
             out = drained(item)  # in maintenance: not ready (so notReadyAddresses), still probed
@@ -325,13 +360,18 @@ class Stats:
     checks: int = 0
     restarts: int = 0
     relists: int = 0
+    unlisted: int = 0  # hosts a ClusterEndpoint stopped listing while they were published (grace walks)
+    graced: int = 0  # of those, dropped after their grace was checked (a takeover within it: taken_over)
+    taken_over: int = 0
     seconds: float = 0.0
     kinds: dict[str, int] = field(default_factory=dict)
 
 
 class World:
-    def __init__(self, api: KubeAPIServer, client: KubeClient, port: int, shard: bool = False) -> None:
-        self.api, self.client, self.port, self.shard = api, client, port, shard
+    def __init__(self, api: KubeAPIServer, client: KubeClient, port: int, shard: bool = False,
+                 grace: float = 0.0, stats: Stats | None = None) -> None:
+        self.api, self.client, self.port, self.shard, self.grace = api, client, port, shard, grace
+        self.stats = stats or Stats()
         self.backends = {a: TCPBackend(port, host=a) for a in ADDRESSES}
         self.up = dict.fromkeys(ADDRESSES, True)
         # leader election: two, one writes, one stands by; shard mode: three members sharing the targets
@@ -342,6 +382,12 @@ class World:
         self._published_down: set[tuple[str, str, str]] = set()  # (service, port, address) not ready, host down
         self._foreign_edit = False  # the fuzzer itself is editing a slice (not epctl's publication)
         self._sampler: asyncio.Task[None] | None = None
+        # grace walks: (name, port, host) -> (when the spec stopped listing it, the ClusterEndpoint's uid,
+        # the generation before that edit), for hosts published when they were unlisted
+        self.unlisted: dict[tuple[str, str, str], tuple[float, str, int]] = {}
+        self.owners: dict[str, tuple[str, float]] = {}  # target -> (replica whose fence is open, since)
+        self.dropped_early: list[str] = []  # a leaving host gone before its grace, or published ready
+        self.deleted_by_us: set[tuple[str, str]] = set()  # (service, port) whose slice the fuzzer deleted
 
     async def start(self) -> None:
         for backend in self.backends.values():
@@ -350,7 +396,7 @@ class World:
         await source_service(self.client, "origin", ("db", 5432, 5432), {"10.1.0.1": True})
         for _ in range(3 if self.shard else 2):
             await self.start_replica()
-        if self.shard:
+        if self.shard or self.grace > 0:
             self.api.store.listeners.append(self._on_stored)
             self._sampler = asyncio.create_task(self._sample_fences())
 
@@ -361,7 +407,7 @@ class World:
         controller = Controller(client, ControllerSettings(
             batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True, metrics_addr=None,
             resolve_interval=3600, leader_election_namespace="default", identity=name,
-            **election, **LEASE))  # type: ignore[arg-type]
+            terminating_grace=self.grace, **election, **LEASE))  # type: ignore[arg-type]
         await controller.start()
         self.replicas.append(Replica(name, client, controller))
 
@@ -379,13 +425,16 @@ class World:
     # --- shard-mode invariants, watched all the time -------------------------------------------------
 
     async def _sample_fences(self) -> None:
-        """No two members may send a write for one target at the same moment (every few ms, all walk)."""
+        """No two members may send a write for one target at the same moment (every few ms, all walk);
+        and when a replica other than the last one opens its fence for a target, it has taken it over."""
         while True:
             for name in (*NAMES, "h"):
                 key = ("default", name)
                 open_for = [r.name for r in self.replicas if r.controller.fence.remaining(key) > 0]
-                if len(open_for) > 1:
+                if len(open_for) > 1 and self.shard:
                     self.sharing.append(f"{name}: {open_for}")
+                if len(open_for) == 1 and self.owners.get(name, ("", 0.0))[0] != open_for[0]:
+                    self.owners[name] = (open_for[0], time.monotonic())
             await asyncio.sleep(0.005)  # a sampling interval, not synchronisation
 
     def _on_stored(self, rt: Any, obj: Obj) -> None:
@@ -396,6 +445,12 @@ class World:
             return
         service = labels.get("kubernetes.io/service-name", "")
         port = (obj.get("ports") or [{}])[0].get("name", "")
+        if self.grace > 0:
+            if ("default", obj["metadata"]["name"]) in self.api.store.objects[("discovery.k8s.io", "endpointslices")]:
+                self.deleted_by_us.discard((service, port))  # that port's slice is written again (not a delete)
+            self._check_leaving(service)
+        if not self.shard:
+            return
         for endpoint in obj.get("endpoints") or []:
             address = endpoint["addresses"][0]
             if address not in self.up or self.up[address]:
@@ -405,6 +460,85 @@ class World:
                 self._published_down.add(slot)
             elif slot in self._published_down and not self._foreign_edit:
                 self.reopened.append(f"{service} {port} {address}: ready again while down")
+
+    # --- grace walks: a host a ClusterEndpoint stops listing leaves only after its grace -----------
+
+    def _slices_of(self, name: str) -> list[Obj]:
+        return [o for o in self.objects()["endpointslices"].values()
+                if (o["metadata"].get("labels") or {}).get(MANAGED[0]) == MANAGED[1]
+                and o["metadata"]["labels"].get("kubernetes.io/service-name") == name]
+
+    def _forget_settled(self, name: str, item: Obj | None) -> None:
+        """Entries that stopped applying: the ClusterEndpoint is gone or re-created, no longer holds its
+        Service, lists the host again (once the edit that unlisted it is in), or lost the port (a removed
+        port's endpoints leave at once)."""
+        svc = self._get("services", name)
+        for key, (_, uid, generation) in list(self.unlisted.items()):
+            if key[0] != name:
+                continue
+            if item is None or item["metadata"]["uid"] != uid or not holds(item, svc):
+                del self.unlisted[key]
+                continue
+            ports = {p["name"]: p["hosts"] for p in item["spec"]["ports"]}
+            edited = item["metadata"].get("generation", 0) > generation
+            if key[1] not in ports or (edited and key[2] in ports[key[1]]):
+                del self.unlisted[key]
+
+    def _check_leaving(self, name: str) -> None:
+        """At every stored version of a slice: a host the spec stopped listing is still published until
+        a whole grace has passed since it was unlisted and since the target was last taken over (a
+        restart, a handover, a start after an edit made while none ran: the new owner cannot know when
+        it left, so it gives it a whole grace from then); and once the status says the edit was seen,
+        it is published not ready and terminating (before that, the slices are not yet rewritten)."""
+        item = self._get("clusterendpoints", name)
+        self._forget_settled(name, item)
+        entries = [(key, left, generation) for key, (left, _, generation) in self.unlisted.items() if key[0] == name]
+        if not entries or item is None:
+            return
+        seen = ((item.get("status") or {}).get("observedGeneration") or 0)
+        published = _conditions(self._slices_of(name))
+        now = time.monotonic()
+        for key, left, generation in entries:
+            conditions = published.get((key[1], key[2]))
+            taken_over = self.owners.get(name, ("", 0.0))[1]
+            if conditions is None and (name, key[1]) in self.deleted_by_us:
+                continue  # the fuzzer deleted that port's slice: judged when the controller writes it again
+            if conditions is None:
+                bound = max(left + self.grace - 0.05, taken_over + self.grace - TAKEOVER_SLACK)
+                if now < bound:
+                    self.dropped_early.append(
+                        f"{name} {key[1]} {key[2]}: dropped {now - left:.2f} s after it was unlisted and "
+                        f"{now - taken_over:.2f} s after the last takeover, grace {self.grace} s")
+                self.stats.graced += 1
+                self.stats.taken_over += taken_over > left
+                del self.unlisted[key]
+            elif seen > generation and (conditions[0] or not conditions[2]) and not self._foreign_edit:
+                self.dropped_early.append(f"{name} {key[1]} {key[2]}: leaving, yet published (ready, serving, "
+                                          f"terminating) {conditions} {now - left:.2f} s after it was unlisted")
+
+    async def _put_clusterendpoint(self, obj: Obj) -> None:
+        """PUT a ClusterEndpoint whose spec changed; in a grace walk, first note which published hosts
+        it stops listing (the time is taken before the write, so the bound is never too strict)."""
+        name = obj["metadata"]["name"]
+        current = self._get("clusterendpoints", name)
+        noted: list[tuple[str, str, str]] = []
+        generation = 0
+        if self.grace > 0 and current is not None and holds(current, self._get("services", name)):
+            listed = {(p["name"], h) for p in obj["spec"]["ports"] for h in p["hosts"]}
+            kept_ports = {p["name"] for p in obj["spec"]["ports"]}
+            generation = current["metadata"].get("generation", 0)
+            for port, host in _conditions(self._slices_of(name)):
+                key = (name, port, host)
+                if port in kept_ports and (port, host) not in listed and key not in self.unlisted:
+                    self.unlisted[key] = (time.monotonic(), current["metadata"]["uid"], generation)
+                    noted.append(key)
+        await self._try("PUT", CLUSTERENDPOINTS.path("default", name), obj)
+        stored = self._get("clusterendpoints", name)
+        if noted and (stored is None or stored["metadata"].get("generation", 0) == generation):
+            for key in noted:  # the edit did not land (a conflict): nothing left
+                self.unlisted.pop(key, None)
+        else:
+            self.stats.unlisted += len(noted)
 
     def leader(self) -> Replica | None:
         return next((r for r in self.replicas if r.controller.leading), None)
@@ -461,7 +595,7 @@ class World:
             annotations["epctl.io/adopt"] = "true"
         else:
             annotations.pop("epctl.io/adopt", None)
-        await self._try("PUT", CLUSTERENDPOINTS.path("default", step["name"]), current)
+        await self._put_clusterendpoint(current)
 
     async def _delete(self, step: Step, stats: Stats) -> None:
         await self._try("DELETE", CLUSTERENDPOINTS.path("default", step["name"]))
@@ -489,6 +623,33 @@ class World:
                              message="GC of the old incarnation's objects")
         await self._try("POST", CLUSTERENDPOINTS.path("default"), self._recreated(step, old))
         await self._compact(step, stats)
+
+    async def _unlist(self, step: Step, stats: Stats) -> None:
+        """A host leaves a ClusterEndpoint (one of a port's hosts goes; a port's only host is swapped for
+        another address), then something else happens within its grace. With no ClusterEndpoint of that
+        name, one listing every address is created and published first."""
+        current = self._get("clusterendpoints", step["name"])
+        if current is None and self.replicas:  # none to leave from: one with every address, published first
+            await self._try("POST", CLUSTERENDPOINTS.path("default"), self._body(
+                {"name": step["name"], "adopt": True, "spec": {"ports": [{
+                    "name": "p0", "port": 8000, "targetPort": self.port, "hosts": list(ADDRESSES), "tcpSocket": {},
+                    "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1}]}}))
+            try:
+                await eventually(lambda: len(_endpoints(self._slices_of(step["name"]))) == len(ADDRESSES),
+                                 timeout=10, message="published")
+            except AssertionError:
+                pass  # not held (a mirror, a conflict): the host leaves unpublished
+            current = self._get("clusterendpoints", step["name"])
+        if current is not None:
+            ports = current["spec"]["ports"]
+            port = ports[step["pick"] % len(ports)]
+            gone = port["hosts"][(step["pick"] >> 4) % len(port["hosts"])]
+            others = [a for a in ADDRESSES if a not in port["hosts"]]
+            port["hosts"] = ([h for h in port["hosts"] if h != gone] if len(port["hosts"]) > 1
+                             else [others[(step["pick"] >> 8) % len(others)]])
+            await self._put_clusterendpoint(current)
+        if "then" in step:
+            await self.run(step["then"], stats)
 
     async def _drain(self, step: Step, stats: Stats) -> None:
         """Hosts into (and out of) maintenance, as kubectl annotate writes it: a merge patch."""
@@ -537,6 +698,8 @@ class World:
         ours = self._ours()
         if ours:
             victim = ours[step["pick"] % len(ours)]
+            service = victim["metadata"]["labels"].get("kubernetes.io/service-name", "")
+            self.deleted_by_us.add((service, (victim.get("ports") or [{}])[0].get("name", "")))
             await self._try("DELETE", ENDPOINTSLICES.path("default", victim["metadata"]["name"]))
 
     async def _edit_slice(self, step: Step, stats: Stats) -> None:
@@ -708,6 +871,8 @@ class World:
             gone_uid = current["metadata"]["uid"] if current and edit == "delete_slow_gc" else ""
             self.api.store.gc_paused = bool(gone_uid)
             await self._delete(step, stats)
+        elif edit == "unlist":
+            await self._unlist({"kind": "unlist", "name": step["name"], "pick": step["pick"]}, stats)
         else:
             await self._backend({"address": step["address"], "up": not self.up[step["address"]]}, stats)
         for _ in range(count):
@@ -762,17 +927,20 @@ class World:
 
         def problems() -> list[str]:
             if self.shard:
-                return violations(self.objects(), self.up) + self.converged() + self.sharing[:3] + self.reopened[:3]
-            return (violations(self.objects(), self.up) + self.writers()
+                return (violations(self.objects(), self.up) + self.converged() + self.sharing[:3]
+                        + self.reopened[:3] + self.dropped_early[:3])
+            return (violations(self.objects(), self.up) + self.writers() + self.dropped_early[:3]
                     + ([] if self.leader() is not None else ["no leader"]))
 
-        if self.sharing or self.reopened:
-            raise InvariantViolation("; ".join(self.sharing[:3] + self.reopened[:3]))
+        if self.sharing or self.reopened or self.dropped_early:
+            raise InvariantViolation("; ".join(self.sharing[:3] + self.reopened[:3] + self.dropped_early[:3]))
         try:
             await eventually(lambda: not problems(), timeout=QUIESCE_TIMEOUT, interval=0.05)
         except AssertionError:
             raise InvariantViolation("did not converge: " + "; ".join(problems())) from None
         stats.checks += 1
+        self.unlisted.clear()  # settled: every leaving host is gone (the oracle lists only listed hosts)
+        self.deleted_by_us.clear()
         mark, since = len(self.api.request_log), time.monotonic()
         await asyncio.sleep(IDLE_WINDOW)  # a measurement window, not synchronisation: nothing may happen in it
         # by arrival: a write applied before the window whose answer was slow is logged during it
@@ -794,12 +962,13 @@ class Failure:
     error: str
 
 
-async def run_walk(steps: list[Step], port: int, stats: Stats, shard: bool = False) -> Failure | None:
+async def run_walk(steps: list[Step], port: int, stats: Stats, shard: bool = False,
+                   grace: float = 0.0) -> Failure | None:
     """Run ``steps`` in a fresh world; the first violation, or None."""
     started = time.monotonic()
     async with KubeAPIServer(allow_loopback=True, bookmark_interval=0.5) as api:
         client = await KubeClient.connect(api.kubeconfig_path, user_agent="fuzzer")
-        world = World(api, client, port, shard)
+        world = World(api, client, port, shard, grace, stats)
         done = 0
         try:
             await world.start()
@@ -819,12 +988,12 @@ async def run_walk(steps: list[Step], port: int, stats: Stats, shard: bool = Fal
     return None
 
 
-def generate(seed: int, count: int, port: int, shard: bool = False) -> list[Step]:
+def generate(seed: int, count: int, port: int, shard: bool = False, grace: bool = False) -> list[Step]:
     rng = random.Random(seed)
-    return [random_step(rng, port, shard) for _ in range(count)]
+    return [random_step(rng, port, shard, grace) for _ in range(count)]
 
 
-async def shrink(failure: Failure, port: int, budget: float, shard: bool = False) -> Failure:
+async def shrink(failure: Failure, port: int, budget: float, shard: bool = False, grace: float = 0.0) -> Failure:
     """Drop runs of steps while the walk still fails: halves first, then quarters, down to single
     steps (delta debugging), bounded by ``budget`` seconds. Any failure counts as the same failure."""
     deadline = time.monotonic() + budget
@@ -834,7 +1003,7 @@ async def shrink(failure: Failure, port: int, budget: float, shard: bool = False
         start = len(best.steps) - 1 - chunk  # the failing step itself stays
         while start >= 0 and time.monotonic() < deadline:
             candidate = best.steps[:start] + best.steps[start + chunk:]
-            result = await run_walk(candidate, port, Stats(), shard)
+            result = await run_walk(candidate, port, Stats(), shard, grace)
             if result is not None:
                 best = Failure(failure.seed, candidate[:result.failed_at + 1], result.failed_at, result.error)
             start = min(start, len(best.steps) - 1) - chunk
@@ -852,14 +1021,16 @@ def report(failure: Failure) -> str:
 
 
 async def fuzz(seeds: list[int], steps: int, *, shrink_budget: float = 0.0, stats: Stats | None = None,
-               shard: bool = False) -> Failure | None:
+               shard: bool = False, grace: float = 0.0) -> Failure | None:
+    """Walk each seed; with ``grace`` (seconds), every replica keeps a host a ClusterEndpoint stops
+    listing published terminating that long, and the walks unlist hosts and change owners within it."""
     stats = stats or Stats()
     port = free_port()
     for seed in seeds:
-        failure = await run_walk(generate(seed, steps, port, shard), port, stats, shard)
+        failure = await run_walk(generate(seed, steps, port, shard, grace > 0), port, stats, shard, grace)
         if failure is not None:
             failure.seed = seed
-            return await shrink(failure, port, shrink_budget, shard) if shrink_budget else failure
+            return await shrink(failure, port, shrink_budget, shard, grace) if shrink_budget else failure
     return None
 
 
@@ -870,15 +1041,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="steps per walk")
     parser.add_argument("--shrink-seconds", type=float, default=300.0)
     parser.add_argument("--shard", action="store_true", help="three --shard members and ownership's failures")
+    parser.add_argument("--grace", type=float, default=0.0, metavar="SECONDS",
+                        help="replicas' --terminating-grace-period; hosts leave and owners change within it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the controller's warnings are expected here: faults, refusals
     first = args.first_seed if args.first_seed is not None else random.randrange(1 << 30)
     stats = Stats()
     failure = asyncio.run(fuzz(list(range(first, first + args.seeds)), args.steps,
-                               shrink_budget=args.shrink_seconds, stats=stats, shard=args.shard))
+                               shrink_budget=args.shrink_seconds, stats=stats, shard=args.shard,
+                               grace=args.grace))
     print(f"walks {stats.walks}  steps {stats.steps}  seeds {first}..{first + args.seeds - 1}  "
           f"faults injected {stats.faults}  relists forced {stats.relists}  restarts {stats.restarts}  "
           f"invariant checks passed {stats.checks}  time {stats.seconds:.0f} s")
+    if args.grace > 0:
+        print(f"hosts unlisted while published {stats.unlisted}  dropped after their grace {stats.graced}"
+              f" (a takeover within it: {stats.taken_over})")
     print("steps by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.kinds.items())))
     if failure is not None:
         print(report(failure), file=sys.stderr)

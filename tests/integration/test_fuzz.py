@@ -2,8 +2,9 @@
 
 A failure prints the seed and the (shrunk) steps; replay it with
 ``python -m tests.fuzz.controller_fuzz --first-seed SEED --seeds 1 --steps N``.
-Longer soaks: ``python -m tests.fuzz.controller_fuzz --seeds 50 --steps 60`` (README, reliability), and
-``--shard`` for shard members and ownership's failures.
+Longer soaks: ``python -m tests.fuzz.controller_fuzz --seeds 50 --steps 60`` (README, reliability),
+``--shard`` for shard members and ownership's failures, and ``--grace 3`` for hosts that leave with a
+grace while owners change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.fuzz.controller_fuzz import Stats, fuzz, report
 
 FIXED_SEED = 1
 RANDOM_SEEDS = 2
+GRACE = 3.0  # long enough that the step after a host leaves (a restart, a handover) happens within it
 
 
 @pytest.mark.timeout(600)
@@ -38,3 +40,18 @@ async def test_random_walks_of_shard_members_keep_ownership_unshared() -> None:
     failure = await fuzz(seeds, 15, shrink_budget=120, stats=stats, shard=True)
     assert failure is None, report(failure)
     assert stats.steps == 30 and stats.checks >= 2 * stats.steps
+
+
+@pytest.mark.timeout(600)
+async def test_random_walks_with_a_grace_never_drop_a_leaving_host_early() -> None:
+    """--terminating-grace-period: hosts leave a ClusterEndpoint and, within their grace, replicas
+    restart, hand over, are partitioned (leader mode) or killed, paused, joined (shard mode), or the
+    edit is made while none runs; a leaving host stays published (not ready, terminating) for a
+    whole grace from when it left and from the last takeover, then goes."""
+    stats = Stats()
+    failure = await fuzz([FIXED_SEED], 10, shrink_budget=120, stats=stats, grace=GRACE)
+    if failure is None:
+        failure = await fuzz([random.randrange(1 << 30)], 8, shrink_budget=120, stats=stats, shard=True, grace=GRACE)
+    assert failure is None, report(failure)
+    assert stats.steps == 18 and stats.checks >= 2 * stats.steps
+    assert stats.unlisted > 0 and stats.graced > 0  # hosts did leave while published, and were watched going
