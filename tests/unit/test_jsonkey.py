@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from epctl.endpoints import _normal_subsets
+from epctl.endpoints import _normal_subsets, _same_subsets
 from epctl.jsonkey import json_key
 
 
@@ -76,3 +76,27 @@ def test_normal_subsets_ignore_order_and_see_a_changed_condition() -> None:
     flipped = json.loads(json.dumps(subsets))
     flipped[0]["notReadyAddresses"].append(flipped[0]["addresses"].pop())
     assert _normal_subsets(flipped) != _normal_subsets(subsets)
+
+
+def test_the_readiness_shortcut_never_changes_the_comparison() -> None:
+    """``_same_subsets`` compares the (field, ip) pairs first and normalises only when they agree: it
+    must decide exactly as the normalised comparison alone."""
+    rng = random.Random(5)
+
+    def subsets() -> list[dict[str, Any]]:
+        def addresses() -> list[dict[str, Any]]:
+            return [{"ip": rng.choice(("10.0.0.1", "10.0.0.2", "10.0.0.3")),
+                     **({"hostname": rng.choice(("a", "b"))} if rng.random() < 0.3 else {})}
+                    for _ in range(rng.randint(0, 2))]
+        return [{"addresses": addresses(), "notReadyAddresses": addresses(),
+                 "ports": [{"name": rng.choice(("", "http")), "port": rng.choice((80, 81))}]}
+                for _ in range(rng.randint(0, 2))]
+
+    decisions = set()
+    for _ in range(3000):
+        a = subsets()
+        b = shuffled_keys(a, rng) if rng.random() < 0.5 else subsets()
+        same = _same_subsets(a, b)
+        assert same == (_normal_subsets(a) == _normal_subsets(b))
+        decisions.add(same)
+    assert decisions == {True, False}
