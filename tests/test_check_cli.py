@@ -179,6 +179,16 @@ async def test_duration_counts_from_the_start() -> None:
         assert out.startswith("CLUSTERENDPOINT") and code == 1
 
 
+def _as_in_a_foreground_shell() -> None:
+    """Ctrl-C reaches a foreground process, whose SIGINT is never ignored. A process started with it
+    ignored (a background job of a non-interactive shell: ``cmd &`` ignores SIGINT for the whole tree)
+    keeps ignoring it, by POSIX convention and Python's; so the child gets the default disposition
+    whatever the test runner inherited (the test failed when the suite ran as such a background job)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_interrupt_exits_130_with_the_partial_report(tmp_path: Path) -> None:
     import signal
 
@@ -188,7 +198,8 @@ async def test_interrupt_exits_130_with_the_partial_report(tmp_path: Path) -> No
         for sig, expected in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "epctl.cli", "check", "-f", str(path), "--allow-loopback",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                preexec_fn=_as_in_a_foreground_shell)
             assert proc.stdout is not None and proc.stderr is not None
             await eventually(lambda: bool(web.requests), timeout=30, message="probing has started")
             proc.send_signal(sig)
