@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +62,7 @@ from epctl.sources.mirror import MirrorSource, mirror_source
 from epctl.sources.openstack import OpenStackSource
 from epctl.sources.topology import NODES, TopologySource
 from epctl.state import DesiredState, TargetKey
-from epctl.tasks import cancel_and_wait, core_health, within
+from epctl.tasks import EarliestDeadline, cancel_and_wait, core_health, within
 from epctl.topology import trim_node
 
 log = logging.getLogger(__name__)
@@ -164,7 +163,8 @@ class Controller:
             self.writer.decorate = self.topology.decorate
             self.topology.on_verdict = self.source.topology_changed
             self.source.topology = self.topology.verdict
-        self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
+        self._grace_timer = EarliestDeadline(self.state.expire)
+        self.state.on_deadline = self._grace_timer.at  # leaving endpoints' grace (state.py)
         self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
         self._not_synced_reasons: set[str] = set(NOT_SYNCED_REASONS)  # epctl_clusterendpoints_not_synced series
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)
@@ -384,12 +384,9 @@ class Controller:
             return self.member.holdings.converged
         return self.elector is None or self.elector.is_leader
 
-    def _expire_at(self, at: float) -> None:
-        """Call ``state.expire`` at the monotonic time ``at`` (a removed host's grace ends)."""
-        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self.state.expire)
-
     async def stop(self, flush_timeout: float = 8.0) -> None:
         LEADER.set(0)
+        self._grace_timer.cancel()
         if self._gauge_task is not None:
             self._gauge_task.cancel()
         for task in self._core[len(self.informers):]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
@@ -20,6 +21,42 @@ async def within(timeout: float | None, awaitable: Awaitable[T]) -> T:
     wait (a shard member's, a poller's) would run on after it was told to stop."""
     async with asyncio.timeout(timeout):
         return await awaitable
+
+
+class EarliestDeadline:
+    """One loop timer for the earliest of many deadlines (monotonic times): ``at(when)`` arms it unless
+    an earlier call is already due; when it fires, ``callback`` runs and returns the next deadline
+    (None: none left), which re-arms it.
+
+    Why: a removed host's grace ends at its own deadline (``DesiredState.expire``). The timer used to
+    be armed only for the earliest deadline whenever leaving endpoints changed, and ``expire``'s
+    answer (the next deadline) was dropped: a second host leaving within the first one's grace stayed
+    terminating until something else changed its target, in a quiet system forever (found by the
+    stateful fuzzer's grace walks, seed 101)."""
+
+    def __init__(self, callback: Callable[[], float | None], clock: Callable[[], float] = time.monotonic) -> None:
+        self._callback, self._clock = callback, clock
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = 0.0
+
+    def at(self, when: float) -> None:
+        if self._handle is not None and self._when <= when:
+            return  # an earlier (or the same) call is due: it re-arms for the rest
+        if self._handle is not None:
+            self._handle.cancel()
+        self._when = when
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, when - self._clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        following = self._callback()
+        if following is not None:
+            self.at(following)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def ensure_running(task: asyncio.Task[None] | None, factory: Callable[[], Coroutine[Any, Any, None]],

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +67,7 @@ from epctl.sources.targets import (
     published_zones,
 )
 from epctl.state import DesiredState, Target
-from epctl.tasks import cancel_and_wait, core_health
+from epctl.tasks import EarliestDeadline, cancel_and_wait, core_health
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -223,7 +222,8 @@ class Manager:
                              max_batch_delay=settings.max_batch_delay, max_per_slice=settings.max_endpoints_per_slice,
                              reporter=self, metrics=PrometheusWriterMetrics(), endpoints=self.endpoints)
         self.state.on_dirty = self.writer.notify
-        self.state.on_deadline = self._expire_at  # leaving endpoints' grace (state.py)
+        self._grace_timer = EarliestDeadline(self.state.expire)
+        self.state.on_deadline = self._grace_timer.at  # leaving endpoints' grace (state.py)
         self.health = HealthServer(settings.metrics_addr, self.healthy, self.ready) if settings.metrics_addr else None
         self.discovered: dict[str, str] | None = None  # address -> server name; None until known
         # published terminating (leaving): held so until the cloud first answers (targets.published_terminating)
@@ -269,6 +269,7 @@ class Manager:
                                            "sync_period": self.settings.sync_period})
 
     async def stop(self, flush_timeout: float = 8.0) -> None:
+        self._grace_timer.cancel()
         await cancel_and_wait(self._nagger)
         await self.scheduler.stop()
         await self.discovery.stop()
@@ -336,10 +337,6 @@ class Manager:
         owner = {"apiVersion": "v1", "kind": "Service", "name": self.key[1],
                  "uid": service["metadata"].get("uid", ""), "controller": True, "blockOwnerDeletion": True}
         self.state.set_target(Target(self.key[0], self.key[1], groups, None, owner, grace=grace), left)
-
-    def _expire_at(self, at: float) -> None:
-        """Call ``state.expire`` at the monotonic time ``at`` (a gone server's grace ends)."""
-        asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self.state.expire)
 
     def _undecided(self, ports: list[PortSpec], addresses: set[str]) -> bool:
         target = f"{self.key[0]}/{self.key[1]}"

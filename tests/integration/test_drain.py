@@ -173,6 +173,29 @@ async def test_the_status_stops_counting_a_leaving_host_whose_service_is_someone
         assert slices_of(api, "pg") == []
 
 
+async def test_a_second_host_removed_within_the_first_ones_grace_leaves_too(api: KubeAPIServer,
+                                                                               client: KubeClient) -> None:
+    """Two hosts removed one after the other: the grace timer was armed for the earlier deadline only,
+    so the second host stayed terminating forever in a quiet system (found by the stateful fuzzer's
+    grace walks, seed 101)."""
+    await install_crd(client)
+    async with TCPBackend() as db, TCPBackend(db.port, host="127.0.0.2"), TCPBackend(db.port, host="127.0.0.3"), \
+            running_controller(api, client, terminating_grace=1.0):
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [
+            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+             "tcpSocket": {}, "periodSeconds": 1}]))
+        await eventually(lambda: len(conditions_of(api, "pg")) == 3, message="published")
+        await edit_hosts(client, "pg", ["127.0.0.1", "127.0.0.3"])
+        await eventually(lambda: conditions_of(api, "pg")["127.0.0.2"] == (False, True, True), message="first leaving")
+        await edit_hosts(client, "pg", ["127.0.0.1"])
+        await eventually(lambda: conditions_of(api, "pg").get("127.0.0.3") == (False, True, True)
+                         or "127.0.0.3" not in conditions_of(api, "pg"), message="second leaving")
+        await eventually(lambda: conditions_of(api, "pg") == {"127.0.0.1": (True, True, False)}, timeout=10,
+                         message="both gone after their grace")
+        await eventually(lambda: (cep_of(api, "pg") or {}).get("status", {}).get("draining") == 0,
+                         message="status after the grace")
+
+
 async def two_hosts_published(api: KubeAPIServer, client: KubeClient, port: int) -> None:
     """ClusterEndpoint pg with 127.0.0.1 and 127.0.0.2 (both listening on ``port``), published ready."""
     await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("pg", [

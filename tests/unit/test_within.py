@@ -69,3 +69,37 @@ async def test_epctl_check_stops_when_interrupted_as_a_probe_answers() -> None:
     task.cancel()
     await asyncio.wait({task}, timeout=5)
     assert task.cancelled(), "the interrupt was lost: the check would have probed on to its decision"
+
+
+async def test_the_earliest_deadline_timer_re_arms_for_the_next_deadline() -> None:
+    """Two hosts leaving at different times: the timer was armed for the earliest deadline only, and
+    the next one (what ``expire`` answers) was dropped, so the second host never left in a quiet
+    system. One timer, re-armed by its callback's answer, never more than one pending."""
+    from epctl.tasks import EarliestDeadline
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadlines = [start + 0.05, start + 0.15]
+    fired: list[float] = []
+
+    served = asyncio.Event()
+
+    def expire() -> float | None:
+        now = loop.time()
+        fired.append(now)
+        while deadlines and deadlines[0] <= now:
+            deadlines.pop(0)
+        if not deadlines:
+            served.set()
+        return deadlines[0] if deadlines else None
+
+    timer = EarliestDeadline(expire, clock=loop.time)
+    timer.at(deadlines[1])
+    timer.at(deadlines[0])  # earlier: replaces the pending call
+    timer.at(deadlines[1])  # later than the pending one: kept for the re-arm
+    try:
+        await within(2.0, served.wait())
+    except TimeoutError:
+        raise AssertionError("the second deadline was never served") from None
+    assert len(fired) == 2 and fired[0] >= start + 0.05 and fired[1] >= start + 0.15
+    timer.cancel()
