@@ -38,14 +38,16 @@ class EarliestDeadline:
         self._callback, self._clock = callback, clock
         self._handle: asyncio.TimerHandle | None = None
         self._when = 0.0
+        self._closed = False
 
     def at(self, when: float) -> None:
-        if self._handle is not None and self._when <= when:
-            return  # an earlier (or the same) call is due: it re-arms for the rest
+        if self._closed or (self._handle is not None and self._when <= when):
+            return  # stopped, or an earlier (or the same) call is due: it re-arms for the rest
+        loop = asyncio.get_running_loop()
         if self._handle is not None:
             self._handle.cancel()
         self._when = when
-        self._handle = asyncio.get_running_loop().call_later(max(0.0, when - self._clock()), self._fire)
+        self._handle = loop.call_later(max(0.0, when - self._clock()), self._fire)
 
     def _fire(self) -> None:
         self._handle = None
@@ -54,6 +56,8 @@ class EarliestDeadline:
             self.at(following)
 
     def cancel(self) -> None:
+        """For good: a shutdown still applies late events to the desired state, which ask again."""
+        self._closed = True
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

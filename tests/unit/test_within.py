@@ -94,12 +94,18 @@ async def test_the_earliest_deadline_timer_re_arms_for_the_next_deadline() -> No
         return deadlines[0] if deadlines else None
 
     timer = EarliestDeadline(expire, clock=loop.time)
-    timer.at(deadlines[1])
-    timer.at(deadlines[0])  # earlier: replaces the pending call
-    timer.at(deadlines[1])  # later than the pending one: kept for the re-arm
     try:
-        await within(2.0, served.wait())
-    except TimeoutError:
-        raise AssertionError("the second deadline was never served") from None
-    assert len(fired) == 2 and fired[0] >= start + 0.05 and fired[1] >= start + 0.15
-    timer.cancel()
+        timer.at(deadlines[1])
+        timer.at(deadlines[0])  # earlier: replaces the pending call
+        timer.at(deadlines[1])  # later than the pending one: kept for the re-arm
+        try:
+            await within(2.0, served.wait())
+        except TimeoutError:
+            raise AssertionError("the second deadline was never served") from None
+        # a wake-up a hair early (uvloop rounds timers to milliseconds) re-arms for the remainder
+        assert fired[0] >= start + 0.04 and fired[-1] >= start + 0.15 - 0.01
+        assert sum(1 for t in fired if t < start + 0.14) <= 2  # not one chain per at(): the first is replaced
+    finally:
+        timer.cancel()
+    timer.at(loop.time())  # after cancel (a shutdown): nothing more is armed
+    assert timer._handle is None
