@@ -490,6 +490,8 @@ class World:
         restart, a handover, a start after an edit made while none ran: the new owner cannot know when
         it left, so it gives it a whole grace from then); and once the status says the edit was seen,
         it is published not ready and terminating (before that, the slices are not yet rewritten)."""
+        if not any(key[0] == name for key in self.unlisted):
+            return  # most stored slices: nothing of theirs is leaving (no copies of the objects read)
         item = self._get("clusterendpoints", name)
         self._forget_settled(name, item)
         entries = [(key, left, generation) for key, (left, _, generation) in self.unlisted.items() if key[0] == name]
