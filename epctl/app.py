@@ -165,6 +165,7 @@ class Controller:
             self.source.topology = self.topology.verdict
         self._grace_timer = EarliestDeadline(self.state.expire)
         self.state.on_deadline = self._grace_timer.at  # leaving endpoints' grace (state.py)
+        self.state.on_grace_over = self.source.grace_over
         self._service_series: set[tuple[str, str]] = set()  # epctl_service_endpoints series exported
         self._not_synced_reasons: set[str] = set(NOT_SYNCED_REASONS)  # epctl_clusterendpoints_not_synced series
         self.health = (HealthServer(settings.metrics_addr, self.healthy, self.ready)

@@ -131,6 +131,9 @@ class DesiredState:
         self.clock = clock
         # asks to be called back (``expire``) at a ``clock`` time: the app sets a loop timer
         self.on_deadline: Callable[[float], None] | None = None
+        # told the targets whose leaving endpoints ``expire`` removed: what reports on them (a
+        # ClusterEndpoint's status.draining) recounts then, whether or not a write follows or succeeds
+        self.on_grace_over: Callable[[TargetKey], None] | None = None
         self.waiting: dict[TargetKey, dict[str, Target]] = {}  # refused claims, by source, oldest first
         self.dirty: set[TargetKey] = set()
         self.on_dirty = on_dirty
@@ -248,8 +251,10 @@ class DesiredState:
         return replace(target, groups=groups)
 
     def expire(self) -> float | None:
-        """Remove the leaving endpoints whose grace is over; returns the next deadline (None: none left)."""
+        """Remove the leaving endpoints whose grace is over; returns the next deadline (None: none left).
+        Each target that lost some is marked dirty (to be written) and passed to ``on_grace_over``."""
         now = self.clock()
+        over: list[TargetKey] = []
         for key in list(self.leaving):
             leaving = self.leaving[key]
             done = [k for k, (deadline, _) in leaving.items() if deadline <= now]
@@ -270,6 +275,10 @@ class DesiredState:
                         a: e for a, e in group.endpoints.items() if a != address})
             self.targets[key] = replace(held, groups=groups)
             self._mark(key)
+            over.append(key)
+        if self.on_grace_over is not None:
+            for key in over:
+                self.on_grace_over(key)
         deadlines = [d for leaving in self.leaving.values() for d, _ in leaving.values()]
         return min(deadlines) if deadlines else None
 

@@ -176,7 +176,6 @@ class ClusterEndpointSource:
         self._unpublished: dict[TargetKey, float] = {}  # first transition not yet written, per target
         # the topology hints' verdict for a target (epctl.sources.topology), for the TopologyHints condition
         self.topology: Callable[[TargetKey], Any] = lambda _key: None
-        self._leaving: set[TargetKey] = set()  # status counted hosts within their grace: recount on writes
         # shard ownership (docs/design.md section 8): only owned ClusterEndpoints get checks, desired
         # state, discovery and status here; the others are parsed and resolved, ready to take over warm
         self.owns: Callable[[TargetKey], bool] = lambda _key: True
@@ -703,6 +702,13 @@ class ClusterEndpointSource:
         for key in list(self._entries):
             self._write_status(key)
 
+    def grace_over(self, key: TargetKey) -> None:
+        """Hosts removed from ``key``'s spec finished their grace (``DesiredState.expire``): recount
+        ``status.draining`` now. Not on the write that follows: that write may fail for long, or never
+        be tried for a Service that is someone else's; the count follows the desired state."""
+        if self.state.holder(key) == SOURCE:
+            self._write_status(key)
+
     def synced(self, key: TargetKey) -> None:
         if self.state.holder(key) != SOURCE:
             return  # the writer reports on a Service another front-end holds
@@ -712,8 +718,6 @@ class ClusterEndpointSource:
         entry = self._entries.get(key)
         if entry is not None and entry.sync[0] is not True:
             entry.sync = (True, "Synced", "Service and EndpointSlices are up to date")
-            self._write_status(key)
-        elif key in self._leaving:  # a removed host's grace may have ended (state.expire)
             self._write_status(key)
 
     def failed(self, key: TargetKey, reason: str, message: str, permanent: bool, force: bool = False) -> None:
@@ -726,8 +730,6 @@ class ClusterEndpointSource:
                                                              "error": message})
             if permanent:
                 self.events.record(entry.obj, "Warning", reason, message)
-            self._write_status(key)
-        elif key in self._leaving:  # a removed host's grace may have ended (state.expire), unpublished
             self._write_status(key)
 
     def conflicted(self, key: TargetKey) -> bool:
@@ -767,10 +769,6 @@ class ClusterEndpointSource:
         per_port_ready: list[tuple[str, int]] = []
         drained = self._drained(key, entry) if entry.spec is not None else set()
         leaving = list(self.state.leaving.get(key, {}))  # (group id, address): removed, within the grace
-        if leaving:
-            self._leaving.add(key)
-        else:
-            self._leaving.discard(key)
         draining = in_maintenance = 0
         for port in (entry.spec.ports if entry.spec else ()):
             label = port.label

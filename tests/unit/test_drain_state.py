@@ -71,6 +71,8 @@ def test_a_removed_endpoint_leaves_terminating_until_its_grace_ends() -> None:
     deadlines: list[float] = []
     state = DesiredState(clock=lambda: now[0])
     state.on_deadline = deadlines.append
+    over: list[tuple[str, str]] = []
+    state.on_grace_over = over.append
     both = {a: Endpoint(a, ready, ready) for a, ready in (("10.0.0.1", True), ("10.0.0.2", False))}
     state.set_target(target(both, grace=30))
     state.take_dirty()
@@ -79,11 +81,12 @@ def test_a_removed_endpoint_leaves_terminating_until_its_grace_ends() -> None:
     assert deadlines == [130.0]
     now[0] = 110.0  # the same desired state again changes nothing, and keeps the first deadline
     assert not state.set_target(target({"10.0.0.1": both["10.0.0.1"]}, grace=30))
-    assert state.expire() == 130.0 and "10.0.0.2" in endpoints(state)
+    assert state.expire() == 130.0 and "10.0.0.2" in endpoints(state) and over == []
     now[0] = 130.0
     state.take_dirty()
     assert state.expire() is None
     assert endpoints(state) == {"10.0.0.1": (True, True, False)} and state.take_dirty() == {("default", "db")}
+    assert over == [("default", "db")]  # told once, when the grace ended: the status recounts then
 
 
 def test_a_host_listed_again_within_its_grace_is_back_and_no_grace_removes_at_once() -> None:
