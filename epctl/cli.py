@@ -49,7 +49,8 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-probe-rate", default=0.0, type=float, help="probes started per second at most, to bound "
              "the traffic to external hosts (0: as many as the CPU affords while API work keeps priority)")
     add_flag(parser, "--write-concurrency", default=8, type=int,
-             help="targets written at once (status patches and Events: half as many each)")
+             help="targets written at once (2x as many write slots, slices before Endpoints; status patches "
+             "and Events: half as many each)")
     add_flag(parser, "--resolve-interval", default=30.0, type=float, help="seconds between DNS re-resolutions")
     add_flag(parser, "--terminating-grace-period", default=0.0, type=float,
              help="seconds a host removed from a ClusterEndpoint (or gone from its discovery) stays published "

@@ -9,12 +9,19 @@ lower writer wait, before each write, while a writer ahead of it has work due or
 The wait is bounded so nothing starves under endless churn: after waiting ``bound`` seconds a lower
 writer sends ``burst`` writes without asking again, then yields anew. The order is therefore
 "routing first" for any burst the writer clears within ``bound``, and fair shares beyond it.
+
+Within the routing writer the same order holds one level down (:class:`Slots`): a target's
+EndpointSlices (what kube-proxy routes by) take a write slot before any target's v1 Endpoints (the
+legacy copy, for older consumers), so in a burst every Service's slices go out first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 from epctl.tasks import within
@@ -54,3 +61,51 @@ class Turn:
                 self.expired += 1
                 self._credit = self.burst - 1
                 return
+
+
+class Slots:
+    """``size`` write slots shared by ranks of work: a free slot goes to the lowest rank waiting (rank
+    0 first), first come first served within a rank. A semaphore with an order.
+
+    Why: the writer used to write a target's slices and its Endpoints side by side under one slot, so
+    when 1,000 targets changed at once the last Service's slices went out after ~2,000 requests;
+    with the Endpoints a rank below, after ~1,000."""
+
+    def __init__(self, size: int, ranks: int = 2) -> None:
+        self._free = size
+        self._waiting: list[deque[asyncio.Future[None]]] = [deque() for _ in range(ranks)]
+
+    @asynccontextmanager
+    async def hold(self, rank: int) -> AsyncIterator[None]:
+        await self._acquire(rank)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, rank: int) -> None:
+        if self._free > 0 and not any(self._waiting[:rank + 1]):
+            self._free -= 1
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[rank].append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self._release()  # handed a slot as we were cancelled: hand it on
+            else:
+                try:
+                    self._waiting[rank].remove(granted)
+                except ValueError:
+                    pass
+            raise
+
+    def _release(self) -> None:
+        for waiting in self._waiting:
+            while waiting:
+                granted = waiting.popleft()
+                if not granted.done():
+                    granted.set_result(None)
+                    return
+        self._free += 1

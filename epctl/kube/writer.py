@@ -2,7 +2,9 @@
 
 - Debounce: a dirty target is written after ``batch_delay`` of quiet or ``max_batch_delay`` after
   it first became dirty, whichever comes first, so a burst of probe transitions becomes one write.
-- Bounded concurrency across targets; one reconcile at a time per target.
+- Bounded concurrency across targets; one reconcile at a time per target. Routing first within it:
+  a target's Service and EndpointSlices are written under a write slot, and its v1 Endpoints
+  (the legacy copy) under another one taken after every waiting target's slices (``Slots``).
 - Optimistic concurrency: updates carry the resourceVersion they were planned from. 409 (stale or
   AlreadyExists) and 404 re-read the target's slices from the API and re-plan (a few times).
   429/5xx/connection errors retry with exponential backoff and jitter. 422 is reported (Event and
@@ -30,6 +32,7 @@ from epctl.endpoints import MANAGED_LABEL, MANAGED_VALUE, desired_endpoints, end
 from epctl.kube.backoff import Backoff
 from epctl.kube.client import ENDPOINTS, ENDPOINTSLICES, MERGE_PATCH, SERVICES, ApiError, Fenced, KubeClient
 from epctl.kube.informer import Informer, InformerEvent
+from epctl.kube.priority import Slots
 from epctl.shard.fence import UNFENCED, Fence
 from epctl.slices import (
     MANAGED_BY,
@@ -46,6 +49,7 @@ from epctl.tasks import cancel_and_wait, ensure_running, within
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"  # kube-controller-manager's, for selector Services
+SLICES_FIRST, ENDPOINTS_AFTER = 0, 1  # write slot ranks (Slots): what kube-proxy reads goes first
 POD_SLICES_ANNOTATION = "epctl.io/pod-slices"  # "delete": the selector we removed left Pod slices behind
 
 
@@ -145,7 +149,9 @@ class Writer:
         self.reporter, self.metrics = reporter, metrics
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.concurrency = concurrency
-        self._semaphore = asyncio.Semaphore(concurrency)
+        # rank 0: Services and slices; rank 1: the v1 Endpoints. Twice ``concurrency``: one request per
+        # slot, as many in flight as when a target's slices and Endpoints went side by side under one
+        self._slots = Slots(2 * concurrency)
         self._pending: dict[TargetKey, list[float]] = {}  # key -> [first dirty, last dirty]
         self._retry_at: dict[TargetKey, float] = {}
         self._backoffs: dict[TargetKey, Backoff] = {}
@@ -368,13 +374,20 @@ class Writer:
     async def _reconcile(self, key: TargetKey) -> None:
         started = time.monotonic()
         try:
-            async with self._semaphore:
+            async with self._slots.hold(SLICES_FIRST):
                 if not self.owns(key):
                     return  # let go while waiting for a write slot
                 target = self.state.get(key)
                 if target is None and key not in self._known:
                     return
-                await self._sync(key, target)
+                endpoints_after = await self._sync(key, target)
+            if endpoints_after:
+                async with self._slots.hold(ENDPOINTS_AFTER):
+                    if not self.owns(key):
+                        return
+                    # the desired state now: it may have changed while the slices of other targets went
+                    # (then this target is due again, and its slices follow), never an older copy
+                    await self._sync_endpoints(key, self.state.get(key))
             self._backoffs.pop(key, None)
             self._retry_at.pop(key, None)
             if target is None:
@@ -428,7 +441,9 @@ class Writer:
             self._retry_at[key] = time.monotonic() + self.backoff_max
             self.notify(key)
 
-    async def _sync(self, key: TargetKey, target: Target | None) -> None:
+    async def _sync(self, key: TargetKey, target: Target | None, defer_endpoints: bool = True) -> bool:
+        """Write ``key``'s Service and slices (and, where they must go in order, its Endpoints); True
+        if its Endpoints are still to be written, under a slot of their own (routing first)."""
         if target is not None:
             self._known.add(key)
             if target.service is not None:
@@ -437,25 +452,26 @@ class Writer:
                 except ServiceConflict:
                     # Not ours to write: then nothing of ours may be published for it either (slices a
                     # mirror wrote before handing the Service over, for instance). The next change retries.
-                    await self._sync(key, None)
+                    await self._sync(key, None, defer_endpoints=False)
                     raise
         if self.endpoints is None:
             await self._sync_slices(key, target)
             await self._delete_controller_slices(key)
         elif is_ours(self._observed_endpoints(key)):
-            # Both ours already: independent writes, so one reconcile costs the slower of the two.
-            results = await asyncio.gather(self._sync_slices(key, target), self._sync_endpoints(key, target),
-                                           return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            # Both ours already: independent writes. The slices now; the Endpoints (which kube-proxy
+            # does not read) after every other waiting target's slices.
+            await self._sync_slices(key, target)
             await self._delete_controller_slices(key)
+            if defer_endpoints:
+                return True
+            await self._sync_endpoints(key, target)
         else:
             # Taking the Endpoints over (from a seed tool, a person): our slices first, so the slice that
             # Kubernetes mirrored from the old Endpoints is only removed once ours are there.
             await self._sync_slices(key, target)
             await self._delete_controller_slices(key)
             await self._sync_endpoints(key, target)
+        return False
 
     async def _delete_controller_slices(self, key: TargetKey) -> None:
         """After adopting a Service that had a selector (ours are published by now): delete the slices

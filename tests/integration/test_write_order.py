@@ -23,8 +23,10 @@ from tests.integration.controller_helpers import (
 
 
 def _kind(record: RequestRecord) -> str | None:
-    if record.resource in ("endpointslices", "endpoints") and record.verb == "update":
-        return "routing"
+    if record.resource == "endpointslices" and record.verb == "update":
+        return "slice"
+    if record.resource == "endpoints" and record.verb == "update":
+        return "endpoints"
     if record.resource == "clusterendpoints" and record.subresource == "status":
         return "status"
     if record.resource == "events":
@@ -42,16 +44,21 @@ async def _settled(controller: Controller) -> None:
     await controller.events.drain(30)
 
 
-async def test_a_mass_flip_writes_slices_and_endpoints_then_status_then_events(
+async def test_a_mass_flip_writes_slices_then_endpoints_then_status_then_events(
         api: KubeAPIServer, client: KubeClient) -> None:
-    """A host shared by many ClusterEndpoints fails: every slice and Endpoints update is sent before the
-    first status patch, and every status patch before the first Event. The debounce (2 s) is longer
-    than the spread of the probes' phases (1 s period), so all targets are due at once, as in a flip of
-    1,000; the bound is lifted so a loaded machine cannot turn the assertion into a race."""
+    """A host shared by many ClusterEndpoints fails: the slices (what kube-proxy reads) go before the
+    v1 Endpoints copies, every routing write before the first status patch, and every status patch
+    before the first Event. The debounce (30 s) holds every write until all targets know, then a
+    flush makes them due at once, as in a flip of 1,000 (the probes' phases spread over a period would
+    otherwise make the first target due alone); the bound is lifted so a loaded machine cannot turn
+    the assertion into a race. One target at a time (2 write slots): an
+    Endpoints update is sent only once no slice waits for a slot, so at most one slice update (in
+    flight beside it) can reach the server after the first Endpoints update. Before the slots, a
+    target's slice and Endpoints went side by side: 15 of 16 slices came after the first Endpoints."""
     await install_crd(client)
     count = 16
-    async with TCPBackend() as db, running_controller(api, client, batch_delay=2.0, max_batch_delay=4.0,
-                                                      routing_first_bound=60.0) as controller:
+    async with TCPBackend() as db, running_controller(api, client, routing_first_bound=60.0,
+                                                      write_concurrency=1) as controller:
         for i in range(count):
             await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(f"db{i}", [
                 {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
@@ -59,16 +66,27 @@ async def test_a_mass_flip_writes_slices_and_endpoints_then_status_then_events(
         await eventually(lambda: all(endpoints_of(api, f"db{i}") == {("pg", "127.0.0.1"): True}
                                      for i in range(count)), timeout=60, message="all ready")
         await _settled(controller)
+        controller.writer.batch_delay = controller.writer.max_batch_delay = 30.0
         mark = len(api.request_log)
         await db.set_mode("closed")
+
+        def known() -> bool:
+            return all(not e.ready for t in controller.state.targets.values() for g in t.groups.values()
+                       for e in g.endpoints.values()) and len(controller.state.targets) == count
+
+        await eventually(known, timeout=30, message="every target's host not ready in the desired state")
+        assert not [r for r in api.request_log[mark:] if _kind(r) in ("slice", "endpoints")]
+        assert await controller.writer.flush(30)
         await eventually(lambda: sum(_kind(r) == "event" for r in api.request_log[mark:]) >= count, timeout=60,
                          message="an Event per ClusterEndpoint")
         await _settled(controller)
         kinds = [k for r in api.request_log[mark:] if r.is_write and r.code < 400 and (k := _kind(r))]
         assert all(endpoints_of(api, f"db{i}") == {("pg", "127.0.0.1"): False} for i in range(count))
-        assert kinds.count("routing") == 2 * count  # one slice and one Endpoints update each
+        assert kinds.count("slice") == kinds.count("endpoints") == count  # one update of each per target
         assert kinds.count("status") == count
-        order = {"routing": 0, "status": 1, "event": 2}
+        first_endpoints = kinds.index("endpoints")
+        assert kinds[first_endpoints:].count("slice") <= 1, kinds
+        order = {"slice": 0, "endpoints": 0, "status": 1, "event": 2}
         ranks = [order[k] for k in kinds]
         assert ranks == sorted(ranks), kinds
 
