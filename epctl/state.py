@@ -14,10 +14,13 @@ readiness is probed per port and a slice carries one readiness per endpoint.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 TargetKey = tuple[str, str]  # (namespace, service name)
@@ -276,10 +279,13 @@ class DesiredState:
             self.targets[key] = replace(held, groups=groups)
             self._mark(key)
             over.append(key)
+        deadlines = [d for leaving in self.leaving.values() for d, _ in leaving.values()]
         if self.on_grace_over is not None:
             for key in over:
-                self.on_grace_over(key)
-        deadlines = [d for leaving in self.leaving.values() for d, _ in leaving.values()]
+                try:
+                    self.on_grace_over(key)
+                except Exception:  # a failed report must not end every later grace: the timer re-arms from
+                    log.exception("grace over: report failed", extra={"target": "/".join(key)})  # our answer
         return min(deadlines) if deadlines else None
 
     def take_dirty(self) -> set[TargetKey]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -65,15 +65,24 @@ class Turn:
 
 class Slots:
     """``size`` write slots shared by ranks of work: a free slot goes to the lowest rank waiting (rank
-    0 first), first come first served within a rank. A semaphore with an order.
+    0 first), first come first served within a rank; a waiter of a higher rank that has waited
+    ``bound`` seconds goes before them all, so endless rank-0 work (targets retrying slow failures)
+    never starves it. A semaphore with an order.
 
     Why: the writer used to write a target's slices and its Endpoints side by side under one slot, so
     when 1,000 targets changed at once the last Service's slices went out after ~2,000 requests;
     with the Endpoints a rank below, after ~1,000."""
 
-    def __init__(self, size: int, ranks: int = 2) -> None:
+    def __init__(self, size: int, ranks: int = 2, bound: float = DEFAULT_BOUND,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._free = size
-        self._waiting: list[deque[asyncio.Future[None]]] = [deque() for _ in range(ranks)]
+        self.bound, self._clock = bound, clock
+        # per rank: (granted when set, monotonic time it began waiting)
+        self._waiting: list[deque[tuple[asyncio.Future[None], float]]] = [deque() for _ in range(ranks)]
+
+    def contended(self, rank: int = 0) -> bool:
+        """Does work of ``rank`` wait for a slot now?"""
+        return any(not granted.done() for granted, _ in self._waiting[rank])
 
     @asynccontextmanager
     async def hold(self, rank: int) -> AsyncIterator[None]:
@@ -88,7 +97,8 @@ class Slots:
             self._free -= 1
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[rank].append(granted)
+        entry = (granted, self._clock())
+        self._waiting[rank].append(entry)
         try:
             await granted
         except asyncio.CancelledError:
@@ -96,15 +106,22 @@ class Slots:
                 self._release()  # handed a slot as we were cancelled: hand it on
             else:
                 try:
-                    self._waiting[rank].remove(granted)
+                    self._waiting[rank].remove(entry)
                 except ValueError:
                     pass
             raise
 
     def _release(self) -> None:
+        now = self._clock()
+        for waiting in self._waiting[1:]:  # a lower rank that waited out the bound goes first
+            while waiting and waiting[0][0].done():
+                waiting.popleft()
+            if waiting and now - waiting[0][1] >= self.bound:
+                waiting.popleft()[0].set_result(None)
+                return
         for waiting in self._waiting:
             while waiting:
-                granted = waiting.popleft()
+                granted, _ = waiting.popleft()
                 if not granted.done():
                     granted.set_result(None)
                     return

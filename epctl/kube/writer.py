@@ -152,6 +152,7 @@ class Writer:
         # rank 0: Services and slices; rank 1: the v1 Endpoints. Twice ``concurrency``: one request per
         # slot, as many in flight as when a target's slices and Endpoints went side by side under one
         self._slots = Slots(2 * concurrency)
+        self._endpoints_waiting: set[TargetKey] = set()  # slices written, waiting for an Endpoints slot
         self._pending: dict[TargetKey, list[float]] = {}  # key -> [first dirty, last dirty]
         self._retry_at: dict[TargetKey, float] = {}
         self._backoffs: dict[TargetKey, Backoff] = {}
@@ -272,6 +273,8 @@ class Writer:
             self._backoffs.pop(key, None)
             self._known.discard(key)
         running = [task for key, task in self._in_flight.items() if key in gone]
+        for key in gone & self._endpoints_waiting:
+            self._in_flight[key].cancel()  # only waiting for an Endpoints slot: nothing of it is in flight
         if running:
             _done, late = await asyncio.wait(running, timeout=timeout)
             for task in late:
@@ -382,12 +385,17 @@ class Writer:
                     return
                 endpoints_after = await self._sync(key, target)
             if endpoints_after:
-                async with self._slots.hold(ENDPOINTS_AFTER):
-                    if not self.owns(key):
-                        return
-                    # the desired state now: it may have changed while the slices of other targets went
-                    # (then this target is due again, and its slices follow), never an older copy
-                    await self._sync_endpoints(key, self.state.get(key))
+                self._endpoints_waiting.add(key)  # a handover cancels this wait at once (no write started)
+                try:
+                    async with self._slots.hold(ENDPOINTS_AFTER):
+                        self._endpoints_waiting.discard(key)
+                        if not self.owns(key) or self.state.get(key) is None:
+                            return  # let go, or removed meanwhile: its removal is due next, slices first
+                        # what the slices were planned from: a change made meanwhile is due again, and
+                        # reaches the slices before (never after) the Endpoints
+                        await self._sync_endpoints(key, target)
+                finally:
+                    self._endpoints_waiting.discard(key)
             self._backoffs.pop(key, None)
             self._retry_at.pop(key, None)
             if target is None:
@@ -458,13 +466,20 @@ class Writer:
             await self._sync_slices(key, target)
             await self._delete_controller_slices(key)
         elif is_ours(self._observed_endpoints(key)):
-            # Both ours already: independent writes. The slices now; the Endpoints (which kube-proxy
-            # does not read) after every other waiting target's slices.
-            await self._sync_slices(key, target)
-            await self._delete_controller_slices(key)
+            # Both ours already: independent writes. While other targets wait to write slices, the
+            # slices now and the Endpoints (which kube-proxy does not read) after theirs; else side by side.
             if defer_endpoints:
+                await asyncio.sleep(0)  # the targets made due in the same pass queue for their slots first
+            if defer_endpoints and self._slots.contended(SLICES_FIRST):
+                await self._sync_slices(key, target)
+                await self._delete_controller_slices(key)
                 return True
-            await self._sync_endpoints(key, target)
+            results = await asyncio.gather(self._sync_slices(key, target), self._sync_endpoints(key, target),
+                                           return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            await self._delete_controller_slices(key)
         else:
             # Taking the Endpoints over (from a seed tool, a person): our slices first, so the slice that
             # Kubernetes mirrored from the old Endpoints is only removed once ours are there.
