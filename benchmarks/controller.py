@@ -262,7 +262,7 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
     def on_transition(t: Transition) -> None:  # timestamp, then the real handler
         namespace, _, name = t.key.target.partition("/")
         transitions.setdefault((namespace, name), time.monotonic())
-        if watched["address"] is not None:
+        if t.key.address == watched["address"] and t.healthy is watched["ready"]:  # the flip itself only
             watched["since"].setdefault((namespace, name), time.monotonic())
         decided.append(time.monotonic())
         unhealthy_transitions[0] += not t.healthy
@@ -376,6 +376,10 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
         except TimeoutError:
             raise TimeoutError(f"only {flipped()} of {args.ceps} endpoints flipped") from None
         await controller.writer.wait_idle(60)
+        try:  # every Service's slice event, however late the watch delivers it (bounded)
+            await wait_until(lambda: len(slice_latencies) >= args.ceps, 30)
+        except TimeoutError:
+            print(f"  only {len(slice_latencies)} of {args.ceps} slices seen on the watch", file=sys.stderr)
         busy = time.monotonic() - changed_at
         flip_stalls = sampler.stop()
         own_cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -398,7 +402,8 @@ async def run(args: argparse.Namespace, kubeconfig: str, addresses: list[str], p
                          "slice_latency_p50_ms": quantile(slice_latencies, 0.5) * 1000,
                          "slice_latency_p99_ms": quantile(slice_latencies, 0.99) * 1000,
                          "slice_samples": len(slice_latencies),
-                         "all_slices_s": (max(slice_published) - changed_at) if slice_published else None,
+                         "all_slices_s": (max(slice_published) - changed_at)
+                         if len(slice_published) == args.ceps else None,
                          # first probe transition -> last slice written: the span epctl spent writing
                          "writing_s": (max(published) - min(p - lat for p, lat in zip(published, latencies,
                                                                                        strict=True)))
