@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from epctl.kube.priority import Slots
 
 
@@ -60,26 +62,26 @@ async def test_a_cancelled_waiter_neither_keeps_nor_loses_a_slot() -> None:
     assert entered == ["after"] and slots._free == 1
 
 
-async def test_a_lower_rank_that_waited_out_the_bound_goes_first() -> None:
+@pytest.mark.parametrize(("waited", "expected"), [(1.0, ["slices 1", "slices 2", "endpoints"]),
+                                                 (2.0, ["endpoints", "slices 1", "slices 2"])])
+async def test_a_lower_rank_that_waited_out_the_bound_goes_first(waited: float, expected: list[str]) -> None:
     """Endless slice work (targets retrying slow failures) must not starve an Endpoints write: once it
     has waited ``bound`` seconds it takes the next free slot, ahead of every slice write waiting."""
-    for waited, expected in ((1.0, ["slices 1", "slices 2", "endpoints"]),
-                             (2.0, ["endpoints", "slices 1", "slices 2"])):
-        now = [0.0]
-        slots = Slots(1, bound=2.0, clock=lambda: now[0])
-        order: list[str] = []
+    now = [0.0]
+    slots = Slots(1, bound=2.0, clock=lambda: now[0])
+    order: list[str] = []
 
-        async def write(name: str, rank: int) -> None:
-            async with slots.hold(rank):
-                order.append(name)
+    async def write(name: str, rank: int) -> None:
+        async with slots.hold(rank):
+            order.append(name)
 
-        mine = slots.hold(0)
-        await mine.__aenter__()
-        tasks = [asyncio.create_task(write("endpoints", 1))]
-        await _settle()
-        tasks += [asyncio.create_task(write(f"slices {i}", 0)) for i in (1, 2)]
-        await _settle()
-        now[0] = waited
-        await mine.__aexit__(None, None, None)
-        await asyncio.gather(*tasks)
-        assert order == expected, waited
+    mine = slots.hold(0)
+    await mine.__aenter__()
+    tasks = [asyncio.create_task(write("endpoints", 1))]
+    await _settle()
+    tasks += [asyncio.create_task(write(f"slices {i}", 0)) for i in (1, 2)]
+    await _settle()
+    now[0] = waited
+    await mine.__aexit__(None, None, None)
+    await asyncio.gather(*tasks)
+    assert order == expected
