@@ -96,13 +96,25 @@ def _earlier_self(ref: Obj, owner: Obj | None) -> bool:
             and ref.get("uid") != owner.get("uid"))
 
 
-def _held_not_ready(key: TargetKey, groups: list[PortGroup], observed: list[Obj],
+def _not_ready_in_slices(observed: list[Obj]) -> set[tuple[str, str]]:
+    """(slice port name, address) of every endpoint these slices publish not ready."""
+    return {(str((o.get("ports") or [{}])[0].get("name") or ""), address)
+            for o in observed for e in o.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready") is False for address in e.get("addresses") or []}
+
+
+def _not_ready_in_endpoints(observed: Obj | None) -> set[tuple[str, str]]:
+    """(port name, ip) of every notReadyAddresses entry of this v1 Endpoints object."""
+    return {(str(port.get("name") or ""), str(address.get("ip") or ""))
+            for subset in (observed or {}).get("subsets") or []
+            for address in subset.get("notReadyAddresses") or [] for port in subset.get("ports") or []}
+
+
+def _held_not_ready(key: TargetKey, groups: list[PortGroup], published: set[tuple[str, str]],
                     may_ready: Callable[[TargetKey, str, str], bool]) -> list[PortGroup]:
-    """``groups`` with every endpoint kept not ready that a slice publishes not ready and that may not
-    become ready yet (no passing probe of ours since); ``groups`` itself when nothing is held."""
-    published = {(str((o.get("ports") or [{}])[0].get("name") or ""), address)
-                 for o in observed for e in o.get("endpoints") or []
-                 if (e.get("conditions") or {}).get("ready") is False for address in e.get("addresses") or []}
+    """``groups`` with every endpoint kept not ready that is ``published`` not ready (slices, or the
+    Endpoints copy) and that may not become ready yet (no passing probe of ours since); ``groups``
+    itself when nothing is held."""
     if not published:
         return groups
     out: list[PortGroup] = []
@@ -538,7 +550,7 @@ class Writer:
             plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
                                owner_references=owners, extra_labels=front_end_labels(target) if target else None)
             if self.may_ready is not None and target is not None:
-                held = _held_not_ready(key, groups, observed, self.may_ready)
+                held = _held_not_ready(key, groups, _not_ready_in_slices(observed), self.may_ready)
                 if held is not groups:
                     groups = held
                     plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
@@ -585,8 +597,8 @@ class Writer:
                     if err.code not in (404, 409):
                         self._raise(err)
             return
-        desired = desired_endpoints(target)
         for _attempt in range(3):
+            desired = self._desired_endpoints(key, target, observed)
             try:
                 if observed is None:
                     written = await self._send(key, "POST", ENDPOINTS.path(namespace), body=desired)
@@ -610,6 +622,17 @@ class Writer:
                         raise
                     observed = None
         raise ApiError(409, "Conflict", f"{namespace}/{name}: Endpoints kept changing under us; will retry")
+
+    def _desired_endpoints(self, key: TargetKey, target: Target, observed: Obj | None) -> Obj:
+        """The Endpoints we want, holding not ready what ``observed`` says is not ready and no probe of
+        ours has passed since (as the slices do): a new owner's stale cache, or a snapshot planned
+        before a fresh read, never makes a dead host ready again in the copy older consumers read."""
+        if self.may_ready is not None:
+            groups = list(target.groups.values())
+            held = _held_not_ready(key, groups, _not_ready_in_endpoints(observed), self.may_ready)
+            if held is not groups:
+                target = dataclasses.replace(target, groups={g: h for g, h in zip(target.groups, held, strict=True)})
+        return desired_endpoints(target)
 
     def _record_endpoints(self, key: TargetKey, rv: int, obj: Obj | None, operation: str) -> None:
         assert self.endpoints is not None

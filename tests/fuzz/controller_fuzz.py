@@ -379,7 +379,7 @@ class World:
         self._names = (f"r{n}" for n in itertools.count())
         self.sharing: list[str] = []  # moments two members' write fences were open for one target
         self.reopened: list[str] = []  # a host published ready after not ready while its backend stayed down
-        self._published_down: set[tuple[str, str, str]] = set()  # (service, port, address) not ready, host down
+        self._published_down: set[tuple[str, ...]] = set()  # ([kind,] service, port, address): not ready, down
         self._foreign_edit = False  # the fuzzer itself is editing a slice (not epctl's publication)
         self._sampler: asyncio.Task[None] | None = None
         # grace walks: (name, port, host) -> (when the spec stopped listing it, the ClusterEndpoint's uid,
@@ -441,6 +441,10 @@ class World:
         """Every stored slice version: once published not ready while its backend is down, a host must
         not be published ready before its backend comes back (no passing probe can have happened)."""
         labels = obj.get("metadata", {}).get("labels") or {}
+        if getattr(rt, "plural", "") == "endpoints" and labels.get(MANAGED_ENDPOINTS[0]) == MANAGED_ENDPOINTS[1]:
+            if self.shard:
+                self._check_reopened_endpoints(obj)
+            return
         if getattr(rt, "plural", "") != "endpointslices" or labels.get(MANAGED[0]) != MANAGED[1]:
             return
         service = labels.get("kubernetes.io/service-name", "")
@@ -460,6 +464,25 @@ class World:
                 self._published_down.add(slot)
             elif slot in self._published_down and not self._foreign_edit:
                 self.reopened.append(f"{service} {port} {address}: ready again while down")
+
+    def _check_reopened_endpoints(self, obj: Obj) -> None:
+        """The same rule for epctl's v1 Endpoints copy (older consumers route by it): once it says a
+        host is not ready while its backend is down, no later version may say ready before it is up
+        (a new owner's stale cache, or a write planned before a fresh read, republished it)."""
+        service = obj["metadata"]["name"]
+        for subset in obj.get("subsets") or []:
+            for listed_as, ready in (("addresses", True), ("notReadyAddresses", False)):
+                for entry in subset.get(listed_as) or []:
+                    address = entry.get("ip", "")
+                    if address not in self.up or self.up[address]:
+                        continue
+                    for port in subset.get("ports") or []:
+                        slot = ("Endpoints", service, port.get("name", ""), address)
+                        if not ready:
+                            self._published_down.add(slot)
+                        elif slot in self._published_down:
+                            self.reopened.append(f"Endpoints {service} {port.get('name', '')} {address}: "
+                                                 "ready again while down")
 
     # --- grace walks: a host a ClusterEndpoint stops listing leaves only after its grace -----------
 
@@ -693,7 +716,7 @@ class World:
     async def _backend(self, step: Step, stats: Stats) -> None:
         self.up[step["address"]] = step["up"]
         if step["up"]:  # a passing probe is possible from now on
-            self._published_down = {s for s in self._published_down if s[2] != step["address"]}
+            self._published_down = {s for s in self._published_down if s[-1] != step["address"]}
         await self.backends[step["address"]].set_mode("accepting" if step["up"] else "closed")
 
     async def _flap(self, step: Step, stats: Stats) -> None:

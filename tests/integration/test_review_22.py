@@ -126,7 +126,8 @@ async def _dead_host_ready_again(api: KubeAPIServer, settings: dict[str, Any], l
     ~4 s to say so). h2 comes up: its first passing probe makes b write the slice, planned from the
     stale cache; the update 409s; the writer re-lists and re-plans from the desired state, which still
     holds h1 ready, and writes it: h1 routed again. Returns the addresses published ready after not
-    ready without a passing probe in between (only h1 can be: its backend never comes back)."""
+    ready without a passing probe in between (only h1 can be: its backend never comes back), in a
+    slice or in the v1 Endpoints copy."""
     setup = await KubeClient.connect(api.kubeconfig_path, user_agent="setup")
     await install_crd(setup)
     port = free_port()
@@ -134,6 +135,14 @@ async def _dead_host_ready_again(api: KubeAPIServer, settings: dict[str, Any], l
     down: set[str] = set()
 
     def watch(rt: object, obj: Obj) -> None:
+        if getattr(rt, "plural", "") == "endpoints" and obj.get("metadata", {}).get("name") == NAME:
+            # the v1 Endpoints copy (older consumers read it): the same rule
+            for subset in obj.get("subsets") or []:
+                if any(a.get("ip") == "127.0.0.1" for a in subset.get("notReadyAddresses") or []):
+                    down.add("endpoints")
+                elif any(a.get("ip") == "127.0.0.1" for a in subset.get("addresses") or []) and "endpoints" in down:
+                    flips.append("127.0.0.1 in the Endpoints")
+            return
         if getattr(rt, "plural", "") != "endpointslices":
             return
         if (obj.get("metadata", {}).get("labels") or {}).get("kubernetes.io/service-name") != NAME:
