@@ -416,7 +416,7 @@ class Controller:
 
 
 async def run_controller(settings: ControllerSettings, kubeconfig: str | None, context: str | None) -> int:
-    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + 2 * settings.write_concurrency,
+    client = await KubeClient.connect(kubeconfig, context, pool_size=16 + 4 * settings.write_concurrency,
                                       on_response=api_request)
     controller = Controller(client, settings)
     try:

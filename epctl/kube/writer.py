@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"  # kube-controller-manager's, for selector Services
 SLICES_FIRST, ENDPOINTS_AFTER = 0, 1  # write slot ranks (Slots): what kube-proxy reads goes first
+HOLD_RECHECK = 1.0  # seconds until a target planned with a host held not ready is planned again
 POD_SLICES_ANNOTATION = "epctl.io/pod-slices"  # "delete": the selector we removed left Pod slices behind
 
 
@@ -161,10 +162,13 @@ class Writer:
         self.reporter, self.metrics = reporter, metrics
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.concurrency = concurrency
-        # rank 0: Services and slices; rank 1: the v1 Endpoints. Twice ``concurrency``: one request per
-        # slot, as many in flight as when a target's slices and Endpoints went side by side under one
+        # rank 0: Services and slices; rank 1: the v1 Endpoints. Twice ``concurrency``: in a burst one
+        # request per slot, as many in flight as when a target's slices and Endpoints went side by side
+        # under one; with no target waiting, a slot writes both side by side (up to 4 x concurrency)
         self._slots = Slots(2 * concurrency)
         self._endpoints_waiting: set[TargetKey] = set()  # slices written, waiting for an Endpoints slot
+        self._held: set[TargetKey] = set()  # planned with a host held not ready (may_ready): re-planned soon
+        self._rechecking: set[TargetKey] = set()  # pending only for that re-plan (not work to wait for)
         self._pending: dict[TargetKey, list[float]] = {}  # key -> [first dirty, last dirty]
         self._retry_at: dict[TargetKey, float] = {}
         self._backoffs: dict[TargetKey, Backoff] = {}
@@ -213,6 +217,7 @@ class Writer:
         """The desired state of ``key`` changed (wired to ``DesiredState.on_dirty``)."""
         if not self.owns(key):
             return
+        self._rechecking.discard(key)
         now = time.monotonic()
         entry = self._pending.get(key)
         if entry is None:
@@ -281,6 +286,7 @@ class Writer:
         gone = {k for k in (*self._pending, *self._known, *self._in_flight, *self._retry_at) if not self.owns(k)}
         for key in gone:
             self._pending.pop(key, None)
+            self._rechecking.discard(key)
             self._retry_at.pop(key, None)
             self._backoffs.pop(key, None)
             self._known.discard(key)
@@ -347,6 +353,7 @@ class Writer:
                           self._retry_at.get(key, 0.0))
                 if due <= now:
                     del self._pending[key]
+                    self._rechecking.discard(key)
                     # in flight from now, not from when the task first runs: otherwise the idle
                     # check below sees neither pending nor in flight and flush() returns early
                     self._spawn(self._reconcile(key), key)
@@ -356,8 +363,8 @@ class Writer:
                 if self.metrics:
                     self.metrics.batch(self._batch_size)
                 self._batch_size = 0
-            if not self._pending and not self._in_flight:
-                self._idle.set()
+            if not self._in_flight and self._rechecking.issuperset(self._pending):
+                self._idle.set()  # (a hold's recheck alone is no work flush() or a test must wait for)
             if self._in_flight or any(self._retry_at.get(key, 0.0) <= now for key in self._pending):
                 self._quiet.clear()
             else:
@@ -401,7 +408,7 @@ class Writer:
                 try:
                     async with self._slots.hold(ENDPOINTS_AFTER):
                         self._endpoints_waiting.discard(key)
-                        if not self.owns(key) or self.state.get(key) is None:
+                        if not self.owns(key) or (target is not None and self.state.get(key) is None):
                             return  # let go, or removed meanwhile: its removal is due next, slices first
                         # what the slices were planned from: a change made meanwhile is due again, and
                         # reaches the slices before (never after) the Endpoints
@@ -410,6 +417,14 @@ class Writer:
                     self._endpoints_waiting.discard(key)
             self._backoffs.pop(key, None)
             self._retry_at.pop(key, None)
+            if key in self._held:
+                # a host kept not ready for want of a passing probe of ours: plan again soon. A probe
+                # that passes while the check already counts healthy is no transition, so nothing
+                # else would ever lift the hold (the Endpoints copy has no follow step at all)
+                self._held.discard(key)
+                self._retry_at[key] = time.monotonic() + HOLD_RECHECK
+                self.notify(key)
+                self._rechecking.add(key)
             if target is None:
                 self._known.discard(key)
                 self._vanished.discard(key)
@@ -553,6 +568,7 @@ class Writer:
                 held = _held_not_ready(key, groups, _not_ready_in_slices(observed), self.may_ready)
                 if held is not groups:
                     groups = held
+                    self._held.add(key)
                     plan = plan_slices(key[0], key[1], groups, observed, max_per_slice=self.max_per_slice,
                                        owner_references=owners, extra_labels=front_end_labels(target))
             if plan.empty:
@@ -631,6 +647,7 @@ class Writer:
             groups = list(target.groups.values())
             held = _held_not_ready(key, groups, _not_ready_in_endpoints(observed), self.may_ready)
             if held is not groups:
+                self._held.add(key)
                 target = dataclasses.replace(target, groups={g: h for g, h in zip(target.groups, held, strict=True)})
         return desired_endpoints(target)
 

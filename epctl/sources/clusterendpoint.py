@@ -352,7 +352,11 @@ class ClusterEndpointSource:
 
     def may_ready(self, key: TargetKey, port_name: str, address: str) -> bool:
         """May the writer publish this endpoint ready where a slice says not ready? Only after a passing
-        probe of ours (its last result passed); a port without a probe is always ready."""
+        probe of ours (its last result passed); a port without a probe is always ready. Not ours to say
+        for a Service another front-end holds (a mirror's: a waiting ClusterEndpoint's checks of the
+        same name would hold the origin's hosts)."""
+        if self.state.holder(key) != SOURCE:
+            return True
         target = f"{key[0]}/{key[1]}"
         for check_key in self.scheduler.keys_of(target):
             if check_key.address == address and (not port_name or check_key.port == port_name):
