@@ -100,9 +100,11 @@ async def test_a_clusterendpoint_cannot_take_a_mirrored_service_silently(api: Ku
             return conditions.get("Synced", {}).get("reason") == "ServiceConflict"
 
         await eventually(refused, message="the ClusterEndpoint is told the Service is mirrored")
-        events = api.store.objects[("", "events")].values()
-        assert any(e["reason"] == "ServiceConflict" and e["involvedObject"]["kind"] == "ClusterEndpoint"
-                   for e in events)
+        # the Event goes after the status it explains (routing first, then status, then Events): wait on it
+        await eventually(lambda: any(e["reason"] == "ServiceConflict"
+                                     and e["involvedObject"]["kind"] == "ClusterEndpoint"
+                                     for e in api.store.objects[("", "events")].values()),
+                         message="a ServiceConflict Event about the ClusterEndpoint")
         assert endpoints_of(api, "db") == {("db", "127.0.0.2"): True}, "the mirror keeps its endpoints"
         svc = await client.request("GET", SERVICES.path("default", "db"))
         del svc["metadata"]["annotations"]["epctl.io/mirror-from"]
