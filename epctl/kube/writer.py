@@ -497,10 +497,10 @@ class Writer:
             # slices now and the Endpoints (which kube-proxy does not read) after theirs; else side by side.
             if defer_endpoints:
                 await asyncio.sleep(0)  # the targets made due in the same pass queue for their slots first
-            if defer_endpoints and self._slots.contended(SLICES_FIRST):
-                await self._sync_slices(key, target)
-                await self._delete_controller_slices(key)
-                return True
+                if self._slots.contended(SLICES_FIRST):
+                    await self._sync_slices(key, target)
+                    await self._delete_controller_slices(key)
+                    return True
             results = await asyncio.gather(self._sync_slices(key, target), self._sync_endpoints(key, target),
                                            return_exceptions=True)
             for result in results:
