@@ -137,3 +137,20 @@ __all__ = [
     "slices_of",
     "source_service",
 ]
+
+
+def v1_endpoints(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[str, Any] | None:
+    """The stored v1 Endpoints object of ``name``."""
+    obj: dict[str, Any] | None = api.store.objects[("", "endpoints")].get((namespace, name))
+    return obj
+
+
+def v1_addresses(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[tuple[str, str], bool]:
+    """(port name, ip) -> ready, as the v1 Endpoints object says."""
+    out = {}
+    for subset in (v1_endpoints(api, name, namespace) or {}).get("subsets") or []:
+        for port in subset.get("ports") or []:
+            for field, ready in (("addresses", True), ("notReadyAddresses", False)):
+                for address in subset.get(field) or []:
+                    out[(port.get("name", ""), address["ip"])] = ready
+    return out

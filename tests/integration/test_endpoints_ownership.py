@@ -26,25 +26,11 @@ from tests.integration.controller_helpers import (
     running_controller,
     slices_of,
     source_service,
+    v1_addresses,
+    v1_endpoints,
 )
 
 Obj = dict[str, Any]
-
-
-def v1_endpoints(api: KubeAPIServer, name: str) -> Obj | None:
-    return api.store.objects[("", "endpoints")].get(("default", name))
-
-
-def addresses(api: KubeAPIServer, name: str) -> dict[tuple[str, str], bool]:
-    """(port name, ip) -> ready, as the v1 Endpoints object says."""
-    obj = v1_endpoints(api, name) or {}
-    out = {}
-    for subset in obj.get("subsets") or []:
-        for port in subset.get("ports") or []:
-            for field, ready in (("addresses", True), ("notReadyAddresses", False)):
-                for address in subset.get(field) or []:
-                    out[(port.get("name", ""), address["ip"])] = ready
-    return out
 
 
 def managers(api: KubeAPIServer, name: str) -> set[str]:
@@ -99,7 +85,7 @@ async def test_adopting_clusterendpoint_replaces_the_legacy_endpoints_and_its_mi
         truth = {("wp", "127.0.0.2"): True, ("wp", "127.0.0.9"): False}
         await eventually(lambda: endpoints_of(api, "wp") == truth and managers(api, "wp") == {"controller.epctl.io"},
                          timeout=15, message="one set of slices, epctl's, with the dead host not ready")
-        await eventually(lambda: addresses(api, "wp") == truth, message="Endpoints agree")
+        await eventually(lambda: v1_addresses(api, "wp") == truth, message="Endpoints agree")
         assert routable and all("127.0.0.2" in ready for ready in routable), \
             "there was a moment when the healthy host was not routable"
         endpoints = v1_endpoints(api, "wp")
@@ -124,10 +110,10 @@ async def test_endpoints_written_once_per_flip_and_not_on_restart(api: KubeAPISe
             await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [
                 {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
                  "periodSeconds": 1, "failureThreshold": 1}]))
-            await eventually(lambda: addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="ready")
+            await eventually(lambda: v1_addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="ready")
             mark = len(api.request_log)
             await db.set_mode("closed")
-            await eventually(lambda: addresses(api, "db") == {("pg", "127.0.0.1"): False}, message="flip")
+            await eventually(lambda: v1_addresses(api, "db") == {("pg", "127.0.0.1"): False}, message="flip")
             await eventually(lambda: endpoints_of(api, "db") == {("pg", "127.0.0.1"): False}, message="slice flip")
             assert [r.verb for r in api.writes("endpoints", mark)] == ["update"]
         mark = len(api.request_log)
@@ -145,7 +131,7 @@ async def test_mirror_target_with_a_hand_made_endpoints_object(api: KubeAPIServe
         truth = {("https", "10.0.0.1"): True, ("https", "10.0.0.2"): False}
         await eventually(lambda: managers(api, "vip") == {"controller.epctl.io"} and endpoints_of(api, "vip") == {
             ("wp", "10.0.0.1"): True, ("wp", "10.0.0.2"): False}, message="only the mirrored truth")
-        assert addresses(api, "vip") == {("wp", ip): ready for (_, ip), ready in truth.items()}
+        assert v1_addresses(api, "vip") == {("wp", ip): ready for (_, ip), ready in truth.items()}
 
 
 async def test_over_a_thousand_addresses_are_truncated_as_kubernetes_does(api: KubeAPIServer,
@@ -165,10 +151,10 @@ async def test_over_a_thousand_addresses_are_truncated_as_kubernetes_does(api: K
         "spec": {"ports": [{"port": 80}]}})
     async with running_controller(api, client):
         await eventually(lambda: len(endpoints_of(api, "copy")) == 1100, message="slices carry all 1,100")
-        await eventually(lambda: len(addresses(api, "copy")) == 1000, message="Endpoints truncated")
+        await eventually(lambda: len(v1_addresses(api, "copy")) == 1000, message="Endpoints truncated")
         endpoints = v1_endpoints(api, "copy")
         assert endpoints is not None and endpoints["metadata"]["annotations"][OVER_CAPACITY] == "truncated"
-        assert sum(addresses(api, "copy").values()) == 990, "every ready address kept, not-ready ones cut"
+        assert sum(v1_addresses(api, "copy").values()) == 990, "every ready address kept, not-ready ones cut"
 
 
 def _flat(endpoints: Obj) -> dict[tuple[str, int, str], bool]:
@@ -210,7 +196,7 @@ async def test_what_another_manager_set_on_our_objects_survives_our_writes(api: 
         await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [
             {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
              "periodSeconds": 1, "failureThreshold": 1}]))
-        await eventually(lambda: addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="ready")
+        await eventually(lambda: v1_addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="ready")
         (slice_name,) = [s["metadata"]["name"] for s in slices_of(api, "db")]
         await client.request("PATCH", ENDPOINTS.path("default", "db"), body=others, content_type=MERGE_PATCH,
                              query={"fieldManager": "team-tool"})
@@ -218,7 +204,7 @@ async def test_what_another_manager_set_on_our_objects_survives_our_writes(api: 
                              content_type=MERGE_PATCH, query={"fieldManager": "team-tool"})
         mark = len(api.request_log)
         await db.set_mode("closed")
-        await eventually(lambda: addresses(api, "db") == {("pg", "127.0.0.1"): False}
+        await eventually(lambda: v1_addresses(api, "db") == {("pg", "127.0.0.1"): False}
                          and endpoints_of(api, "db") == {("pg", "127.0.0.1"): False}, message="flip written")
         assert [r.verb for r in api.writes("endpoints", mark)] == ["update"]
         assert [r.verb for r in api.writes("endpointslices", mark)] == ["update"]

@@ -8,8 +8,6 @@ skipped as "removed meanwhile" and never retried, leaving an Endpoints object no
 
 from __future__ import annotations
 
-from typing import Any
-
 from epctl.kube.client import ENDPOINTS, MERGE_PATCH, SERVICES, KubeClient
 from epctl.testing.backends import TCPBackend
 from epctl.testing.kubeapi import KubeAPIServer
@@ -21,19 +19,9 @@ from tests.integration.controller_helpers import (
     install_crd,
     running_controller,
     source_service,
+    v1_addresses,
+    v1_endpoints,
 )
-
-Obj = dict[str, Any]
-
-
-def _endpoints_copy(api: KubeAPIServer, name: str) -> Obj | None:
-    return api.store.objects[("", "endpoints")].get(("default", name))
-
-
-def _copy_says(api: KubeAPIServer, name: str) -> dict[str, bool]:
-    """address -> ready, as the v1 Endpoints object of ``name`` says."""
-    return {a["ip"]: ready for s in (_endpoints_copy(api, name) or {}).get("subsets") or []
-            for field, ready in (("addresses", True), ("notReadyAddresses", False)) for a in s.get(field) or []}
 
 
 async def test_a_hold_on_the_endpoints_copy_lifts_after_a_passing_probe_that_is_no_transition(
@@ -50,15 +38,15 @@ async def test_a_hold_on_the_endpoints_copy_lifts_after_a_passing_probe_that_is_
              "periodSeconds": 1, "failureThreshold": 3}]))
         async with running_controller(api, client) as first:
             await eventually(lambda: endpoints_of(api, "db") == {("pg", "127.0.0.1"): True}
-                             and _copy_says(api, "db") == {"127.0.0.1": True}, message="published ready")
+                             and v1_addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="published ready")
             await first.writer.wait_idle(10)
         # while none runs: the copy as the killed process left it (the slice ready, the Endpoints behind)
-        stale = dict(_endpoints_copy(api, "db") or {})
+        stale = dict(v1_endpoints(api, "db") or {})
         stale["subsets"] = [{"notReadyAddresses": s["addresses"], "ports": s["ports"]} for s in stale["subsets"]]
         await client.request("PUT", ENDPOINTS.path("default", "db"), body=stale)
-        assert _copy_says(api, "db") == {"127.0.0.1": False}
+        assert v1_addresses(api, "db") == {("pg", "127.0.0.1"): False}
         async with running_controller(api, client):
-            await eventually(lambda: _copy_says(api, "db") == {"127.0.0.1": True}, timeout=10,
+            await eventually(lambda: v1_addresses(api, "db") == {("pg", "127.0.0.1"): True}, timeout=10,
                              message="the copy follows the passing probes")
             assert endpoints_of(api, "db") == {("pg", "127.0.0.1"): True}
 
@@ -77,7 +65,7 @@ async def test_removed_targets_delete_their_endpoints_when_the_deletes_wait_behi
             "metadata": {"name": f"m{i}", "annotations": {"epctl.io/mirror-from": "default/origin"}},
             "spec": {"ports": [{"name": "db", "port": 5432}]}})
     async with running_controller(api, client, write_concurrency=1, routing_first_bound=60.0) as controller:
-        await eventually(lambda: all(_copy_says(api, f"m{i}") == {"10.1.0.1": True} for i in range(count)),
+        await eventually(lambda: all(v1_addresses(api, f"m{i}") == {("db", "10.1.0.1"): True} for i in range(count)),
                          timeout=30, message="every mirror's Endpoints written")
         await controller.writer.wait_idle(10)
         controller.writer.batch_delay = controller.writer.max_batch_delay = 30.0  # all due in one pass
@@ -87,6 +75,6 @@ async def test_removed_targets_delete_their_endpoints_when_the_deletes_wait_behi
         await eventually(lambda: all(controller.state.get(("default", f"m{i}")) is None for i in range(count)),
                          message="every target removed from the desired state")
         assert await controller.writer.flush(30)
-        await eventually(lambda: not any(_endpoints_copy(api, f"m{i}") for i in range(count)), timeout=20,
+        await eventually(lambda: not any(v1_endpoints(api, f"m{i}") for i in range(count)), timeout=20,
                          message="every removed target's Endpoints deleted")
         assert not any(endpoints_of(api, f"m{i}") for i in range(count))
