@@ -8,17 +8,21 @@ Service claimed by a ClusterEndpoint and handed over, backends up and down, our 
 deleted or edited by someone else, hand-written Endpoints objects (as the old tools leave them),
 hosts drained and undrained (epctl.io/drain), dropped watches, forced compaction, bursts of
 409/429/500 on the next writes, and, with two replicas under Lease leader election, replica
-restarts, leader hand-overs and a partitioned leader.
+restarts, leader hand-overs and a partitioned leader. Every object changed at once (``burst``, as
+kubectl apply -f of a directory) makes targets due in one writer pass; replicas have one write slot
+pair, so they contend and the Endpoints copies wait behind the slices (routing first). In half the
+walks probe thresholds are 1 or 2 (a check can count healthy after a failed probe).
 
 Shard mode (``--shard``) runs three ``--shard`` members instead, and its world also holds what broke
 ownership before (issue 22): members joining, leaving, killed (no release), paused longer than their
 Lease (every request hangs, then fails, so nothing they sent meanwhile lands), their member Leases
 deleted or hand-edited, slow answers to writes already applied, lagging watches during handovers, and
 edits made while no controller runs (a mirror annotation removed, a ClusterEndpoint deleted while the
-garbage collector is down). Its invariants, besides the settled state: no two members' write fences
-are open for one target at the same instant (sampled every few ms through the whole walk), no host
-is published ready after it was published not ready while its backend stayed down, and nothing
-labelled as epctl's exists that no front-end claims.
+garbage collector is down), and kills between a slice write and the Endpoints write deferred behind
+it (the copy left saying not ready what the slices publish ready). Its invariants, besides the
+settled state: no two members' write fences are open for one target at the same instant (sampled
+every few ms through the whole walk), no host is published ready after it was published not ready
+while its backend stayed down, and nothing labelled as epctl's exists that no front-end claims.
 
 Grace walks (``--grace SECONDS``) run every replica with that ``--terminating-grace-period``; a step
 unlists a host and something happens within its grace (a restart, a handover, a partition, a kill,
@@ -65,6 +69,7 @@ Step = dict[str, Any]
 
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 NAMES = ("c0", "c1", "m")  # "m" is also the mirror target a ClusterEndpoint may claim
+MIRRORS = ("x0", "x1", "x2", "x3")  # Services only a mirror holds: bursts make many targets due at once
 HOSTILE = ("::ffff:169.254.169.254", "::ffff:127.0.0.1", "fd00:ec2::254", "100.100.100.200")
 MIRROR = "epctl.io/mirror-from"
 DRAIN = "epctl.io/drain"
@@ -78,6 +83,9 @@ IDLE_WINDOW = 0.6
 TAKEOVER_SLACK = 0.3  # a replica takes a target over a little before the fence sampler sees it open
 CONTROLLER_AGENT = "epctl/fuzzed"  # prefix of every replica's user agent: faults hit the controller only
 LEASE = {"lease_duration": 2.0, "renew_deadline": 1.2, "retry_period": 0.2}
+# one write slot pair: three targets due at once contend, so the Endpoints copies wait behind the
+# slices (routing first) and a handover or a kill can find such a wait
+WRITE_CONCURRENCY = 1
 
 
 class InvariantViolation(AssertionError):
@@ -86,15 +94,42 @@ class InvariantViolation(AssertionError):
 
 # --- steps (pure: generated from a seeded Random) --------------------------------------------------
 
-def random_spec(rng: random.Random, port: int) -> Obj:
+def random_spec(rng: random.Random, port: int, more: random.Random | None = None) -> Obj:
+    """Thresholds of 1 or 2 (drawn from ``more``; 1 without it): with 2, a check can count healthy with
+    its last probe failed (one failure under the threshold), which a hold on what is published not
+    ready must live with."""
     ports = []
     for i in range(rng.randint(1, 2)):
         ports.append({"name": f"p{i}", "port": 8000 + i + rng.choice((0, 10)), "targetPort": port,
                       "hosts": sorted(rng.sample(ADDRESSES, rng.randint(1, 3))), "tcpSocket": {},
-                      "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1})
+                      "periodSeconds": 1, "timeoutSeconds": 1,
+                      "failureThreshold": more.choice(THRESHOLDS) if more else 1,
+                      "successThreshold": more.choice(THRESHOLDS) if more else 1})
     return {"ports": ports}
 
 
+def random_burst(more: random.Random, port: int) -> Step:
+    """Every object changed at once (kubectl apply -f of a directory): more targets due than write slots,
+    so they queue. A ClusterEndpoint is re-applied with another spec, drained or deleted; Service "m"
+    and the mirror-only Services ask to be mirrored if they did not, and stop if they did (``mirror``)."""
+    parts: list[Step] = [{"kind": "mirror", "name": name, "pick": 0} for name in MIRRORS]
+    for name in NAMES:
+        kinds = ("apply", "drain", "mirror", "mirror", "mirror") if name == "m" else ("apply", "apply", "apply",
+                                                                                     "drain", "delete")
+        part: Step = {"kind": more.choice(kinds), "name": name, "pick": more.randrange(1 << 30)}
+        if part["kind"] == "apply":
+            part["spec"] = random_spec(more, port, more)
+            part["adopt"] = more.random() < 0.5
+        elif part["kind"] == "drain":
+            part["hosts"] = sorted(more.sample(ADDRESSES, more.randint(0, 2)))
+        parts.append(part)
+    return {"kind": "burst", "name": "*", "pick": 0, "steps": more.sample(parts, len(parts))}  # in that order
+
+
+THRESHOLDS = (1, 1, 2)
+VARIED_THRESHOLDS = 0.5  # of the walks: the others keep thresholds of 1 (a dead host is out after one probe)
+BURST_SHARE = 0.08  # of a walk's steps
+STALE_ENDPOINTS_SHARE = 0.5  # of the kills and stops of every member (offline): killed behind its slices
 SHARD_KINDS = ("join", "leave", "kill", "pause", "delete_lease", "edit_lease", "slow", "lag", "offline")
 SHARD_WEIGHTS = (2, 2, 1, 1, 2, 1, 2, 2, 1)
 MAX_MEMBERS = 4
@@ -106,16 +141,19 @@ UNLIST_THEN = {False: ("restart", "leader_change", "partition", "backend", "drai
                      "backend", "apply", "drain", "delete_slice", "compact")}
 
 
-def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool = False) -> Step:
+def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool = False,
+                more: random.Random | None = None) -> Step:
     """One step. With ``grace`` (a walk whose replicas keep leaving hosts terminating), a host also
     leaves a ClusterEndpoint and something happens within its grace (``unlist``), and an edit made
-    while no controller runs may be such a removal; without it, the walks of a seed are unchanged."""
+    while no controller runs may be such a removal; without it, the walks of a seed are unchanged.
+    ``more``: a second stream for what the world gained later (thresholds of 2, the Endpoints copy a
+    killed process left behind its slices), so that ``rng`` draws the walks it drew before."""
     if grace and rng.random() < 0.25:
         step: Step = {"kind": "unlist", "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
         then = rng.choice(UNLIST_THEN[shard])  # each as likely: the takeovers are rare among all steps
-        step["then"] = random_step(rng, port, shard)
+        step["then"] = random_step(rng, port, shard, more=more)
         while step["then"]["kind"] != then:
-            step["then"] = random_step(rng, port, shard)
+            step["then"] = random_step(rng, port, shard, more=more)
         return step
     if shard and rng.random() < 0.4:
         kind = rng.choices(SHARD_KINDS, weights=SHARD_WEIGHTS)[0]
@@ -124,15 +162,17 @@ def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool 
             step["address"] = rng.choice(ADDRESSES)
             step["then"] = {"kind": rng.choice(("join", "leave")), "name": step["name"], "pick": rng.randrange(1 << 30)}
         elif kind == "lag":
-            step["then"] = random_step(rng, port, shard, grace)
+            step["then"] = random_step(rng, port, shard, grace, more)
             while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
-                step["then"] = random_step(rng, port, shard, grace)
+                step["then"] = random_step(rng, port, shard, grace, more)
         elif kind == "offline":
             edits = ("unannotate", "delete_slow_gc", "delete", "backend", "unlist")
             step["edit"] = rng.choice(edits if grace else edits[:4])
             step["address"] = rng.choice(ADDRESSES)
         elif kind == "edit_lease":
             step["edit"] = rng.choice(("holder", "label"))
+        if kind in ("kill", "offline") and more is not None and more.random() < STALE_ENDPOINTS_SHARE:
+            step["stale_endpoints"] = True  # killed between a slice write and its Endpoints write
         return step
     kind = rng.choices(
         ("apply", "delete", "recreate", "recreate_relist", "backend", "delete_slice", "edit_slice",
@@ -141,7 +181,7 @@ def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool 
         weights=(6, 2, 2, 2, 4, 2, 2, 1, 2, 2, 1, 1, 2, 1, 1, 2, 0 if shard else 1, 0 if shard else 1, 3, 2))[0]
     step = {"kind": kind, "name": rng.choice(NAMES), "pick": rng.randrange(1 << 30)}
     if kind in ("apply", "recreate", "recreate_relist"):
-        step["spec"] = random_spec(rng, port)
+        step["spec"] = random_spec(rng, port, more)
         step["adopt"] = rng.random() < 0.5
     elif kind == "backend":
         step["address"] = rng.choice(ADDRESSES)
@@ -152,9 +192,9 @@ def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool 
         step["rule"] = {"verb": rng.choice(("create", "update", "patch", "delete")),
                         "resource": rng.choice(("endpointslices", "services", "clusterendpoints")),
                         "code": rng.choice((409, 429, 500)), "count": rng.randint(1, 3)}
-        step["then"] = random_step(rng, port, shard, grace)  # the burst hits whatever the next change writes
+        step["then"] = random_step(rng, port, shard, grace, more)  # the burst hits whatever the next change writes
         while step["then"]["kind"] in ("faults", "slow", "lag", "offline"):
-            step["then"] = random_step(rng, port, shard, grace)
+            step["then"] = random_step(rng, port, shard, grace, more)
     elif kind == "hostile":
         step["host"] = rng.choice(HOSTILE)
     elif kind == "drain":  # hosts in maintenance (epctl.io/drain); none: the annotation goes
@@ -163,12 +203,14 @@ def random_step(rng: random.Random, port: int, shard: bool = False, grace: bool 
 
 
 def describe(step: Step) -> str:
-    extra = {k: v for k, v in step.items() if k not in ("kind", "name", "pick", "spec", "then")}
+    extra = {k: v for k, v in step.items() if k not in ("kind", "name", "pick", "spec", "then", "steps")}
     text = f"{step['kind']} {step['name']} {extra}" if extra else f"{step['kind']} {step['name']}"
     if "spec" in step:
         text += " " + ", ".join(f"{p['name']}:{p['port']}->{p['hosts']}" for p in step["spec"]["ports"])
     if "then" in step:
         text += " then " + describe(step["then"])
+    if "steps" in step:
+        text += " [" + "; ".join(describe(part) for part in step["steps"]) + "]"
     return text
 
 
@@ -249,7 +291,7 @@ def violations(objects: dict[str, dict[tuple[str, str], Obj]], up: dict[str, boo
     for obj in ours:
         if not any(ref.get("uid") in live_uids for ref in obj["metadata"].get("ownerReferences") or []):
             problems.append(f"slice {obj['metadata']['name']} is owned by nothing that exists")
-    for name in (*NAMES, "h"):
+    for name in (*NAMES, "h", *MIRRORS):
         item, svc = ceps.get(name), services.get(name)
         slices = [o for o in ours if o["metadata"]["labels"].get("kubernetes.io/service-name") == name]
         mirrored = [o for o in objects["endpointslices"].values()
@@ -407,7 +449,8 @@ class World:
         controller = Controller(client, ControllerSettings(
             batch_delay=0.05, max_batch_delay=0.3, allow_loopback_hosts=True, metrics_addr=None,
             resolve_interval=3600, leader_election_namespace="default", identity=name,
-            terminating_grace=self.grace, **election, **LEASE))  # type: ignore[arg-type]
+            terminating_grace=self.grace, write_concurrency=WRITE_CONCURRENCY,
+            **election, **LEASE))  # type: ignore[arg-type]
         await controller.start()
         self.replicas.append(Replica(name, client, controller))
 
@@ -428,7 +471,7 @@ class World:
         """No two members may send a write for one target at the same moment (every few ms, all walk);
         and when a replica other than the last one opens its fence for a target, it has taken it over."""
         while True:
-            for name in (*NAMES, "h"):
+            for name in (*NAMES, "h", *MIRRORS):
                 key = ("default", name)
                 open_for = [r.name for r in self.replicas if r.controller.fence.remaining(key) > 0]
                 if len(open_for) > 1 and self.shard:
@@ -802,6 +845,50 @@ class World:
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             await self._try("PUT", ENDPOINTS.path("default", step["name"]), body)
 
+    async def _stale_endpoints(self, step: Step) -> None:
+        """What a process killed between a slice write and its deferred Endpoints write leaves (routing
+        first: the copy goes after the slices): a host ready in the slices, not ready in epctl's copy.
+        The step's target if its copy lists a ready host, else the next one that does."""
+        names = NAMES[NAMES.index(step["name"]):] + NAMES[:NAMES.index(step["name"])]
+        for name in names:
+            current = self.api.store.objects[("", "endpoints")].get(("default", name))
+            labels = (current or {}).get("metadata", {}).get("labels") or {}
+            ready = sorted({a.get("ip", "") for subset in (current or {}).get("subsets") or []
+                            for a in subset.get("addresses") or []})
+            if current is None or labels.get(MANAGED_ENDPOINTS[0]) != MANAGED_ENDPOINTS[1] or not ready:
+                continue
+            address = ready[step["pick"] % len(ready)]
+            body = copy.deepcopy(current)
+            for subset in body.get("subsets") or []:
+                moved = [a for a in subset.get("addresses") or [] if a.get("ip") == address]
+                if moved:
+                    subset["addresses"] = [a for a in subset["addresses"] if a.get("ip") != address]
+                    subset["notReadyAddresses"] = (subset.get("notReadyAddresses") or []) + moved
+            await self._try("PUT", ENDPOINTS.path("default", name), body)
+            return
+
+    async def _mirror(self, step: Step, stats: Stats) -> None:
+        """Service ``name`` asks to be mirrored (created so if missing) if it did not, and stops if it did."""
+        name = step["name"]
+        svc = self._get("services", name)
+        if svc is None:
+            await self._try("POST", SERVICES.path("default"), {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "annotations": {MIRROR: "default/origin"}},
+                "spec": {"ports": [{"name": "db", "port": 5432}]}})
+            return
+        annotations = svc["metadata"].setdefault("annotations", {})
+        if MIRROR in annotations:
+            del annotations[MIRROR]
+        else:
+            annotations[MIRROR] = "default/origin"
+        await self._try("PUT", SERVICES.path("default", name), svc)
+
+    async def _burst(self, step: Step, stats: Stats) -> None:
+        """Every object changed at once: with one write slot pair the targets contend, so Endpoints
+        writes and deletes wait behind the others' slices."""
+        await asyncio.gather(*(self.run(part, stats) for part in step["steps"]))
+
     async def _drop_watches(self, step: Step, stats: Stats) -> None:
         self.api.drop_watches()
 
@@ -859,9 +946,12 @@ class World:
 
     async def _kill(self, step: Step, stats: Stats) -> None:
         """kill -9 of a member: nothing more of it reaches the API server; its Lease expires. Its
-        Deployment starts a new one."""
+        Deployment starts a new one. ``stale_endpoints``: it died between a slice write and the
+        Endpoints write deferred behind it (routing first)."""
         stats.restarts += 1
         await self.stop_replica(self._pick(step), killed=True)
+        if step.get("stale_endpoints"):
+            await self._stale_endpoints(step)
         await self.start_replica()
 
     async def _pause(self, step: Step, stats: Stats) -> None:
@@ -914,7 +1004,8 @@ class World:
 
     async def _offline(self, step: Step, stats: Stats) -> None:
         """Every member stops (an upgrade); an edit is made while none runs; they start again. What no
-        front-end claims must be gone before the garbage collector runs again."""
+        front-end claims must be gone before the garbage collector runs again. ``stale_endpoints``: one
+        stopped as if killed between a slice write and its deferred Endpoints write, too."""
         count = len(self.replicas)
         for replica in list(self.replicas):
             await self.stop_replica(replica)
@@ -931,6 +1022,8 @@ class World:
             await self._unlist({"kind": "unlist", "name": step["name"], "pick": step["pick"]}, stats)
         else:
             await self._backend({"address": step["address"], "up": not self.up[step["address"]]}, stats)
+        if step.get("stale_endpoints"):
+            await self._stale_endpoints(step)
         for _ in range(count):
             await self.start_replica()
         if gone_uid:
@@ -1054,7 +1147,21 @@ async def run_walk(steps: list[Step], port: int, stats: Stats, shard: bool = Fal
 
 def generate(seed: int, count: int, port: int, shard: bool = False, grace: bool = False) -> list[Step]:
     rng = random.Random(seed)
-    return [random_step(rng, port, shard, grace) for _ in range(count)]
+    more = random.Random(f"{seed}/more")  # what the world gained later: rng's walks stay as they were
+    steps = [random_burst(more, port) if more.random() < BURST_SHARE else random_step(rng, port, shard, grace, more)
+             for _ in range(count)]
+    if random.Random(f"{seed}/thresholds").random() >= VARIED_THRESHOLDS:
+        for step in steps:
+            _thresholds_of_one(step)
+    return steps
+
+
+def _thresholds_of_one(step: Step) -> None:
+    """Every probe of ``step`` (and of the steps it holds) decides on one result, as before 2026-12-05."""
+    for port in step.get("spec", {}).get("ports", []):
+        port["failureThreshold"] = port["successThreshold"] = 1
+    for inner in ([step["then"]] if "then" in step else []) + step.get("steps", []):
+        _thresholds_of_one(inner)
 
 
 async def shrink(failure: Failure, port: int, budget: float, shard: bool = False, grace: float = 0.0) -> Failure:

@@ -15,7 +15,8 @@ import pytest
 
 from tests.fuzz.controller_fuzz import Stats, fuzz, report
 
-FIXED_SEED = 1
+FIXED_SEED = 1  # its leader walk finds a removed target's dropped Endpoints delete when reverted (step 25)
+SHARD_SEEDS = (1, 2)  # 2: a member killed behind its slices; finds the Endpoints hold that never lifted
 RANDOM_SEEDS = 2
 GRACE = 3.0  # long enough that the step after a host leaves (a restart, a handover) happens within it
 
@@ -35,11 +36,11 @@ async def test_random_walks_keep_every_invariant() -> None:
 async def test_random_walks_of_shard_members_keep_ownership_unshared() -> None:
     """Shard mode: members join, leave, are killed or paused, their Leases deleted or edited, writes
     answered late, watches lagging, edits made while none runs (issue 22)."""
-    seeds = [FIXED_SEED, random.randrange(1 << 30)]
+    seeds = [*SHARD_SEEDS, random.randrange(1 << 30)]
     stats = Stats()
     failure = await fuzz(seeds, 15, shrink_budget=120, stats=stats, shard=True)
     assert failure is None, report(failure)
-    assert stats.steps == 30 and stats.checks >= 2 * stats.steps
+    assert stats.steps == 15 * len(seeds) and stats.checks >= 2 * stats.steps
 
 
 @pytest.mark.timeout(600)
