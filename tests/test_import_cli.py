@@ -12,8 +12,14 @@ from epctl.kube.client import CRDS, ENDPOINTS, SERVICES, KubeClient, Resource
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import CLUSTERENDPOINTS, endpoints_of, install_crd, running_controller
-from tests.integration.test_endpoints_ownership import addresses, managers
+from tests.integration.controller_helpers import (
+    CLUSTERENDPOINTS,
+    endpoints_of,
+    install_crd,
+    running_controller,
+    v1_addresses,
+)
+from tests.integration.test_endpoints_ownership import managers
 
 OLD = Resource("sealos.io", "v1beta1", "clusterendpoints", "ClusterEndpoint")
 OLD_CRD = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -78,7 +84,7 @@ async def test_import_apply_switches_from_endpoints_operator_without_losing_traf
         assert "created ClusterEndpoint default/wp" in err and "removed the finalizer" in err
         truth = {("wp", "127.0.0.2"): True, ("wp", "127.0.0.9"): False}
         await eventually(lambda: endpoints_of(api, "wp") == truth and managers(api, "wp") == {"controller.epctl.io"}
-                         and addresses(api, "wp") == truth, timeout=15,
+                         and v1_addresses(api, "wp") == truth, timeout=15,
                          message="same routing as before, plus health checks: the dead host not ready")
         assert all("127.0.0.2" in ready for ready in routable), "the healthy host was unroutable for a moment"
 

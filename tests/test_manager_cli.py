@@ -16,8 +16,7 @@ from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import KubeAPIServer
 from epctl.testing.openstack import FakeOpenStack
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import endpoints_of, epctl_slices_of, slices_of
-from tests.integration.test_endpoints_ownership import v1_endpoints
+from tests.integration.controller_helpers import endpoints_of, epctl_slices_of, slices_of, v1_endpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
