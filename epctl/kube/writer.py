@@ -169,6 +169,7 @@ class Writer:
         self._endpoints_waiting: set[TargetKey] = set()  # slices written, waiting for an Endpoints slot
         self._held: set[TargetKey] = set()  # planned with a host held not ready (may_ready): re-planned soon
         self._rechecking: set[TargetKey] = set()  # pending only for that re-plan (not work to wait for)
+        self.hold_recheck = HOLD_RECHECK  # seconds (tests lengthen it to tell a recheck from real work)
         self._pending: dict[TargetKey, list[float]] = {}  # key -> [first dirty, last dirty]
         self._retry_at: dict[TargetKey, float] = {}
         self._backoffs: dict[TargetKey, Backoff] = {}
@@ -217,7 +218,9 @@ class Writer:
         """The desired state of ``key`` changed (wired to ``DesiredState.on_dirty``)."""
         if not self.owns(key):
             return
-        self._rechecking.discard(key)
+        if key in self._rechecking:  # real work now: due on the debounce, not when the recheck was
+            self._rechecking.discard(key)
+            self._retry_at.pop(key, None)
         now = time.monotonic()
         entry = self._pending.get(key)
         if entry is None:
@@ -323,8 +326,9 @@ class Writer:
 
     def backlogged(self) -> bool:
         """More targets are due or being written than the write concurrency serves at once: a queue of
-        API work is forming (the probe scheduler yields to it)."""
-        return len(self._in_flight) + len(self._pending) > self.concurrency
+        API work is forming (the probe scheduler yields to it). A hold's recheck waiting for its time
+        is no API work."""
+        return len(self._in_flight) + len(self._pending) - len(self._rechecking) > self.concurrency
 
     def busy(self) -> bool:
         """Routing writes are due or in flight: status patches and Events wait (epctl.kube.priority)."""
@@ -408,8 +412,10 @@ class Writer:
                 try:
                     async with self._slots.hold(ENDPOINTS_AFTER):
                         self._endpoints_waiting.discard(key)
-                        if not self.owns(key) or (target is not None and self.state.get(key) is None):
-                            return  # let go, or removed meanwhile: its removal is due next, slices first
+                        if not self.owns(key) or (target is None) != (self.state.get(key) is None):
+                            # let go; or removed meanwhile (its removal is due next, slices first), or
+                            # claimed again after its removal (due next: updated in place, not deleted)
+                            return
                         # what the slices were planned from: a change made meanwhile is due again, and
                         # reaches the slices before (never after) the Endpoints
                         await self._sync_endpoints(key, target)
@@ -420,11 +426,13 @@ class Writer:
             if key in self._held:
                 # a host kept not ready for want of a passing probe of ours: plan again soon. A probe
                 # that passes while the check already counts healthy is no transition, so nothing
-                # else would ever lift the hold (the Endpoints copy has no follow step at all)
+                # else would ever lift the hold (the Endpoints copy has no follow step at all). A
+                # change that came while this ran is due already (and plans again): no recheck then
                 self._held.discard(key)
-                self._retry_at[key] = time.monotonic() + HOLD_RECHECK
-                self.notify(key)
-                self._rechecking.add(key)
+                if key not in self._pending:
+                    self.notify(key)
+                    self._retry_at[key] = time.monotonic() + self.hold_recheck
+                    self._rechecking.add(key)
             if target is None:
                 self._known.discard(key)
                 self._vanished.discard(key)

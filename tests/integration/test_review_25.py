@@ -4,13 +4,20 @@ F1: the Endpoints copy holds a host not ready until a probe of ours passes. A pr
 its check already counts healthy (adopted healthy from the slices at a start or takeover; or one failure
 under the threshold) is no transition, so nothing planned the target again and the hold stayed for good.
 F2: under contention a removed target's Endpoints delete waits behind the others' slices; it was then
-skipped as "removed meanwhile" and never retried, leaving an Endpoints object nobody publishes."""
+skipped as "removed meanwhile" and never retried, leaving an Endpoints object nobody publishes.
+A review of the F1 recheck (helper reproductions, 2026-12-05) found three more: a change that came while
+a held target was written was taken for a recheck (flush() returned with it unwritten); a change to a
+held target waited for the recheck's time instead of the debounce; and held targets waiting to be
+planned again counted as an API backlog (the probe scheduler yields to one)."""
 
 from __future__ import annotations
 
+import time
+
+from epctl.app import Controller
 from epctl.kube.client import ENDPOINTS, MERGE_PATCH, SERVICES, KubeClient
 from epctl.testing.backends import TCPBackend
-from epctl.testing.kubeapi import KubeAPIServer
+from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
 from tests.integration.controller_helpers import (
     CLUSTERENDPOINTS,
@@ -18,6 +25,7 @@ from tests.integration.controller_helpers import (
     endpoints_of,
     install_crd,
     running_controller,
+    service_of,
     source_service,
     v1_addresses,
     v1_endpoints,
@@ -78,3 +86,94 @@ async def test_removed_targets_delete_their_endpoints_when_the_deletes_wait_behi
         await eventually(lambda: not any(v1_endpoints(api, f"m{i}") for i in range(count)), timeout=20,
                          message="every removed target's Endpoints deleted")
         assert not any(endpoints_of(api, f"m{i}") for i in range(count))
+
+
+KEY = ("default", "db")
+
+
+async def _held_after_restart(api: KubeAPIServer, client: KubeClient, names: list[str], port: int,
+                              service_port: int = 5432) -> None:
+    """ClusterEndpoints published ready by one controller; then, while none runs, each Endpoints copy
+    left not ready behind its slice and the first probe put 30 s away: the next controller holds the
+    copies (no passing probe of its own) for as long as a test runs. ``service_port``: the port the
+    Services must have from then on (another one: the next controller's first write is a Service
+    update)."""
+    for name in names:
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+            {"name": "pg", "port": 5432, "targetPort": port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+             "periodSeconds": 1, "failureThreshold": 3}]))
+    async with running_controller(api, client) as first:
+        await eventually(lambda: all(v1_addresses(api, n) == {("pg", "127.0.0.1"): True} for n in names),
+                         timeout=30, message="published ready")
+        await first.writer.wait_idle(10)
+    for name in names:
+        stale = dict(v1_endpoints(api, name) or {})
+        stale["subsets"] = [{"notReadyAddresses": s["addresses"], "ports": s["ports"]} for s in stale["subsets"]]
+        await client.request("PUT", ENDPOINTS.path("default", name), body=stale)
+        obj = await client.request("GET", CLUSTERENDPOINTS.path("default", name))
+        obj["spec"]["ports"][0]["initialDelaySeconds"] = 30
+        obj["spec"]["ports"][0]["port"] = service_port
+        await client.request("PUT", CLUSTERENDPOINTS.path("default", name), body=obj)
+
+
+async def _drain(client: KubeClient, api: KubeAPIServer, controller: Controller) -> None:
+    await client.request("PATCH", CLUSTERENDPOINTS.path("default", "db"), content_type=MERGE_PATCH,
+                         body={"metadata": {"annotations": {"epctl.io/drain": "127.0.0.1"}}})
+    def drained() -> bool:
+        target = controller.state.get(KEY)
+        return target is not None and not any(e.ready for g in target.groups.values() for e in g.endpoints.values())
+
+    await eventually(drained, message="the drain in the desired state")
+
+
+async def test_a_change_during_a_held_targets_write_is_work_flush_waits_for(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """A held target's Service update is answered late (applied at once); meanwhile the host is drained.
+    When the write ends, the drain is due: flush() must write it before it returns. Before the fix the
+    end of the held write labelled the pending drain a recheck, 30 s away here, and flush() returned at
+    once with the slice still ready."""
+    await install_crd(client)
+    async with TCPBackend() as db:
+        await _held_after_restart(api, client, ["db"], db.port, service_port=5433)
+        api.inject_fault(FaultRule(verb="patch", resource="services", code=0, respond_after=1.5))
+        async with running_controller(api, client) as controller:
+            controller.writer.hold_recheck = 30.0
+            await eventually(lambda: [p["port"] for p in (service_of(api, "db") or {"spec": {}})["spec"].get(
+                "ports", [])] == [5433], message="the Service updated (its answer still on its way)")
+            assert KEY in controller.writer._in_flight
+            await _drain(client, api, controller)
+            assert await controller.writer.flush(15)
+            assert endpoints_of(api, "db") == {("pg", "127.0.0.1"): False}, "flush() returned before the drain"
+
+
+async def test_a_change_to_a_held_target_is_due_on_the_debounce_not_at_the_recheck(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """A held target waits for its recheck (30 s away here); the host is drained: the drain goes out on
+    the debounce. Before the fix it waited for the recheck's time."""
+    await install_crd(client)
+    async with TCPBackend() as db:
+        await _held_after_restart(api, client, ["db"], db.port)
+        async with running_controller(api, client) as controller:
+            controller.writer.hold_recheck = 30.0
+            await eventually(lambda: KEY in controller.writer._rechecking
+                             and controller.writer._retry_at.get(KEY, 0.0) > time.monotonic() + 10,
+                             timeout=10, message="a recheck 30 s away")
+            await _drain(client, api, controller)
+            await eventually(lambda: endpoints_of(api, "db") == {("pg", "127.0.0.1"): False}, timeout=10,
+                             message="the drain published")
+
+
+async def test_held_targets_waiting_for_their_recheck_are_no_api_backlog(
+        api: KubeAPIServer, client: KubeClient) -> None:
+    """Twelve held targets, more than the write concurrency (8): an idle writer that only waits to plan
+    them again reports no API backlog (the probe scheduler would throttle to a quarter of its demand).
+    Before the fix the rechecks counted as due work."""
+    await install_crd(client)
+    names = [f"c{i}" for i in range(12)]
+    async with TCPBackend() as db:
+        await _held_after_restart(api, client, names, db.port)
+        async with running_controller(api, client) as controller:
+            writer = controller.writer
+            await eventually(lambda: len(writer._rechecking) == len(names), timeout=15, message="every target held")
+            await writer.wait_idle(10)
+            assert not writer.backlogged()
