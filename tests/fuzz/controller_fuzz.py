@@ -845,12 +845,12 @@ class World:
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             await self._try("PUT", ENDPOINTS.path("default", step["name"]), body)
 
-    async def _stale_endpoints(self, step: Step) -> None:
+    async def _stale_endpoints(self, step: Step, among: list[str] | None = None) -> None:
         """What a process killed between a slice write and its deferred Endpoints write leaves (routing
         first: the copy goes after the slices): a host ready in the slices, not ready in epctl's copy.
-        The step's target if its copy lists a ready host, else the next one that does."""
+        The step's target if its copy lists a ready host, else the next one that does (of ``among``)."""
         names = NAMES[NAMES.index(step["name"]):] + NAMES[:NAMES.index(step["name"])]
-        for name in names:
+        for name in (n for n in names if among is None or n in among):
             current = self.api.store.objects[("", "endpoints")].get(("default", name))
             labels = (current or {}).get("metadata", {}).get("labels") or {}
             ready = sorted({a.get("ip", "") for subset in (current or {}).get("subsets") or []
@@ -949,9 +949,11 @@ class World:
         Deployment starts a new one. ``stale_endpoints``: it died between a slice write and the
         Endpoints write deferred behind it (routing first)."""
         stats.restarts += 1
-        await self.stop_replica(self._pick(step), killed=True)
-        if step.get("stale_endpoints"):
-            await self._stale_endpoints(step)
+        victim = self._pick(step)
+        held = [name for name in NAMES if victim.controller.fence.remaining(("default", name)) > 0]
+        await self.stop_replica(victim, killed=True)
+        if step.get("stale_endpoints") and held:  # what it left of a target it held
+            await self._stale_endpoints(step, held)
         await self.start_replica()
 
     async def _pause(self, step: Step, stats: Stats) -> None:
