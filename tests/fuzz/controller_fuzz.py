@@ -62,7 +62,7 @@ from epctl.shard.member import GROUP_LABEL, lease_name
 from epctl.testing.backends import TCPBackend, free_port
 from epctl.testing.kubeapi import FaultRule, KubeAPIServer
 from epctl.testing.waiting import eventually
-from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, install_crd, source_service
+from tests.integration.controller_helpers import CLUSTERENDPOINTS, cep, endpoints_readiness, install_crd, source_service
 
 Obj = dict[str, Any]
 Step = dict[str, Any]
@@ -237,14 +237,6 @@ def drained(item: Obj) -> set[str]:
     return {h.strip() for h in value.split(",") if h.strip()}
 
 
-def _flat(endpoints: Obj | None) -> dict[tuple[str, str], bool]:
-    """(port name, ip) -> ready, as a v1 Endpoints object says."""
-    return {(port.get("name", ""), address["ip"]): ready
-            for subset in (endpoints or {}).get("subsets") or [] for port in subset.get("ports") or []
-            for field, ready in (("addresses", True), ("notReadyAddresses", False))
-            for address in subset.get(field) or []}
-
-
 def _check_endpoints(name: str, endpoints: Obj | None, owner_uid: str, want: dict[tuple[str, str], bool],
                      mirrored: list[Obj]) -> list[str]:
     """The v1 Endpoints of a Service epctl holds: ours, skip-mirror, owned, saying what the slices say;
@@ -255,8 +247,8 @@ def _check_endpoints(name: str, endpoints: Obj | None, owner_uid: str, want: dic
         problems.append(f"{name}: Endpoints missing or not ours: {labels}")
     elif not _owned_by(endpoints, owner_uid):
         problems.append(f"{name}: Endpoints not owned by the holder")
-    elif _flat(endpoints) != want:
-        problems.append(f"{name}: Endpoints say {_flat(endpoints)}, expected {want}")
+    elif endpoints_readiness(endpoints) != want:
+        problems.append(f"{name}: Endpoints say {endpoints_readiness(endpoints)}, expected {want}")
     if mirrored:
         problems.append(f"{name}: slices mirrored from an old Endpoints object are still there")
     return problems
@@ -513,19 +505,14 @@ class World:
         host is not ready while its backend is down, no later version may say ready before it is up
         (a new owner's stale cache, or a write planned before a fresh read, republished it)."""
         service = obj["metadata"]["name"]
-        for subset in obj.get("subsets") or []:
-            for listed_as, ready in (("addresses", True), ("notReadyAddresses", False)):
-                for entry in subset.get(listed_as) or []:
-                    address = entry.get("ip", "")
-                    if address not in self.up or self.up[address]:
-                        continue
-                    for port in subset.get("ports") or []:
-                        slot = ("Endpoints", service, port.get("name", ""), address)
-                        if not ready:
-                            self._published_down.add(slot)
-                        elif slot in self._published_down:
-                            self.reopened.append(f"Endpoints {service} {port.get('name', '')} {address}: "
-                                                 "ready again while down")
+        for (port, address), ready in endpoints_readiness(obj).items():
+            if address not in self.up or self.up[address]:
+                continue
+            slot = ("Endpoints", service, port, address)
+            if not ready:
+                self._published_down.add(slot)
+            elif slot in self._published_down:
+                self.reopened.append(f"Endpoints {service} {port} {address}: ready again while down")
 
     # --- grace walks: a host a ClusterEndpoint stops listing leaves only after its grace -----------
 
@@ -816,22 +803,33 @@ class World:
     async def _delete_service(self, step: Step, stats: Stats) -> None:
         await self._try("DELETE", SERVICES.path("default", step["name"]))
 
-    async def _annotate(self, step: Step, stats: Stats) -> None:
-        svc = self._get("services", "m")
+    async def _set_mirrored(self, name: str, mirrored: bool | None) -> None:
+        """Service ``name`` asks to be mirrored (created so if missing), or stops asking; None: the other
+        of what it does now."""
+        svc = self._get("services", name)
+        annotations = (svc or {}).get("metadata", {}).get("annotations") or {}
+        if mirrored is None:
+            mirrored = MIRROR not in annotations
         if svc is None:
-            await self._try("POST", SERVICES.path("default"), {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "m", "annotations": {MIRROR: "default/origin"}},
-                "spec": {"ports": [{"name": "db", "port": 5432}]}})
+            if mirrored:
+                await self._try("POST", SERVICES.path("default"), {
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "annotations": {MIRROR: "default/origin"}},
+                    "spec": {"ports": [{"name": "db", "port": 5432}]}})
             return
-        svc["metadata"].setdefault("annotations", {})[MIRROR] = "default/origin"
-        await self._try("PUT", SERVICES.path("default", "m"), svc)
+        if mirrored:
+            svc["metadata"].setdefault("annotations", {})[MIRROR] = "default/origin"
+        elif MIRROR in annotations:
+            del svc["metadata"]["annotations"][MIRROR]
+        else:
+            return
+        await self._try("PUT", SERVICES.path("default", name), svc)
+
+    async def _annotate(self, step: Step, stats: Stats) -> None:
+        await self._set_mirrored("m", True)
 
     async def _unannotate(self, step: Step, stats: Stats) -> None:
-        svc = self._get("services", "m")
-        if svc is not None and MIRROR in (svc["metadata"].get("annotations") or {}):
-            del svc["metadata"]["annotations"][MIRROR]
-            await self._try("PUT", SERVICES.path("default", "m"), svc)
+        await self._set_mirrored("m", False)
 
     async def _legacy_endpoints(self, step: Step, stats: Stats) -> None:
         """What endpoints-operator or kube-endpoint-manager would leave (or a person would write): a
@@ -869,20 +867,7 @@ class World:
 
     async def _mirror(self, step: Step, stats: Stats) -> None:
         """Service ``name`` asks to be mirrored (created so if missing) if it did not, and stops if it did."""
-        name = step["name"]
-        svc = self._get("services", name)
-        if svc is None:
-            await self._try("POST", SERVICES.path("default"), {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": name, "annotations": {MIRROR: "default/origin"}},
-                "spec": {"ports": [{"name": "db", "port": 5432}]}})
-            return
-        annotations = svc["metadata"].setdefault("annotations", {})
-        if MIRROR in annotations:
-            del annotations[MIRROR]
-        else:
-            annotations[MIRROR] = "default/origin"
-        await self._try("PUT", SERVICES.path("default", name), svc)
+        await self._set_mirrored(step["name"], None)
 
     async def _burst(self, step: Step, stats: Stats) -> None:
         """Every object changed at once: with one write slot pair the targets contend, so Endpoints

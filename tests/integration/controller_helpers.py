@@ -145,12 +145,14 @@ def v1_endpoints(api: KubeAPIServer, name: str, namespace: str = "default") -> d
     return obj
 
 
+def endpoints_readiness(obj: dict[str, Any] | None) -> dict[tuple[str, str], bool]:
+    """(port name, ip) -> ready, as a v1 Endpoints object says."""
+    return {(port.get("name", ""), address["ip"]): ready
+            for subset in (obj or {}).get("subsets") or [] for port in subset.get("ports") or []
+            for field, ready in (("addresses", True), ("notReadyAddresses", False))
+            for address in subset.get(field) or []}
+
+
 def v1_addresses(api: KubeAPIServer, name: str, namespace: str = "default") -> dict[tuple[str, str], bool]:
-    """(port name, ip) -> ready, as the v1 Endpoints object says."""
-    out = {}
-    for subset in (v1_endpoints(api, name, namespace) or {}).get("subsets") or []:
-        for port in subset.get("ports") or []:
-            for field, ready in (("addresses", True), ("notReadyAddresses", False)):
-                for address in subset.get(field) or []:
-                    out[(port.get("name", ""), address["ip"])] = ready
-    return out
+    """(port name, ip) -> ready, as the stored v1 Endpoints object of ``name`` says."""
+    return endpoints_readiness(v1_endpoints(api, name, namespace))

@@ -31,6 +31,37 @@ from tests.integration.controller_helpers import (
     v1_endpoints,
 )
 
+KEY = ("default", "db")
+
+
+async def _copies_left_behind(api: KubeAPIServer, client: KubeClient, names: list[str], port: int,
+                              first_probe_after: int | None = 30, service_port: int = 5432) -> None:
+    """ClusterEndpoints published ready by one controller; then, while none runs, each Endpoints copy
+    left not ready behind its slice, as a process killed between its slice write and its deferred
+    Endpoints write leaves it. ``first_probe_after`` (initialDelaySeconds; None: unchanged): 30 s
+    keeps the next controller holding the copies (no passing probe of its own) as long as a test
+    runs. ``service_port``: the port the Services must have from then on (another one: the next
+    controller's first write is a Service update)."""
+    for name in names:
+        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
+            {"name": "pg", "port": 5432, "targetPort": port, "hosts": ["127.0.0.1"], "tcpSocket": {},
+             "periodSeconds": 1, "failureThreshold": 3}]))
+    async with running_controller(api, client) as first:
+        await eventually(lambda: all(endpoints_of(api, n) == v1_addresses(api, n) == {("pg", "127.0.0.1"): True}
+                                     for n in names), timeout=30, message="published ready")
+        await first.writer.wait_idle(10)
+    for name in names:
+        stale = dict(v1_endpoints(api, name) or {})
+        stale["subsets"] = [{"notReadyAddresses": s["addresses"], "ports": s["ports"]} for s in stale["subsets"]]
+        await client.request("PUT", ENDPOINTS.path("default", name), body=stale)
+        if first_probe_after is None and service_port == 5432:
+            continue
+        obj = await client.request("GET", CLUSTERENDPOINTS.path("default", name))
+        if first_probe_after is not None:
+            obj["spec"]["ports"][0]["initialDelaySeconds"] = first_probe_after
+        obj["spec"]["ports"][0]["port"] = service_port
+        await client.request("PUT", CLUSTERENDPOINTS.path("default", name), body=obj)
+
 
 async def test_a_hold_on_the_endpoints_copy_lifts_after_a_passing_probe_that_is_no_transition(
         api: KubeAPIServer, client: KubeClient) -> None:
@@ -41,17 +72,7 @@ async def test_a_hold_on_the_endpoints_copy_lifts_after_a_passing_probe_that_is_
     transition. The copy must still follow within a few periods; before the fix it never did."""
     await install_crd(client)
     async with TCPBackend() as db:
-        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep("db", [
-            {"name": "pg", "port": 5432, "targetPort": db.port, "hosts": ["127.0.0.1"], "tcpSocket": {},
-             "periodSeconds": 1, "failureThreshold": 3}]))
-        async with running_controller(api, client) as first:
-            await eventually(lambda: endpoints_of(api, "db") == {("pg", "127.0.0.1"): True}
-                             and v1_addresses(api, "db") == {("pg", "127.0.0.1"): True}, message="published ready")
-            await first.writer.wait_idle(10)
-        # while none runs: the copy as the killed process left it (the slice ready, the Endpoints behind)
-        stale = dict(v1_endpoints(api, "db") or {})
-        stale["subsets"] = [{"notReadyAddresses": s["addresses"], "ports": s["ports"]} for s in stale["subsets"]]
-        await client.request("PUT", ENDPOINTS.path("default", "db"), body=stale)
+        await _copies_left_behind(api, client, ["db"], db.port, first_probe_after=None)
         assert v1_addresses(api, "db") == {("pg", "127.0.0.1"): False}
         async with running_controller(api, client):
             await eventually(lambda: v1_addresses(api, "db") == {("pg", "127.0.0.1"): True}, timeout=10,
@@ -88,33 +109,6 @@ async def test_removed_targets_delete_their_endpoints_when_the_deletes_wait_behi
         assert not any(endpoints_of(api, f"m{i}") for i in range(count))
 
 
-KEY = ("default", "db")
-
-
-async def _held_after_restart(api: KubeAPIServer, client: KubeClient, names: list[str], port: int,
-                              service_port: int = 5432) -> None:
-    """ClusterEndpoints published ready by one controller; then, while none runs, each Endpoints copy
-    left not ready behind its slice and the first probe put 30 s away: the next controller holds the
-    copies (no passing probe of its own) for as long as a test runs. ``service_port``: the port the
-    Services must have from then on (another one: the next controller's first write is a Service
-    update)."""
-    for name in names:
-        await client.request("POST", CLUSTERENDPOINTS.path("default"), body=cep(name, [
-            {"name": "pg", "port": 5432, "targetPort": port, "hosts": ["127.0.0.1"], "tcpSocket": {},
-             "periodSeconds": 1, "failureThreshold": 3}]))
-    async with running_controller(api, client) as first:
-        await eventually(lambda: all(v1_addresses(api, n) == {("pg", "127.0.0.1"): True} for n in names),
-                         timeout=30, message="published ready")
-        await first.writer.wait_idle(10)
-    for name in names:
-        stale = dict(v1_endpoints(api, name) or {})
-        stale["subsets"] = [{"notReadyAddresses": s["addresses"], "ports": s["ports"]} for s in stale["subsets"]]
-        await client.request("PUT", ENDPOINTS.path("default", name), body=stale)
-        obj = await client.request("GET", CLUSTERENDPOINTS.path("default", name))
-        obj["spec"]["ports"][0]["initialDelaySeconds"] = 30
-        obj["spec"]["ports"][0]["port"] = service_port
-        await client.request("PUT", CLUSTERENDPOINTS.path("default", name), body=obj)
-
 
 async def _drain(client: KubeClient, api: KubeAPIServer, controller: Controller) -> None:
     await client.request("PATCH", CLUSTERENDPOINTS.path("default", "db"), content_type=MERGE_PATCH,
@@ -134,7 +128,7 @@ async def test_a_change_during_a_held_targets_write_is_work_flush_waits_for(
     once with the slice still ready."""
     await install_crd(client)
     async with TCPBackend() as db:
-        await _held_after_restart(api, client, ["db"], db.port, service_port=5433)
+        await _copies_left_behind(api, client, ["db"], db.port, service_port=5433)
         api.inject_fault(FaultRule(verb="patch", resource="services", code=0, respond_after=1.5))
         async with running_controller(api, client) as controller:
             controller.writer.hold_recheck = 30.0
@@ -152,7 +146,7 @@ async def test_a_change_to_a_held_target_is_due_on_the_debounce_not_at_the_reche
     the debounce. Before the fix it waited for the recheck's time."""
     await install_crd(client)
     async with TCPBackend() as db:
-        await _held_after_restart(api, client, ["db"], db.port)
+        await _copies_left_behind(api, client, ["db"], db.port)
         async with running_controller(api, client) as controller:
             controller.writer.hold_recheck = 30.0
             await eventually(lambda: KEY in controller.writer._rechecking
@@ -171,7 +165,7 @@ async def test_held_targets_waiting_for_their_recheck_are_no_api_backlog(
     await install_crd(client)
     names = [f"c{i}" for i in range(12)]
     async with TCPBackend() as db:
-        await _held_after_restart(api, client, names, db.port)
+        await _copies_left_behind(api, client, names, db.port)
         async with running_controller(api, client) as controller:
             writer = controller.writer
             await eventually(lambda: len(writer._rechecking) == len(names), timeout=15, message="every target held")
